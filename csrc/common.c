@@ -1,0 +1,52 @@
+/* common.c: error buffer and thread-count control shared by the whole core. */
+#include "eenet.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef EENET_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+static _Thread_local char error_message[1024];
+
+eenet_status eenet_set_error(eenet_status status, const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(error_message, sizeof error_message, fmt, args);
+    va_end(args);
+    return status;
+}
+
+const char *eenet_last_error(void) {
+    return error_message[0] ? error_message : "unknown error";
+}
+
+static int num_threads = 0; /* 0: not yet set, use the OpenMP default */
+
+void eenet_set_num_threads(int n) {
+    if (n < 1) {
+        n = 1;
+    }
+    num_threads = n;
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+#ifdef EENET_HAVE_OPENBLAS
+    scipy_openblas_set_num_threads(n);
+#endif
+}
+
+int eenet_get_num_threads(void) {
+    if (num_threads > 0) {
+        return num_threads;
+    }
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}

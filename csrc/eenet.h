@@ -1,0 +1,39 @@
+/* eenet.h: things every C file of the core shares.
+ *
+ * Errors are values: every public function returns an eenet_status and, on
+ * failure, writes a human-readable message with eenet_set_error().  Only
+ * module.c turns a status into a Python exception (ValueError for
+ * EENET_ERR_VALUE, MemoryError for EENET_ERR_NOMEM, FloatingPointError for
+ * EENET_ERR_NONFINITE, RuntimeError otherwise).
+ *
+ * Layout everywhere: float32, NCHW, C-contiguous.
+ */
+#ifndef EENET_H
+#define EENET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    EENET_OK = 0,
+    EENET_ERR_VALUE = 1,      /* bad argument: shape, range, size */
+    EENET_ERR_NOMEM = 2,      /* allocation failed */
+    EENET_ERR_NONFINITE = 3,  /* NaN/Inf met where it must not be */
+    EENET_ERR_INTERNAL = 4    /* broken invariant: a bug in eenet */
+} eenet_status;
+
+/* Thread-local last error message (printf-style).  Returns `status` so a
+ * caller can write `return eenet_set_error(EENET_ERR_VALUE, "...", ...);`. */
+eenet_status eenet_set_error(eenet_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+const char *eenet_last_error(void);
+
+/* Threads used by every OpenMP region of the core (and by OpenBLAS calls made
+ * outside parallel regions).  Default: the cores available to the process. */
+void eenet_set_num_threads(int n);
+int eenet_get_num_threads(void);
+
+#endif /* EENET_H */

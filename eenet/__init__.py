@@ -1,0 +1,52 @@
+"""eenet: early-exit convolutional neural networks (EENets) with a C core.
+
+``import eenet`` loads only NumPy and the C extension; datasets, training,
+plots and sweeps are imported on first use.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+
+
+def _load_openblas() -> None:
+    """Load scipy-openblas32's shared library globally so ``_core`` finds it
+    wherever pip put it (the build may have linked a copy from an isolated
+    build environment that no longer exists)."""
+    try:
+        import scipy_openblas32
+    except ImportError:  # pragma: no cover - a dependency, normally present
+        return
+    lib_dir = scipy_openblas32.get_lib_dir()
+    for name in os.listdir(lib_dir):
+        if name.startswith("lib" + scipy_openblas32.get_library()) and ".so" in name:
+            ctypes.CDLL(os.path.join(lib_dir, name), mode=ctypes.RTLD_GLOBAL)
+            return
+
+
+_load_openblas()
+
+from . import _core  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads (n >= 1) in every kernel of the C core."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Threads used by the C core (default: the cores available)."""
+    return _core.get_num_threads()
+
+
+_LAZY_SUBMODULES = ("ops", "spec", "models", "datasets", "data", "optim", "net", "training",
+                    "sweep", "plots", "cli")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'eenet' has no attribute {name!r}")
