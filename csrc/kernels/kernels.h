@@ -15,14 +15,129 @@
 #ifndef EENET_KERNELS_H
 #define EENET_KERNELS_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "eenet.h"
 
 /* ---- conv (conv.c, gemm.c) --------------------------------------------- */
 /* BEGIN conv declarations */
+/* Output size of a convolution or pooling window: (in + 2*pad - k) / stride + 1. */
+int eenet_conv_out_size(int in, int k, int stride, int pad);
+
+/* Scratch (in floats) that conv2d_forward/backward need for these sizes when
+ * run with up to `nthreads` threads (im2col columns, per-thread partial
+ * weight gradients, ...).  The engine allocates it once for the largest layer. */
+size_t eenet_conv2d_workspace_floats(int N, int C, int H, int W, int K, int kh, int kw,
+                                     int stride, int pad, int nthreads);
+
+/* Forward, overwrites out.
+ * out (N,K,Ho,Wo); inp (N,C,H,W); w (K,C,kh,kw); bias (K) or NULL;
+ * workspace of eenet_conv2d_workspace_floats(...) floats. */
+eenet_status eenet_conv2d_forward(float *out, const float *inp, const float *w,
+                                  const float *bias, float *workspace, int N, int C, int H,
+                                  int W, int K, int kh, int kw, int stride, int pad);
+
+/* Backward, ACCUMULATES into dinp (N,C,H,W; NULL to skip), dw (K,C,kh,kw) and
+ * dbias (K; NULL to skip).  dout (N,K,Ho,Wo); inp, w as in forward. */
+eenet_status eenet_conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                                   const float *inp, const float *w, float *workspace, int N,
+                                   int C, int H, int W, int K, int kh, int kw, int stride,
+                                   int pad);
+
+/* Naive direct-loop references (double accumulation), same contracts. */
+eenet_status eenet_conv2d_forward_naive(float *out, const float *inp, const float *w,
+                                        const float *bias, int N, int C, int H, int W, int K,
+                                        int kh, int kw, int stride, int pad);
+eenet_status eenet_conv2d_backward_naive(float *dinp, float *dw, float *dbias,
+                                         const float *dout, const float *inp, const float *w,
+                                         int N, int C, int H, int W, int K, int kh, int kw,
+                                         int stride, int pad);
 /* END conv declarations */
 
 /* ---- other kernels (bn.c, act.c, pool.c, linear.c, loss.c, optim.c) ---- */
 /* BEGIN ops declarations */
+/* -- batch norm 2d (bn.c), PyTorch semantics: eps, momentum 0.1, running_var
+ *    updated with the UNBIASED batch variance, normalisation with the biased one.
+ * out, inp (N,C,HW); gamma, beta, running_* (C); save_mean, save_invstd (C)
+ * are written for backward.  Train: overwrites out, updates running stats. */
+eenet_status eenet_bn2d_forward_train(float *out, float *save_mean, float *save_invstd,
+                                      float *running_mean, float *running_var,
+                                      const float *inp, const float *gamma, const float *beta,
+                                      float momentum, float eps, int N, int C, int HW);
+eenet_status eenet_bn2d_forward_eval(float *out, const float *inp, const float *gamma,
+                                     const float *beta, const float *running_mean,
+                                     const float *running_var, float eps, int N, int C,
+                                     int HW);
+/* Training-mode backward, ACCUMULATES dinp (N,C,HW; NULL to skip), dgamma, dbeta (C). */
+eenet_status eenet_bn2d_backward(float *dinp, float *dgamma, float *dbeta, const float *dout,
+                                 const float *inp, const float *gamma, const float *save_mean,
+                                 const float *save_invstd, int N, int C, int HW);
+
+/* -- elementwise (act.c).  out/inp (n).  Backward ACCUMULATES into dinp. */
+eenet_status eenet_relu_forward(float *out, const float *inp, size_t n);
+eenet_status eenet_relu_backward(float *dinp, const float *dout, const float *out, size_t n);
+eenet_status eenet_add_forward(float *out, const float *a, const float *b, size_t n);
+eenet_status eenet_add_backward(float *da, float *db, const float *dout, size_t n);
+eenet_status eenet_sigmoid_forward(float *out, const float *inp, size_t n);
+eenet_status eenet_sigmoid_backward(float *dinp, const float *dout, const float *out, size_t n);
+/* softmax over the last axis: prob, logits (N,K); backward
+ * dlogits += prob * (dprob - sum_k dprob*prob). */
+eenet_status eenet_softmax_forward(float *prob, const float *logits, int N, int K);
+eenet_status eenet_softmax_backward(float *dlogits, const float *dprob, const float *prob,
+                                    int N, int K);
+
+/* -- pooling (pool.c).  Max pool: out (N,C,Ho,Wo), argmax (N,C,Ho,Wo) flat
+ * index into the (H,W) plane of the input, inp (N,C,H,W); padding is -inf. */
+eenet_status eenet_maxpool2d_forward(float *out, int32_t *argmax, const float *inp, int N,
+                                     int C, int H, int W, int k, int stride, int pad);
+eenet_status eenet_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax,
+                                      int N, int C, int H, int W, int Ho, int Wo);
+/* Global average pool: out (N,C); inp (N,C,HW). */
+eenet_status eenet_global_avgpool_forward(float *out, const float *inp, int N, int C, int HW);
+eenet_status eenet_global_avgpool_backward(float *dinp, const float *dout, int N, int C,
+                                           int HW);
+
+/* -- linear (linear.c): out (N,O) = inp (N,I) @ w (O,I)^T + bias (O; NULL: none).
+ * Backward ACCUMULATES dinp (N,I; NULL to skip), dw (O,I), dbias (O; NULL to skip). */
+eenet_status eenet_linear_forward(float *out, const float *inp, const float *w,
+                                  const float *bias, int N, int I, int O);
+eenet_status eenet_linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                                   const float *inp, const float *w, int N, int I, int O);
+
+/* -- negative log-likelihood on probabilities (loss.c): the authors take
+ * log() of softmax outputs and of mixtures of them.  loss = -mean_n log(max(p[n,y_n], EENET_PROB_FLOOR));
+ * the floor keeps it finite where p underflows (its gradient is 0 below the floor,
+ * as torch.clamp's is).  prob (N,K), labels (N).  Backward ACCUMULATES
+ * dprob[n,y_n] += -dloss / (N * p[n,y_n]) where p >= floor. */
+#define EENET_PROB_FLOOR 1e-30f
+eenet_status eenet_nll_prob_forward(float *loss, const float *prob, const int64_t *labels,
+                                    int N, int K);
+eenet_status eenet_nll_prob_backward(float *dprob, const float *prob, const int64_t *labels,
+                                     float dloss, int N, int K);
+
+/* -- early-exit losses v0..v4 (eeloss.c), DESIGN.md "Losses".  E1 = exits
+ * including the final one.  probs (E1,N,K) softmax outputs; conf (E1,N) sigmoid
+ * outputs (the final exit's entry is ignored); costs (E1), last = 1; labels (N);
+ * tags (N) exit tags for v4 (NULL otherwise).  parts[4] receives
+ * {total, classification (NLL terms), cost (lambda * cost terms), confidence (v4 BCE)}.
+ * Gradients w.r.t. probs and conf ACCUMULATE into dprobs/dconf (NULL to skip). */
+eenet_status eenet_ee_loss(float *parts, float *dprobs, float *dconf, const float *probs,
+                           const float *conf, const float *costs, const int64_t *labels,
+                           const int32_t *tags, int version, float lambda_coef, int E1, int N,
+                           int K);
+
+/* -- optimisers (optim.c), PyTorch's exact update formulas, over one flat buffer.
+ * SGD: g = grad + wd*p; buf = first_step ? g : momentum*buf + (1-dampening)*g;
+ *      g = nesterov ? g + momentum*buf : buf (if momentum != 0); p -= lr*g.
+ * Adam (L2-style weight decay): g = grad + wd*p; m = b1 m + (1-b1) g;
+ *      v = b2 v + (1-b2) g^2; p -= lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps); t = step >= 1. */
+eenet_status eenet_sgd_step(float *params, float *momentum_buf, const float *grads, size_t n,
+                            float lr, float momentum, float dampening, float weight_decay,
+                            int nesterov, int first_step);
+eenet_status eenet_adam_step(float *params, float *exp_avg, float *exp_avg_sq,
+                             const float *grads, size_t n, float lr, float beta1, float beta2,
+                             float eps, float weight_decay, int step);
 /* END ops declarations */
 
 #endif /* EENET_KERNELS_H */
