@@ -113,12 +113,13 @@ eenet_status eenet_global_avgpool_forward(float *out, const float *inp, int N, i
 eenet_status eenet_global_avgpool_backward(float *dinp, const float *dout, int N, int C,
                                            int HW);
 
-/* -- linear (linear.c): out (N,O) = inp (N,I) @ w (O,I)^T + bias (O; NULL: none).
+/* -- linear (linear.c): out (N,O) = inp (N,I) @ w (O,I)^T + bias (O; NULL: none),
+ * I = in_features, O = out_features (not named I: <complex.h> defines I).
  * Backward ACCUMULATES dinp (N,I; NULL to skip), dw (O,I), dbias (O; NULL to skip). */
 eenet_status eenet_linear_forward(float *out, const float *inp, const float *w,
-                                  const float *bias, int N, int I, int O);
+                                  const float *bias, int N, int in_features, int out_features);
 eenet_status eenet_linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
-                                   const float *inp, const float *w, int N, int I, int O);
+                                   const float *inp, const float *w, int N, int in_features, int out_features);
 
 /* -- negative log-likelihood on probabilities (loss.c): the authors take
  * log() of softmax outputs and of mixtures of them.  loss = -mean_n log(max(p[n,y_n], EENET_PROB_FLOOR));
