@@ -332,7 +332,7 @@ eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *
                                      const float *bias, float *workspace, int N, int C, int H,
                                      int W, int K, int kh, int kw, int stride, int pad,
                                      int nthreads) {
-    int Ho, Wo;
+    int Ho = 0, Wo = 0;
     eenet_status st = check_sizes(N, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo);
     if (st != EENET_OK) {
         return st;
@@ -356,7 +356,7 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                                       const float *inp, const float *w, float *workspace,
                                       int N, int C, int H, int W, int K, int kh, int kw,
                                       int stride, int pad, int nthreads) {
-    int Ho, Wo;
+    int Ho = 0, Wo = 0;
     eenet_status st = check_sizes(N, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo);
     if (st != EENET_OK) {
         return st;
@@ -383,7 +383,7 @@ eenet_status eenet_conv2d_backward(float *dinp, float *dw, float *dbias, const f
 eenet_status eenet_conv2d_forward_naive(float *out, const float *inp, const float *w,
                                         const float *bias, int N, int C, int H, int W, int K,
                                         int kh, int kw, int stride, int pad) {
-    int Ho, Wo;
+    int Ho = 0, Wo = 0;
     eenet_status st = check_sizes(N, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo);
     if (st != EENET_OK) {
         return st;
@@ -421,7 +421,7 @@ eenet_status eenet_conv2d_backward_naive(float *dinp, float *dw, float *dbias,
                                          const float *dout, const float *inp, const float *w,
                                          int N, int C, int H, int W, int K, int kh, int kw,
                                          int stride, int pad) {
-    int Ho, Wo;
+    int Ho = 0, Wo = 0;
     eenet_status st = check_sizes(N, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo);
     if (st != EENET_OK) {
         return st;
