@@ -572,7 +572,7 @@ static int Net_init(NetObject *self, PyObject *args, PyObject *kwds) {
     Py_BEGIN_ALLOW_THREADS
     st = eenet_net_create(&net, (const int32_t *)PyArray_DATA(tensors),
                           (int)PyArray_DIM(tensors, 0), (const int32_t *)PyArray_DATA(ops),
-                          (int)nops, CFDATA(opf), (const int32_t *)PyArray_DATA(exits),
+                          CFDATA(opf), (int)nops, (const int32_t *)PyArray_DATA(exits),
                           (int)PyArray_DIM(exits, 0), CFDATA(costs), (size_t)num_params,
                           (size_t)num_bufs, num_bn, max_batch);
     Py_END_ALLOW_THREADS
@@ -711,7 +711,7 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kwds)
     long long step;
     PyArrayObject *counts = NULL, *nll = NULL;
     PyObject *res = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOiffiffpffffLp:train_step", kwlist, &o_x,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOiffifffpffffLp:train_step", kwlist, &o_x,
                                      &o_y, &o_tags, &version, &lambda_coef, &threshold,
                                      &opt_kind, &lr, &momentum, &dampening, &nesterov, &beta1,
                                      &beta2, &eps, &wd, &step, &first_step) ||

@@ -46,7 +46,12 @@ _LAZY_SUBMODULES = ("ops", "spec", "models", "datasets", "data", "optim", "net",
                     "sweep", "plots", "cli")
 
 
+_NET_EXPORTS = ("build", "save", "load", "load_checkpoint")
+
+
 def __getattr__(name: str):
+    if name in _NET_EXPORTS:  # eenet.build / save / load / load_checkpoint (eenet.net)
+        return getattr(importlib.import_module(".net", __name__), name)
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'eenet' has no attribute {name!r}")
