@@ -12,6 +12,7 @@
 #include "net.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -630,9 +631,24 @@ static eenet_status op_forward(eenet_net *net, int i, int N, int training) {
         return eenet_global_avgpool_forward(out, in, N, op->u.gap.C, op->u.gap.HW);
     case EENET_OP_LINEAR: {
         linear_layer *L = &op->u.lin;
-        return eenet_linear_forward(out, in, net->params + L->w,
-                                    L->bias >= 0 ? net->params + L->bias : NULL, N, L->in,
-                                    L->outf);
+        const float *bias = L->bias >= 0 ? net->params + L->bias : NULL;
+        if (training) {
+            return eenet_linear_forward(out, in, net->params + L->w, bias, N, L->in, L->outf);
+        }
+        /* Eval mode: one row at a time.  linear_forward picks its path (BLAS or
+         * loops) and OpenBLAS its blocking from N, so a batched call may round a
+         * sample differently from a call on that sample alone; row by row, a
+         * sample's outputs never depend on its batch neighbours, which makes
+         * batched early exit equal a one-sample-at-a-time loop exactly. */
+        for (int n = 0; n < N; n++) {
+            eenet_status st = eenet_linear_forward(out + (size_t)n * L->outf,
+                                                   in + (size_t)n * L->in, net->params + L->w,
+                                                   bias, 1, L->in, L->outf);
+            if (st != EENET_OK) {
+                return st;
+            }
+        }
+        return EENET_OK;
     }
     case EENET_OP_SOFTMAX:
         return eenet_softmax_forward(out, in, N, op->u.sm.K);
@@ -804,6 +820,13 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
     memset(net->dconf_all, 0, sizeof(float) * (size_t)E1 * B);
     st = eenet_ee_loss(stats->parts, net->dprobs_all, net->dconf_all, net->probs_all,
                        net->conf_all, net->costs, labels, tags, version, lambda_coef, E1, B, K);
+    if (st == EENET_ERR_NONFINITE) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", eenet_last_error());
+        return eenet_set_error(EENET_ERR_NONFINITE,
+                               "non-finite loss at step %lld (%s); the step was not applied",
+                               (long long)opt->step, msg);
+    }
     if (st != EENET_OK) {
         return st;
     }
