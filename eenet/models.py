@@ -39,6 +39,14 @@ carry ``flops = 0`` here and only the two linear heads count.  ``Exit.num_params
 counts the backbone up to the exit plus that exit's two heads (earlier exits' heads and
 the ``bnpool`` batch norm excluded, BN buffers never counted), as the authors' figures do.
 The final exit's ``flops``/``num_params`` are the plain counterpart's totals.
+
+EENet-8 has no plain counterpart and registers its exit pooling as a module, so the
+authors' counter sees everything: ``Exit.flops`` is every op run up to and including exit i
+(backbone, earlier exits, the exit's pooling and heads), ``total_flops`` the whole model's,
+and ``flop_costs`` their ratio (0.452, 0.736 for f=2 and 0.426, 0.719 for f=4 at 1x28x28,
+the README's "about 0.45 and 0.74 / 0.43 and 0.72").  ``Exit.num_params`` is the backbone
+plus the exit's heads (137 and 407 for f=2, as in the authors' complexity table), the final
+exit's the whole model's.
 """
 from __future__ import annotations
 
@@ -602,8 +610,11 @@ def describe(spec: ModelSpec) -> str:
                      f"{e.cost:>9.6f} {spec.flop_costs[i]:>10.6f} {e.flops:>15,} "
                      f"{e.num_params:>12,}")
     lines.append("")
-    lines.append(f"plain counterpart: {spec.total_flops:,} FLOPs; parameters: "
-                 f"{spec.param_count():,} trainable, {len(spec.params)} arrays")
+    base = "whole model (no plain counterpart)" if spec.model == "eenet8" else "plain counterpart"
+    lines.append(f"{base}: {spec.total_flops:,} FLOPs, {spec.exits[-1].num_params:,} parameters")
+    lines.append(f"this model: {spec.param_count():,} trainable parameters, "
+                 f"{spec.param_count(trainable_only=False) - spec.param_count():,} "
+                 f"batch-norm buffer values, {len(spec.params)} arrays")
     if spec.model == "eenet8":
         lines.append("eenet8: 'cost' are the authors' fixed constants; 'FLOP cost' is measured")
     return "\n".join(lines)
