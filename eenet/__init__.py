@@ -47,6 +47,8 @@ _LAZY_SUBMODULES = ("ops", "spec", "models", "datasets", "data", "optim", "net",
 
 
 _NET_EXPORTS = ("build", "save", "load", "load_checkpoint")
+# Functions exported at top level but defined in a lazily imported submodule.
+_LAZY_TRAINING = ("train", "evaluate")
 
 
 def __getattr__(name: str):
@@ -54,4 +56,6 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(".net", __name__), name)
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_TRAINING:
+        return getattr(importlib.import_module(".training", __name__), name)
     raise AttributeError(f"module 'eenet' has no attribute {name!r}")
