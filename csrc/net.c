@@ -101,7 +101,8 @@ struct eenet_net {
     size_t argmax_count;
     float *workspace;
     size_t workspace_floats;
-    int nthreads;         /* thread count the workspace was sized for */
+    int nthreads;         /* thread count the conv workspace was sized for; the conv
+                           * kernels use min(this, eenet_get_num_threads()) */
 
     float *probs_all, *conf_all, *dprobs_all, *dconf_all; /* (E1,max_batch,K), (E1,max_batch) */
     int *active;          /* (max_batch) original index of each active row in predict */
@@ -567,27 +568,6 @@ fail:
 
 /* ---- running ops ----------------------------------------------------------- */
 
-/* Keep the OpenMP/BLAS thread count within what the workspace was sized for. */
-typedef struct {
-    int saved;
-    int changed;
-} thread_guard;
-
-static thread_guard threads_clamp(const eenet_net *net) {
-    thread_guard g = {eenet_get_num_threads(), 0};
-    if (g.saved > net->nthreads) {
-        eenet_set_num_threads(net->nthreads);
-        g.changed = 1;
-    }
-    return g;
-}
-
-static void threads_restore(thread_guard g) {
-    if (g.changed) {
-        eenet_set_num_threads(g.saved);
-    }
-}
-
 /* Forward of op i on N rows.  training: BN batch statistics + running update. */
 static eenet_status op_forward(eenet_net *net, int i, int N, int training) {
     net_op *op = &net->ops[i];
@@ -596,9 +576,10 @@ static eenet_status op_forward(eenet_net *net, int i, int N, int training) {
     switch (op->kind) {
     case EENET_OP_CONV2D: {
         conv_layer *L = &op->u.conv;
-        return eenet_conv2d_forward(out, in, net->params + L->w,
-                                    L->bias >= 0 ? net->params + L->bias : NULL, net->workspace,
-                                    N, L->C, L->H, L->W, L->K, L->k, L->k, L->stride, L->pad);
+        return eenet_conv2d_forward_ex(out, in, net->params + L->w,
+                                       L->bias >= 0 ? net->params + L->bias : NULL,
+                                       net->workspace, N, L->C, L->H, L->W, L->K, L->k, L->k,
+                                       L->stride, L->pad, net->nthreads);
     }
     case EENET_OP_BATCHNORM2D: {
         bn_layer *L = &op->u.bn;
@@ -671,10 +652,11 @@ static eenet_status op_backward(eenet_net *net, int i, int N) {
     switch (op->kind) {
     case EENET_OP_CONV2D: {
         conv_layer *L = &op->u.conv;
-        return eenet_conv2d_backward(din, net->grads + L->w,
-                                     L->bias >= 0 ? net->grads + L->bias : NULL, dout, in,
-                                     net->params + L->w, net->workspace, N, L->C, L->H, L->W,
-                                     L->K, L->k, L->k, L->stride, L->pad);
+        return eenet_conv2d_backward_ex(din, net->grads + L->w,
+                                        L->bias >= 0 ? net->grads + L->bias : NULL, dout, in,
+                                        net->params + L->w, net->workspace, N, L->C, L->H,
+                                        L->W, L->K, L->k, L->k, L->stride, L->pad,
+                                        net->nthreads);
     }
     case EENET_OP_BATCHNORM2D: {
         bn_layer *L = &op->u.bn;
@@ -763,13 +745,11 @@ eenet_status eenet_net_forward(eenet_net *net, float *probs, float *conf, const 
     if (st != EENET_OK) {
         return st;
     }
-    thread_guard g = threads_clamp(net);
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
     st = run_ops(net, 0, net->num_ops, B, training);
     if (st == EENET_OK) {
         gather_outputs(net, probs, conf, B);
     }
-    threads_restore(g);
     return st;
 }
 
@@ -910,7 +890,6 @@ eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64
         return eenet_set_error(EENET_ERR_VALUE, "optimiser step must be >= 1, got %lld",
                                (long long)opt->step);
     }
-    thread_guard g = threads_clamp(net);
     /* BN running statistics change in forward: keep a copy so a failed step
      * leaves the whole state as it was */
     memcpy(net->bufs_snapshot, net->bufs, sizeof(float) * net->num_bufs);
@@ -922,7 +901,6 @@ eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64
         memcpy(net->bufs, net->bufs_snapshot, sizeof(float) * net->num_bufs);
         memcpy(net->nbt, net->nbt_snapshot, sizeof(int64_t) * (size_t)net->num_bn);
     }
-    threads_restore(g);
     return st;
 }
 
@@ -934,7 +912,6 @@ eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, in
     if (st != EENET_OK) {
         return st;
     }
-    thread_guard g = threads_clamp(net);
     int E1 = net->num_exits, K = net->K;
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
     for (int n = 0; n < B; n++) {
@@ -970,6 +947,5 @@ eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, in
         }
         n_active = kept;
     }
-    threads_restore(g);
     return st;
 }
