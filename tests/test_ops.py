@@ -623,3 +623,26 @@ def test_no_refcount_growth(rng):
     assert [sys.getrefcount(a) for a in (x, g, b, b4, rm, rv, w, y)] == refs
     if total is not None:
         assert sys.gettotalrefcount() - total < 100
+
+
+# ---- conv2d wrappers (the kernels themselves are tested in test_conv.py) -----------------
+
+@pytest.mark.skipif(not hasattr(eenet._core, "conv2d_forward"), reason="conv not built")
+def test_conv2d_wrappers(rng):
+    x, w, b = f32(rng.normal(size=(2, 3, 7, 6))), f32(rng.normal(size=(4, 3, 3, 3))), f32(
+        rng.normal(size=4))
+    y = ops.conv2d(x, w, b, stride=2, padding=1)
+    x64 = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros((2, 4, 4, 3))
+    for i in range(4):
+        for j in range(3):
+            ref[:, :, i, j] = np.einsum("nchw,kchw->nk", x64[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3],
+                                        w) + b
+    close(y, ref, atol=1e-4)
+    dy = f32(rng.normal(size=y.shape))
+    dx, dw, db = ops.conv2d_backward(dy, x, w, stride=2, padding=1)
+    assert dx.shape == x.shape and dw.shape == w.shape
+    close(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), atol=1e-4)
+    assert ops.conv2d_backward(dy, x, w, 2, 1, with_bias=False)[2] is None
+    with pytest.raises(TypeError, match="x"):
+        ops.conv2d(x.astype(np.float64), w)
