@@ -1755,11 +1755,12 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kwds)
                              "beta2", "eps", "weight_decay", "step", "first_step", NULL};
     PyObject *o_x, *o_y, *o_tags;
     int version, opt_kind, nesterov, first_step;
-    float lambda_coef, threshold, lr, momentum, dampening, beta1, beta2, eps, wd;
+    float lambda_coef, threshold;
+    double lr, momentum, dampening, beta1, beta2, eps, wd;
     long long step;
     PyArrayObject *counts = NULL, *nll = NULL;
     PyObject *res = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOiffifffpffffLp:train_step", kwlist, &o_x,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOiffidddpddddLp:train_step", kwlist, &o_x,
                                      &o_y, &o_tags, &version, &lambda_coef, &threshold,
                                      &opt_kind, &lr, &momentum, &dampening, &nesterov, &beta1,
                                      &beta2, &eps, &wd, &step, &first_step) ||

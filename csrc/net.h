@@ -69,11 +69,11 @@ typedef enum { EENET_OPT_SGD = 0, EENET_OPT_ADAM = 1 } eenet_opt_kind;
 
 typedef struct {
     int kind;
-    float lr;
-    float momentum, dampening; /* SGD */
-    int nesterov;              /* SGD */
-    float beta1, beta2, eps;   /* Adam */
-    float weight_decay;        /* both; applied to every parameter, as PyTorch does */
+    double lr;
+    double momentum, dampening; /* SGD */
+    int nesterov;               /* SGD */
+    double beta1, beta2, eps;   /* Adam */
+    double weight_decay;        /* both; applied to every parameter, as PyTorch does */
     int64_t step;              /* 1-based number of this step (Adam bias correction, errors) */
     int first_step;            /* SGD: momentum buffer not yet initialised */
 } eenet_opt_config;
