@@ -724,9 +724,14 @@ def _local_client(n_trials: int, workers: int | None):
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = max(1, cores // workers)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR,
-                           scheduler_kwargs={"allowed_failures": 0})
+    import dask
+    # allowed_failures=0: a worker death fails its task at once (KilledWorker) and run()
+    # counts it as one attempt; saturation 1.0: a worker holds only the task it runs, so a
+    # dying worker takes no queued trial down with it.
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               scheduler_kwargs={"allowed_failures": 0})
     return Client(cluster), cluster, threads
 
 

@@ -10,27 +10,34 @@ import uuid
 import numpy as np
 
 
+def trial_key(num_ee: int, lambda_coef: float, seed: int = 1) -> str:
+    return f"{num_ee}-{lambda_coef:g}-{seed}"
+
+
 def fake_train(model: str = "eenet8", dataset: str = "fashion-mnist", *, num_ee: int = 2,
                lambda_coef: float = 1.0, lr: float = 0.001, epochs: int = 1, seed: int = 1,
-               marker_dir: str | None = None, fail: bool = False, die_once: bool = False,
-               sleep: float = 0.0, results_dir: str | None = None, resume: bool = False,
+               loss_func: str = "v2", save_model: bool = True,
+               marker_dir: str | None = None, fail_key: str | None = None,
+               die_key: str | None = None, sleep: float = 0.0, results_dir: str | None = None, resume: bool = False,
                threads: int | None = None, progress: bool = True) -> dict:
-    """Pretend to train: record the execution, optionally fail / kill its own worker
-    process on the first attempt / sleep, and return train-like metrics."""
+    """Pretend to train: record the execution, raise when the trial's key
+    (f"{num_ee}-{lambda_coef:g}-{seed}") is ``fail_key``, kill its own worker process on the
+    first attempt when it is ``die_key``, sleep, and return train-like metrics."""
     import pandas as pd
-    key = f"{model}-{num_ee}-{lambda_coef:g}-{lr:g}-{seed}"
+    key = trial_key(num_ee, lambda_coef, seed)
     if marker_dir is not None:
         os.makedirs(marker_dir, exist_ok=True)
         with open(os.path.join(marker_dir, f"exec-{key}-{uuid.uuid4().hex}"), "w") as f:
             f.write(f"{os.getpid()} resume={resume} threads={threads}\n")
-        if die_once:
+        if die_key == key:
             flag = os.path.join(marker_dir, f"died-{key}")
             if not os.path.exists(flag):
                 open(flag, "w").close()
+                time.sleep(0.5)  # die mid-trial, not at its start
                 os._exit(13)  # the worker process dies mid-trial
     if sleep:
         time.sleep(sleep)
-    if fail:
+    if fail_key == key:
         raise RuntimeError(f"trial {key} failed on purpose")
     if results_dir is not None:
         with open(os.path.join(results_dir, "checkpoint.eenet"), "w") as f:
