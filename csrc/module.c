@@ -230,8 +230,247 @@ static PyMethodDef thread_methods[] = {
 /* section "conv": conv2d forward / backward                                 */
 /* ======================================================================== */
 
+/* Geometry of one conv2d call, validated from x (N,C,H,W) and w (K,C,kh,kw). */
+typedef struct {
+    int N, C, H, W, K, kh, kw, stride, pad, Ho, Wo;
+} conv_geom;
+
+/* Validate x and w (float32, C-contiguous, rank 4, sizes >= 1, matching C,
+ * dims fitting in int), stride >= 1, padding >= 0 and the kernel not larger
+ * than the padded input.  Fills g; returns 0 with an exception set on error. */
+static int conv_check_geometry(PyArrayObject *x, PyArrayObject *w, long stride, long padding,
+                               conv_geom *g) {
+    if (!check_int_min(stride, "stride", 1) || !check_int_min(padding, "padding", 0)) {
+        return 0;
+    }
+    if (stride > INT_MAX / 4 || padding > INT_MAX / 4) {
+        PyErr_Format(PyExc_ValueError, "stride/padding: too large (stride %ld, padding %ld)",
+                     stride, padding);
+        return 0;
+    }
+    const char *names[2] = {"x", "w"};
+    PyArrayObject *arrs[2] = {x, w};
+    for (int a = 0; a < 2; a++) {
+        for (int d = 0; d < 4; d++) {
+            npy_intp v = PyArray_DIM(arrs[a], d);
+            if (v < 1 || v > INT_MAX / 4) {
+                char got[128];
+                shape_str(got, sizeof got, 4, PyArray_DIMS(arrs[a]));
+                PyErr_Format(PyExc_ValueError,
+                             "%s: every dimension must be in [1, %d]%s, got shape %s", names[a],
+                             INT_MAX / 4, (a == 0 && d == 0) ? " (empty batch)" : "", got);
+                return 0;
+            }
+        }
+    }
+    g->N = (int)PyArray_DIM(x, 0);
+    g->C = (int)PyArray_DIM(x, 1);
+    g->H = (int)PyArray_DIM(x, 2);
+    g->W = (int)PyArray_DIM(x, 3);
+    g->K = (int)PyArray_DIM(w, 0);
+    g->kh = (int)PyArray_DIM(w, 2);
+    g->kw = (int)PyArray_DIM(w, 3);
+    g->stride = (int)stride;
+    g->pad = (int)padding;
+    if (PyArray_DIM(w, 1) != g->C) {
+        char got[128];
+        shape_str(got, sizeof got, 4, PyArray_DIMS(w));
+        PyErr_Format(PyExc_ValueError,
+                     "w: expected shape (K, %d, kh, kw) to match x's %d input channels, got %s",
+                     g->C, g->C, got);
+        return 0;
+    }
+    if (g->kh > g->H + 2 * g->pad || g->kw > g->W + 2 * g->pad) {
+        PyErr_Format(PyExc_ValueError,
+                     "w: kernel %dx%d is larger than the padded input %dx%d (x %dx%d, "
+                     "padding %d)",
+                     g->kh, g->kw, g->H + 2 * g->pad, g->W + 2 * g->pad, g->H, g->W, g->pad);
+        return 0;
+    }
+    g->Ho = eenet_conv_out_size(g->H, g->kh, g->stride, g->pad);
+    g->Wo = eenet_conv_out_size(g->W, g->kw, g->stride, g->pad);
+    return 1;
+}
+
+/* Workspace for the fast kernels at the current thread count (PyMem_Malloc;
+ * NULL with MemoryError set on failure). */
+static float *conv_alloc_workspace(const conv_geom *g) {
+    size_t n = eenet_conv2d_workspace_floats(g->N, g->C, g->H, g->W, g->K, g->kh, g->kw,
+                                             g->stride, g->pad, eenet_get_num_threads());
+    if (n == 0) {
+        n = 1;
+    }
+    if (n > PY_SSIZE_T_MAX / sizeof(float)) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    float *ws = (float *)PyMem_Malloc(n * sizeof(float));
+    if (!ws) {
+        PyErr_NoMemory();
+    }
+    return ws;
+}
+
+static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"x", "w", "b", "stride", "padding", "naive", NULL};
+    PyObject *x_obj, *w_obj, *b_obj;
+    long stride, padding;
+    int naive = 0;
+    PyArrayObject *out = NULL;
+    float *ws = NULL;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOll|p:conv2d_forward", kwlist, &x_obj,
+                                     &w_obj, &b_obj, &stride, &padding, &naive)) {
+        return NULL;
+    }
+    PyArrayObject *x = check_float_array(x_obj, "x", 4);
+    if (!x) {
+        goto cleanup;
+    }
+    PyArrayObject *w = check_float_array(w_obj, "w", 4);
+    if (!w) {
+        goto cleanup;
+    }
+    conv_geom g;
+    if (!conv_check_geometry(x, w, stride, padding, &g)) {
+        goto cleanup;
+    }
+    const float *bias = NULL;
+    if (b_obj != Py_None) {
+        npy_intp bdims[1] = {g.K};
+        PyArrayObject *b = check_float_shape(b_obj, "b", 1, bdims);
+        if (!b) {
+            goto cleanup;
+        }
+        bias = CFDATA(b);
+    }
+    npy_intp odims[4] = {g.N, g.K, g.Ho, g.Wo};
+    out = new_float_array(4, odims);
+    if (!out) {
+        goto cleanup;
+    }
+    if (!naive) {
+        ws = conv_alloc_workspace(&g);
+        if (!ws) {
+            goto cleanup;
+        }
+    }
+    eenet_status st;
+    Py_BEGIN_ALLOW_THREADS;
+    if (naive) {
+        st = eenet_conv2d_forward_naive(FDATA(out), CFDATA(x), CFDATA(w), bias, g.N, g.C, g.H,
+                                        g.W, g.K, g.kh, g.kw, g.stride, g.pad);
+    } else {
+        st = eenet_conv2d_forward(FDATA(out), CFDATA(x), CFDATA(w), bias, ws, g.N, g.C, g.H,
+                                  g.W, g.K, g.kh, g.kw, g.stride, g.pad);
+    }
+    Py_END_ALLOW_THREADS;
+    if (st != EENET_OK) {
+        raise_status(st);
+        goto cleanup;
+    }
+    result = (PyObject *)out;
+    out = NULL;
+cleanup:
+    PyMem_Free(ws);
+    Py_XDECREF(out);
+    return result;
+}
+
+static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"dy", "x", "w", "stride", "padding", "with_bias", "need_dx",
+                             "naive", NULL};
+    PyObject *dy_obj, *x_obj, *w_obj;
+    long stride, padding;
+    int with_bias, need_dx = 1, naive = 0;
+    PyArrayObject *dx = NULL, *dw = NULL, *db = NULL;
+    float *ws = NULL;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOllp|pp:conv2d_backward", kwlist,
+                                     &dy_obj, &x_obj, &w_obj, &stride, &padding, &with_bias,
+                                     &need_dx, &naive)) {
+        return NULL;
+    }
+    PyArrayObject *x = check_float_array(x_obj, "x", 4);
+    if (!x) {
+        goto cleanup;
+    }
+    PyArrayObject *w = check_float_array(w_obj, "w", 4);
+    if (!w) {
+        goto cleanup;
+    }
+    conv_geom g;
+    if (!conv_check_geometry(x, w, stride, padding, &g)) {
+        goto cleanup;
+    }
+    npy_intp odims[4] = {g.N, g.K, g.Ho, g.Wo};
+    PyArrayObject *dy = check_float_shape(dy_obj, "dy", 4, odims);
+    if (!dy) {
+        goto cleanup;
+    }
+    dw = new_float_array(4, PyArray_DIMS(w));
+    if (!dw) {
+        goto cleanup;
+    }
+    if (need_dx) {
+        dx = new_float_array(4, PyArray_DIMS(x));
+        if (!dx) {
+            goto cleanup;
+        }
+    }
+    if (with_bias) {
+        npy_intp bdims[1] = {g.K};
+        db = new_float_array(1, bdims);
+        if (!db) {
+            goto cleanup;
+        }
+    }
+    if (!naive) {
+        ws = conv_alloc_workspace(&g);
+        if (!ws) {
+            goto cleanup;
+        }
+    }
+    float *pdx = dx ? FDATA(dx) : NULL;
+    float *pdb = db ? FDATA(db) : NULL;
+    eenet_status st;
+    Py_BEGIN_ALLOW_THREADS;
+    if (naive) {
+        st = eenet_conv2d_backward_naive(pdx, FDATA(dw), pdb, CFDATA(dy), CFDATA(x), CFDATA(w),
+                                         g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.stride, g.pad);
+    } else {
+        st = eenet_conv2d_backward(pdx, FDATA(dw), pdb, CFDATA(dy), CFDATA(x), CFDATA(w), ws,
+                                   g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.stride, g.pad);
+    }
+    Py_END_ALLOW_THREADS;
+    if (st != EENET_OK) {
+        raise_status(st);
+        goto cleanup;
+    }
+    result = Py_BuildValue("(OOO)", dx ? (PyObject *)dx : Py_None, (PyObject *)dw,
+                           db ? (PyObject *)db : Py_None);
+cleanup:
+    PyMem_Free(ws);
+    Py_XDECREF(dx);
+    Py_XDECREF(dw);
+    Py_XDECREF(db);
+    return result;
+}
+
 static PyMethodDef conv_methods[] = {
     /* BEGIN conv methods */
+    {"conv2d_forward", (PyCFunction)(void (*)(void))py_conv2d_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "conv2d_forward(x, w, b, stride, padding, naive=False)\n--\n\n"
+     "y (N,K,Ho,Wo) = conv2d of x (N,C,H,W) with w (K,C,kh,kw) and bias b (K,) or None;\n"
+     "float32 C-contiguous arrays, symmetric padding.  naive=True runs the direct-loop\n"
+     "reference (double accumulation).  Returns a new array."},
+    {"conv2d_backward", (PyCFunction)(void (*)(void))py_conv2d_backward,
+     METH_VARARGS | METH_KEYWORDS,
+     "conv2d_backward(dy, x, w, stride, padding, with_bias, need_dx=True, naive=False)\n--\n\n"
+     "Gradients of conv2d_forward: returns (dx (N,C,H,W) or None, dw (K,C,kh,kw),\n"
+     "db (K,) or None) given dy (N,K,Ho,Wo).  The C kernels accumulate; this binding\n"
+     "passes fresh zero-filled arrays, so the results are the gradients themselves."},
     /* END conv methods */
     {NULL, NULL, 0, NULL}};
 

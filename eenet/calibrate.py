@@ -7,8 +7,9 @@ largest T whose cost stays within the budget is found by bisection over the dist
 confidence values, each step one vectorised pass over the stored outputs. The module itself
 is callable (``eenet.calibrate(...)`` is ``eenet.calibrate.calibrate(...)``).
 
-:func:`threshold_for_cost` does the same from stored outputs (``eenet.evaluate``'s
-``outputs``, a sweep trial's ``outputs.npz``): it is what ``evaluate --target-cost`` uses.
+:func:`calibrate_outputs` does the same from stored outputs (``eenet.evaluate``'s
+``outputs``, a sweep trial's ``outputs.npz``); :func:`threshold_for_cost` wraps it for
+``evaluate --target-cost`` (outputs dict in, threshold out).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
-__all__ = ["Calibration", "calibrate", "threshold_for_cost", "collect_outputs"]
+__all__ = ["Calibration", "calibrate", "calibrate_outputs", "threshold_for_cost",
+           "collect_outputs"]
 
 
 class Calibration(NamedTuple):
@@ -35,8 +37,17 @@ def _at(conf: np.ndarray, costs: np.ndarray, T: float) -> tuple[float, np.ndarra
     return float(costs[exits].mean()), exits
 
 
-def threshold_for_cost(probs: np.ndarray, conf: np.ndarray, costs: np.ndarray,
-                       target_cost: float, labels: np.ndarray | None = None) -> Calibration:
+def threshold_for_cost(outputs: dict, costs: np.ndarray, target_cost: float) -> float:
+    """The threshold for ``evaluate --target-cost``: :func:`calibrate_outputs` on an
+    ``eenet.evaluate`` outputs dict ({"probs": (E+1, N, K), "conf": (E+1, N), "labels": (N,)})
+    and the exit costs (E+1,); returns the largest T whose average cost on these outputs is
+    <= target_cost. Raises ValueError for a budget below the first exit's cost."""
+    return calibrate_outputs(outputs.get("probs"), outputs["conf"], costs, target_cost,
+                             outputs.get("labels")).threshold
+
+
+def calibrate_outputs(probs: np.ndarray | None, conf: np.ndarray, costs: np.ndarray,
+                      target_cost: float, labels: np.ndarray | None = None) -> Calibration:
     """The largest threshold T whose average cost on these outputs is <= ``target_cost``.
 
     probs (E+1, N, K) softmax outputs (only used for the accuracy; may be None when labels
@@ -162,7 +173,7 @@ def calibrate(net, data: Any, target_cost: float, labels: Any = None,
     finally:
         if was_training:
             net.train()
-    return threshold_for_cost(probs, conf, costs, target_cost, y)
+    return calibrate_outputs(probs, conf, costs, target_cost, y)
 
 
 class _CallableModule(types.ModuleType):

@@ -216,6 +216,47 @@ def _default_trial_fn() -> Callable:
     return eenet.training.train
 
 
+def _is_eenet_train(fn: Callable) -> bool:
+    return getattr(fn, "__module__", None) == "eenet.training" and \
+        getattr(fn, "__name__", None) == "train"
+
+
+def _trial_parameters(fn: Callable) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of the trial function. eenet.train takes ``**kwargs`` that are
+    the fields of eenet.training.TrainConfig: those are listed with their defaults."""
+    import dataclasses
+    params = dict(inspect.signature(fn).parameters)
+    if _is_eenet_train(fn):
+        from .training import TrainConfig
+        kw = inspect.Parameter.KEYWORD_ONLY
+        params = {k: p for k, p in params.items() if p.kind is not p.VAR_KEYWORD}
+        for f in dataclasses.fields(TrainConfig):
+            if f.name not in params:
+                default = f.default if f.default is not dataclasses.MISSING else \
+                    inspect.Parameter.empty
+                params[f.name] = inspect.Parameter(f.name, kw, default=default,
+                                                   annotation=f.type)
+    return params
+
+
+def _check_trials_with_train(configs: list[dict]) -> None:
+    """eenet.train's own settings check (eenet.training.validate_config: combinations such
+    as exits that do not fit the model) on every trial, before any runs."""
+    from .training import TrainConfig, validate_config
+    done: set[str] = set()
+    for cfg in configs:
+        key = json.dumps(cfg, sort_keys=True)
+        if key in done:
+            continue
+        done.add(key)
+        try:
+            validate_config(TrainConfig(**cfg), check_model=True)
+        except (ValueError, TypeError) as e:
+            shown = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
+            raise SpecError(f"sweep spec: trial ({shown}) is refused by eenet.train: {e}") \
+                from None
+
+
 def _param_kind(p: inspect.Parameter) -> str | None:
     """'bool', 'int', 'float', 'str' or None (anything) from the default or annotation."""
     d = p.default
@@ -315,7 +356,7 @@ def validate_spec(spec: SweepSpec, trial_fn: Callable | None = None) -> SweepSpe
     (default :func:`eenet.train`) and return a canonical copy; raises :class:`SpecError`
     naming the first bad parameter."""
     fn = trial_fn if trial_fn is not None else _default_trial_fn()
-    params = inspect.signature(fn).parameters
+    params = _trial_parameters(fn)
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     named = {k: p for k, p in params.items()
              if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -440,7 +481,7 @@ def expand(spec: "SweepSpec | Mapping | str | os.PathLike",
     import itertools
     fn = trial_fn if trial_fn is not None else _default_trial_fn()
     spec = validate_spec(load_spec(spec), fn)
-    params = inspect.signature(fn).parameters
+    params = _trial_parameters(fn)
     grid_names = list(spec.grid)
     combos = [dict(zip(grid_names, vals))
               for vals in itertools.product(*(spec.grid[k] for k in grid_names))]
@@ -466,6 +507,8 @@ def expand(spec: "SweepSpec | Mapping | str | os.PathLike",
                 if h not in seen:
                     seen.add(h)
                     configs.append(cfg)
+    if _is_eenet_train(fn):
+        _check_trials_with_train(configs)
     return configs
 
 
@@ -566,9 +609,12 @@ def _execute_trial(trial_fn: Callable | None, config: dict, run_dir: str,
 
 
 def _validation_outputs(result: Mapping, config: Mapping) -> dict | None:
-    """Per-exit outputs of the trained model on the validation split (probs (E+1,N,K),
-    conf (E+1,N), labels (N,), costs (E+1,)) via one eenet.evaluate pass."""
-    import eenet.training
+    """Per-exit outputs of the trained model (model.eenet, the best epoch) on the trial's
+    validation split (eenet.train's held-out part of the training set, or the test set when
+    val_fraction is 0): probs (E+1,N,K), conf (E+1,N), labels (N,), costs (E+1,)."""
+    import dataclasses
+    import eenet
+    from . import training
     rd = result.get("results_dir")
     if not rd:
         return None
@@ -579,29 +625,18 @@ def _validation_outputs(result: Mapping, config: Mapping) -> dict | None:
             break
     if model is None:
         return None
-    kw = {"dataset": config.get("dataset", "fashion-mnist"), "data_dir": config.get("data_dir")}
-    sig = inspect.signature(eenet.training.evaluate).parameters
-    last_err: Exception | None = None
-    for split, size in (("val", config.get("val_size")), ("test", config.get("test_size"))):
-        try:
-            args = dict(kw, split=split)
-            if "test_size" in sig and size is not None:
-                args["test_size"] = size
-            if "progress" in sig:
-                args["progress"] = False
-            ev = eenet.training.evaluate(model, **args)
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            last_err = e
-            continue
-        outs = dict(ev["outputs"])
-        outs["split"] = np.asarray(split)
-        if "costs" not in outs:
-            import eenet
-            outs["costs"] = np.asarray(eenet.load(model).exit_costs, dtype=np.float64)
-        return outs
-    if last_err is not None:
-        raise last_err
-    return None
+    names = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    saved = dict(result.get("config") or config)
+    cfg = training.TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    cfg.progress = False
+    splits = training._load_splits(cfg)
+    net = eenet.load(model)
+    ev = training._evaluate_net(net, splits.val, batch_size=256, threshold=0.5,
+                                lambda_coef=cfg.lambda_coef, with_outputs=True)
+    outs = dict(ev["outputs"])
+    outs["costs"] = np.asarray(net.exit_costs, dtype=np.float64)
+    outs["split"] = np.asarray("val" if cfg.val_fraction > 0 else "test")
+    return outs
 
 
 # --------------------------------------------------------------------------- the store (client side)
@@ -1001,3 +1036,8 @@ def sweep_main(args) -> int:
     for _, r in df[df["status"] == "failed"].iterrows():
         print(f"failed {r['trial']}: {r['error']}", file=sys.stderr)
     return 0 if n_failed == 0 else 1
+
+
+def add_cli(subparsers) -> None:
+    """Registration hook of eenet.cli.SUBCOMMANDS ("sweep": "eenet.sweep:add_cli")."""
+    add_sweep_parser(subparsers)

@@ -22,7 +22,7 @@ from _sweep_trials import fake_train, trial_key  # noqa: E402
 
 from eenet import sweep  # noqa: E402
 from eenet.plots import exit_assignment, pareto_front, threshold_curve  # noqa: E402
-from eenet.calibrate import threshold_for_cost  # noqa: E402
+from eenet.calibrate import calibrate_outputs, threshold_for_cost  # noqa: E402
 
 ISSUE_TOML = """
 [fixed]
@@ -303,7 +303,9 @@ def test_threshold_for_cost_meets_the_budget(rng):
     probs, conf, labels, costs = _synthetic_outputs(rng)
     curve = threshold_curve(probs, conf, labels, costs, np.linspace(0, 1, 201))
     for budget in (0.1, 0.2, 0.35, 0.6, 1.0):
-        cal = threshold_for_cost(probs, conf, costs, budget, labels)
+        cal = calibrate_outputs(probs, conf, costs, budget, labels)
+        assert threshold_for_cost({"probs": probs, "conf": conf, "labels": labels}, costs,
+                                  budget) == cal.threshold
         assert cal.cost <= budget + 1e-12
         re = threshold_curve(probs, conf, labels, costs, [cal.threshold]).iloc[0]
         assert re["avg_cost"] == pytest.approx(cal.cost) and re["accuracy"] == cal.accuracy
@@ -311,4 +313,4 @@ def test_threshold_for_cost_meets_the_budget(rng):
         ok = curve[curve["avg_cost"] <= budget + 1e-12]
         assert cal.cost >= ok["avg_cost"].max() - 1e-12
     with pytest.raises(ValueError, match="first exit's cost"):
-        threshold_for_cost(probs, conf, costs, 0.05, labels)
+        calibrate_outputs(probs, conf, costs, 0.05, labels)

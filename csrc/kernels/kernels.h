@@ -45,6 +45,21 @@ eenet_status eenet_conv2d_backward(float *dinp, float *dw, float *dbias, const f
                                    int C, int H, int W, int K, int kh, int kw, int stride,
                                    int pad);
 
+/* The same with an explicit bound: `nthreads` is the thread count the
+ * workspace was sized for; the kernels use min(nthreads, eenet_get_num_threads())
+ * threads.  The forms above pass eenet_get_num_threads(), so their workspace
+ * must be sized for the thread count current at call time; a caller that sizes
+ * once (the engine) and may see eenet_set_num_threads() raise the count later
+ * should call these. */
+eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *w,
+                                     const float *bias, float *workspace, int N, int C, int H,
+                                     int W, int K, int kh, int kw, int stride, int pad,
+                                     int nthreads);
+eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, const float *dout,
+                                      const float *inp, const float *w, float *workspace,
+                                      int N, int C, int H, int W, int K, int kh, int kw,
+                                      int stride, int pad, int nthreads);
+
 /* Naive direct-loop references (double accumulation), same contracts. */
 eenet_status eenet_conv2d_forward_naive(float *out, const float *inp, const float *w,
                                         const float *bias, int N, int C, int H, int W, int K,
@@ -98,12 +113,13 @@ eenet_status eenet_global_avgpool_forward(float *out, const float *inp, int N, i
 eenet_status eenet_global_avgpool_backward(float *dinp, const float *dout, int N, int C,
                                            int HW);
 
-/* -- linear (linear.c): out (N,O) = inp (N,I) @ w (O,I)^T + bias (O; NULL: none).
+/* -- linear (linear.c): out (N,O) = inp (N,I) @ w (O,I)^T + bias (O; NULL: none),
+ * I = in_features, O = out_features (not named I: <complex.h> defines I).
  * Backward ACCUMULATES dinp (N,I; NULL to skip), dw (O,I), dbias (O; NULL to skip). */
 eenet_status eenet_linear_forward(float *out, const float *inp, const float *w,
-                                  const float *bias, int N, int I, int O);
+                                  const float *bias, int N, int in_features, int out_features);
 eenet_status eenet_linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
-                                   const float *inp, const float *w, int N, int I, int O);
+                                   const float *inp, const float *w, int N, int in_features, int out_features);
 
 /* -- negative log-likelihood on probabilities (loss.c): the authors take
  * log() of softmax outputs and of mixtures of them.  loss = -mean_n log(max(p[n,y_n], EENET_PROB_FLOOR));

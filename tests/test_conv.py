@@ -1,0 +1,390 @@
+"""conv2d kernels (eenet._core.conv2d_forward / conv2d_backward).
+
+Checked against a float64 NumPy reference written here, the C naive reference,
+PyTorch (forward and autograd) and central finite differences; plus thread
+invariance, the C kernels' accumulation contract (through ctypes, since the
+binding returns fresh arrays), argument validation and boundary hygiene.
+"""
+import ctypes
+import gc
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import eenet
+from eenet import _core
+
+from conftest import requires_torch
+
+RTOL, ATOL = 1e-4, 1e-5
+
+# (N, C, H, W, K, k, stride, pad)
+SHAPES = [
+    (1, 1, 5, 5, 2, 3, 1, 1),      # batch 1, C = 1
+    (2, 2, 7, 9, 2, 3, 1, 1),      # C = K = 2, odd sizes
+    (3, 3, 7, 9, 5, 3, 2, 1),      # stride-2 tails
+    (2, 4, 9, 8, 6, 1, 2, 0),      # 1x1 stride 2 shortcut
+    (2, 4, 6, 6, 3, 1, 1, 0),      # 1x1 stride 1 (no im2col)
+    (2, 3, 19, 17, 4, 7, 2, 3),    # 7x7 stride 2 pad 3 stem
+    (2, 2, 5, 6, 3, (5, 6), 1, 0),  # kernel = input size
+    (1, 3, 4, 4, 2, 3, 3, 2),      # stride 3, padding 2
+    (3, 8, 12, 12, 16, 3, 1, 1),   # 8 -> 16 channels
+    (2, 16, 8, 8, 8, 3, 2, 1),     # 16 -> 8 channels, stride 2
+    (4, 2, 28, 28, 4, 3, 1, 1),    # EENet-8-like
+]
+
+
+def _k(shape):
+    k = shape[5]
+    return (k, k) if isinstance(k, int) else k
+
+
+def _arrays(rng, shape, bias=True):
+    N, C, H, W, K, _, s, p = shape
+    kh, kw = _k(shape)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32) if bias else None
+    Ho = (H + 2 * p - kh) // s + 1
+    Wo = (W + 2 * p - kw) // s + 1
+    dy = rng.standard_normal((N, K, Ho, Wo)).astype(np.float32)
+    return x, w, b, dy
+
+
+def ref_forward(x, w, b, s, p):
+    """float64 reference: sum over taps of einsum on strided views of the padded input."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    N, C, H, W = x.shape
+    K, _, kh, kw = w.shape
+    Ho, Wo = (H + 2 * p - kh) // s + 1, (W + 2 * p - kw) // s + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    y = np.zeros((N, K, Ho, Wo))
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, :, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s]
+            y += np.einsum("nchw,kc->nkhw", win, w[:, :, i, j])
+    if b is not None:
+        y += b.astype(np.float64)[None, :, None, None]
+    return y
+
+
+def ref_backward(dy, x, w, s, p):
+    """float64 reference gradients (dx, dw, db)."""
+    dy = dy.astype(np.float64)
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    N, C, H, W = x.shape
+    K, _, kh, kw = w.shape
+    Ho, Wo = dy.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i in range(kh):
+        for j in range(kw):
+            sl = (slice(None), slice(None), slice(i, i + s * (Ho - 1) + 1, s),
+                  slice(j, j + s * (Wo - 1) + 1, s))
+            dw[:, :, i, j] = np.einsum("nkhw,nchw->kc", dy, xp[sl])
+            dxp[sl] += np.einsum("nkhw,kc->nchw", dy, w[:, :, i, j])
+    dx = dxp[:, :, p:p + H, p:p + W]
+    return dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+def _close(a, ref, rtol=RTOL, atol=ATOL):
+    # scale atol with the size of the sums involved
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(a, ref, rtol=rtol, atol=atol * scale)
+
+
+@pytest.mark.parametrize("naive", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_matches_numpy(rng, shape, naive):
+    s, p = shape[6], shape[7]
+    for bias in (True, False):
+        x, w, b, _ = _arrays(rng, shape, bias)
+        y = _core.conv2d_forward(x, w, b, s, p, naive=naive)
+        assert y.dtype == np.float32 and y.flags.c_contiguous
+        _close(y, ref_forward(x, w, b, s, p))
+
+
+@pytest.mark.parametrize("naive", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_matches_numpy(rng, shape, naive):
+    s, p = shape[6], shape[7]
+    x, w, _, dy = _arrays(rng, shape)
+    rdx, rdw, rdb = ref_backward(dy, x, w, s, p)
+    dx, dw, db = _core.conv2d_backward(dy, x, w, s, p, True, naive=naive)
+    _close(dx, rdx)
+    _close(dw, rdw)
+    _close(db, rdb)
+    dx2, dw2, db2 = _core.conv2d_backward(dy, x, w, s, p, False, need_dx=False, naive=naive)
+    assert dx2 is None and db2 is None
+    _close(dw2, rdw)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fast_matches_naive(rng, shape):
+    s, p = shape[6], shape[7]
+    x, w, b, dy = _arrays(rng, shape)
+    _close(_core.conv2d_forward(x, w, b, s, p),
+           _core.conv2d_forward(x, w, b, s, p, naive=True))
+    fast = _core.conv2d_backward(dy, x, w, s, p, True)
+    slow = _core.conv2d_backward(dy, x, w, s, p, True, naive=True)
+    for a, r in zip(fast, slow):
+        _close(a, r)
+
+
+@requires_torch
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_torch(rng, shape):
+    import torch
+    import torch.nn.functional as F
+
+    s, p = shape[6], shape[7]
+    for bias in (True, False):
+        x, w, b, dy = _arrays(rng, shape, bias)
+        xt = torch.tensor(x, requires_grad=True)
+        wt = torch.tensor(w, requires_grad=True)
+        bt = torch.tensor(b, requires_grad=True) if bias else None
+        yt = F.conv2d(xt, wt, bt, stride=s, padding=p)
+        yt.backward(torch.tensor(dy))
+        _close(_core.conv2d_forward(x, w, b, s, p), yt.detach().numpy())
+        dx, dw, db = _core.conv2d_backward(dy, x, w, s, p, bias)
+        _close(dx, xt.grad.numpy())
+        _close(dw, wt.grad.numpy())
+        if bias:
+            _close(db, bt.grad.numpy())
+        else:
+            assert db is None
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3], (1, 2, 6, 5, 2, 3, 2, 2)])
+def test_backward_finite_differences(rng, shape):
+    """Central differences of L = sum(y * dy) (computed in float64 from the
+    naive forward's float32 output) against the fast backward."""
+    s, p = shape[6], shape[7]
+    x, w, b, dy = _arrays(rng, shape)
+    dy64 = dy.astype(np.float64)
+    dx, dw, db = _core.conv2d_backward(dy, x, w, s, p, True)
+
+    def loss(xx, ww, bb):
+        y = _core.conv2d_forward(xx, ww, bb, s, p, naive=True)
+        return float((y.astype(np.float64) * dy64).sum())
+
+    eps = 1e-2
+    for name, arr, grad in (("x", x, dx), ("w", w, dw), ("b", b, db)):
+        flat = arr.reshape(-1)
+        for idx in rng.choice(flat.size, size=min(8, flat.size), replace=False):
+            old = flat[idx]
+            flat[idx] = old + eps
+            lp = loss(x, w, b)
+            flat[idx] = old - eps
+            lm = loss(x, w, b)
+            flat[idx] = old
+            num = (lp - lm) / (2 * eps)
+            ana = float(grad.reshape(-1)[idx])
+            assert abs(num - ana) <= 2e-3 * max(abs(num), abs(ana), 1.0), (name, idx, num, ana)
+
+
+def test_threads_give_same_results(rng):
+    shape = (6, 3, 11, 10, 5, 3, 2, 1)
+    s, p = shape[6], shape[7]
+    x, w, b, dy = _arrays(rng, shape)
+    old = eenet.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            eenet.set_num_threads(t)
+            outs.append((_core.conv2d_forward(x, w, b, s, p),)
+                        + _core.conv2d_backward(dy, x, w, s, p, True))
+    finally:
+        eenet.set_num_threads(old)
+    for a, r in zip(*outs):
+        _close(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_inputs_not_modified(rng):
+    shape = SHAPES[2]
+    s, p = shape[6], shape[7]
+    x, w, b, dy = _arrays(rng, shape)
+    copies = [a.copy() for a in (x, w, b, dy)]
+    _core.conv2d_forward(x, w, b, s, p)
+    _core.conv2d_backward(dy, x, w, s, p, True)
+    _core.conv2d_backward(dy, x, w, s, p, True, naive=True)
+    for a, c in zip((x, w, b, dy), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+# ---- the C kernels' own contract, through ctypes ---------------------------
+
+def _lib():
+    lib = ctypes.CDLL(_core.__file__)
+    fp = ctypes.POINTER(ctypes.c_float)
+    i = ctypes.c_int
+    lib.eenet_conv2d_workspace_floats.restype = ctypes.c_size_t
+    lib.eenet_conv2d_workspace_floats.argtypes = [i] * 10
+    lib.eenet_conv2d_backward_ex.restype = i
+    lib.eenet_conv2d_backward_ex.argtypes = [fp] * 7 + [i] * 10
+    lib.eenet_conv2d_backward_naive.restype = i
+    lib.eenet_conv2d_backward_naive.argtypes = [fp] * 6 + [i] * 9
+    lib.eenet_conv2d_forward_ex.restype = i
+    lib.eenet_conv2d_forward_ex.argtypes = [fp] * 5 + [i] * 10
+    return lib
+
+
+def _p(a):
+    return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[10]])
+def test_c_backward_accumulates(rng, shape):
+    """eenet_conv2d_backward(_ex) and the naive twin ADD into dinp/dw/dbias
+    (the binding passes zeros; the engine relies on accumulation)."""
+    lib = _lib()
+    N, C, H, W, K, _, s, p = shape
+    kh, kw = _k(shape)
+    x, w, _, dy = _arrays(rng, shape)
+    rdx, rdw, rdb = ref_backward(dy, x, w, s, p)
+    nt = eenet.get_num_threads()
+    ws = np.empty(lib.eenet_conv2d_workspace_floats(N, C, H, W, K, kh, kw, s, p, nt) + 1,
+                  np.float32)
+    for naive in (False, True):
+        dx0 = rng.standard_normal(x.shape).astype(np.float32)
+        dw0 = rng.standard_normal(w.shape).astype(np.float32)
+        db0 = rng.standard_normal(K).astype(np.float32)
+        dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
+        if naive:
+            st = lib.eenet_conv2d_backward_naive(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
+                                                 N, C, H, W, K, kh, kw, s, p)
+        else:
+            st = lib.eenet_conv2d_backward_ex(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
+                                              _p(ws), N, C, H, W, K, kh, kw, s, p, nt)
+        assert st == 0
+        _close(dx, dx0 + rdx)
+        _close(dw, dw0 + rdw)
+        _close(db, db0 + rdb)
+
+
+def test_c_workspace_bound_respected(rng):
+    """Sized for 1 thread, the _ex kernels must stay inside the workspace even
+    when more threads are configured (a guard region after it stays intact)."""
+    lib = _lib()
+    shape = (4, 3, 9, 9, 4, 3, 1, 1)
+    N, C, H, W, K, _, s, p = shape
+    x, w, b, dy = _arrays(rng, shape)
+    n = lib.eenet_conv2d_workspace_floats(N, C, H, W, K, 3, 3, s, p, 1)
+    guard = 4096
+    ws = np.zeros(n + guard, np.float32)
+    ws[n:] = 12345.0
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(2)
+        y = np.empty((N, K, 9, 9), np.float32)
+        assert lib.eenet_conv2d_forward_ex(_p(y), _p(x), _p(w), _p(b), _p(ws), N, C, H, W, K,
+                                           3, 3, s, p, 1) == 0
+        dx = np.zeros_like(x)
+        dw = np.zeros_like(w)
+        db = np.zeros_like(b)
+        assert lib.eenet_conv2d_backward_ex(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
+                                            _p(ws), N, C, H, W, K, 3, 3, s, p, 1) == 0
+    finally:
+        eenet.set_num_threads(old)
+    assert np.all(ws[n:] == 12345.0)
+    _close(y, ref_forward(x, w, b, s, p))
+    rdx, rdw, rdb = ref_backward(dy, x, w, s, p)
+    _close(dx, rdx)
+    _close(dw, rdw)
+    _close(db, rdb)
+
+
+# ---- argument validation ---------------------------------------------------
+
+def _good(rng):
+    x, w, b, dy = _arrays(rng, (2, 3, 8, 8, 4, 3, 1, 1))
+    return x, w, b, dy
+
+
+def test_forward_bad_arguments(rng):
+    x, w, b, _ = _good(rng)
+    cases = [
+        ((x.astype(np.float64), w, b, 1, 1), TypeError, "x"),
+        ((x, w.astype(np.float64), b, 1, 1), TypeError, "w"),
+        ((x, w, b.astype(np.float64), 1, 1), TypeError, "b"),
+        ((x.tolist(), w, b, 1, 1), TypeError, "x"),
+        ((x.astype(np.int32), w, b, 1, 1), TypeError, "x"),
+        ((x[:, :, :, ::2], w, b, 1, 1), ValueError, "x"),
+        ((np.asfortranarray(x), w, b, 1, 1), ValueError, "x"),
+        ((x[0], w, b, 1, 1), ValueError, "x"),
+        ((x, w[0], b, 1, 1), ValueError, "w"),
+        ((x, w[:, :2].copy(), b, 1, 1), ValueError, "w"),
+        ((x, w, b[:3].copy(), 1, 1), ValueError, "b"),
+        ((x, w, b, 0, 1), ValueError, "stride"),
+        ((x, w, b, 1, -1), ValueError, "padding"),
+        ((x[:0].copy(), w, b, 1, 1), ValueError, "x"),
+        ((x[:, :, :1, :1].copy(), w, b, 1, 0), ValueError, "w"),
+    ]
+    for args, exc, name in cases:
+        with pytest.raises(exc, match=rf"^{name}:"):
+            _core.conv2d_forward(*args)
+    with pytest.raises(TypeError):
+        _core.conv2d_forward(x, w, b, 1.5, 1)
+
+
+def test_backward_bad_arguments(rng):
+    x, w, _, dy = _good(rng)
+    cases = [
+        ((dy.astype(np.float64), x, w, 1, 1, True), TypeError, "dy"),
+        ((dy, x.astype(np.float64), w, 1, 1, True), TypeError, "x"),
+        ((dy[:, :, :7].copy(), x, w, 1, 1, True), ValueError, "dy"),
+        ((dy, x, w, 2, 1, True), ValueError, "dy"),          # shape for stride 2 differs
+        ((dy[:, :2].copy(), x, w, 1, 1, True), ValueError, "dy"),
+        ((dy[0], x, w, 1, 1, True), ValueError, "dy"),
+        ((dy, x, w[:, :2].copy(), 1, 1, True), ValueError, "w"),
+        ((dy, x, w, 0, 1, True), ValueError, "stride"),
+        ((dy, x, w, 1, -2, True), ValueError, "padding"),
+        ((dy[:0].copy(), x[:0].copy(), w, 1, 1, True), ValueError, "x"),
+        ((dy.transpose(0, 1, 3, 2), x, w, 1, 1, True), ValueError, "dy"),
+    ]
+    for args, exc, name in cases:
+        with pytest.raises(exc, match=rf"^{name}:"):
+            _core.conv2d_backward(*args)
+    # the module still works after every error
+    _close(_core.conv2d_backward(dy, x, w, 1, 1, True)[1], ref_backward(dy, x, w, 1, 1)[1])
+
+
+def test_error_messages_give_expected_and_actual(rng):
+    x, w, _, dy = _good(rng)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(2, 4, 8, 8\), got \(2, 4, 7, 8\)"):
+        _core.conv2d_backward(dy[:, :, :7].copy(), x, w, 1, 1, True)
+    with pytest.raises(TypeError, match="x: expected dtype float32, got float64"):
+        _core.conv2d_forward(x.astype(np.float64), w, None, 1, 1)
+
+
+# ---- boundary hygiene ------------------------------------------------------
+
+def test_no_reference_or_memory_growth(rng):
+    x, w, b, dy = _arrays(rng, (2, 3, 10, 10, 4, 3, 1, 1))
+    args = (x, w, b, dy)
+    before = [sys.getrefcount(a) for a in args]
+
+    def run(n):
+        for _ in range(n):
+            _core.conv2d_forward(x, w, b, 1, 1)
+            _core.conv2d_backward(dy, x, w, 1, 1, True)
+            _core.conv2d_backward(dy, x, w, 1, 1, False, need_dx=False)
+            with pytest.raises(ValueError):
+                _core.conv2d_backward(dy, x, w, 2, 1, True)
+
+    run(50)
+    gc.collect()
+    tracemalloc.start()
+    snap0 = tracemalloc.take_snapshot()
+    run(300)
+    gc.collect()
+    snap1 = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(st.size_diff for st in snap1.compare_to(snap0, "filename"))
+    assert growth < 64 * 1024, growth
+    assert [sys.getrefcount(a) for a in args] == before
