@@ -46,7 +46,13 @@ _LAZY_SUBMODULES = ("ops", "spec", "models", "datasets", "data", "optim", "net",
                     "sweep", "plots", "cli")
 
 
+# Functions exported at top level but defined in a lazily imported submodule.
+_LAZY_TRAINING = ("train", "evaluate")
+
+
 def __getattr__(name: str):
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_TRAINING:
+        return getattr(importlib.import_module(".training", __name__), name)
     raise AttributeError(f"module 'eenet' has no attribute {name!r}")

@@ -39,6 +39,14 @@ carry ``flops = 0`` here and only the two linear heads count.  ``Exit.num_params
 counts the backbone up to the exit plus that exit's two heads (earlier exits' heads and
 the ``bnpool`` batch norm excluded, BN buffers never counted), as the authors' figures do.
 The final exit's ``flops``/``num_params`` are the plain counterpart's totals.
+
+EENet-8 has no plain counterpart and registers its exit pooling as a module, so the
+authors' counter sees everything: ``Exit.flops`` is every op run up to and including exit i
+(backbone, earlier exits, the exit's pooling and heads), ``total_flops`` the whole model's,
+and ``flop_costs`` their ratio (0.452, 0.736 for f=2 and 0.426, 0.719 for f=4 at 1x28x28,
+the README's "about 0.45 and 0.74 / 0.43 and 0.72").  ``Exit.num_params`` is the backbone
+plus the exit's heads (137 and 407 for f=2, as in the authors' complexity table), the final
+exit's the whole model's.
 """
 from __future__ import annotations
 
@@ -538,10 +546,13 @@ def build_spec(model: str, num_classes: int = 10, input_shape: tuple = (3, 32, 3
         if num_ee != 2:
             warnings.warn(f"eenet8 always has 2 early exits; num_ee={num_ee} is ignored",
                           stacklevel=2)
-        return _eenet8(num_classes, shape, exit_type, filters)
+        spec = _eenet8(num_classes, shape, exit_type, filters)
+        spec.distribution = distribution    # ignored, kept so the spec's fields rebuild it
+        return spec
     depth = int(model[len("resnet"):]) if model.startswith("resnet") else int(model[len("eenet"):])
     if model.startswith("resnet"):
         spec, _ = _plain_resnet(model, depth, num_classes, shape)
+        spec.distribution = distribution
         return spec
     return _eenet_resnet(model, depth, num_classes, shape, num_ee, distribution, exit_type)
 
@@ -588,8 +599,8 @@ def describe(spec: ModelSpec) -> str:
     w = max(len(r[2]) for r in rows) if rows else 4
     title = (f"{spec.model}: input {_fmt_shape(spec.input_shape)}, {spec.num_classes} classes, "
              f"{spec.num_ee} early exits"
-             + (f" ({spec.distribution}, {spec.exit_type})" if spec.num_ee and spec.distribution
-                else (f" ({spec.exit_type})" if spec.num_ee else "")))
+             + (f" ({spec.exit_type})" if spec.model == "eenet8"
+                else (f" ({spec.distribution}, {spec.exit_type})" if spec.num_ee else "")))
     lines = [title, "",
              f"{'where':<8} {'op':<15} {'name':<{w}} {'output':>12} {'params':>10} {'FLOPs':>13}"]
     for r in rows:
@@ -602,8 +613,11 @@ def describe(spec: ModelSpec) -> str:
                      f"{e.cost:>9.6f} {spec.flop_costs[i]:>10.6f} {e.flops:>15,} "
                      f"{e.num_params:>12,}")
     lines.append("")
-    lines.append(f"plain counterpart: {spec.total_flops:,} FLOPs; parameters: "
-                 f"{spec.param_count():,} trainable, {len(spec.params)} arrays")
+    base = "whole model (no plain counterpart)" if spec.model == "eenet8" else "plain counterpart"
+    lines.append(f"{base}: {spec.total_flops:,} FLOPs, {spec.exits[-1].num_params:,} parameters")
+    lines.append(f"this model: {spec.param_count():,} trainable parameters, "
+                 f"{spec.param_count(trainable_only=False) - spec.param_count():,} "
+                 f"batch-norm buffer values, {len(spec.params)} arrays")
     if spec.model == "eenet8":
         lines.append("eenet8: 'cost' are the authors' fixed constants; 'FLOP cost' is measured")
     return "\n".join(lines)
