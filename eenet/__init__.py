@@ -43,7 +43,7 @@ def get_num_threads() -> int:
 
 
 _LAZY_SUBMODULES = ("ops", "spec", "models", "datasets", "data", "optim", "net", "training",
-                    "sweep", "plots", "cli")
+                    "sweep", "plots", "cli", "calibrate")
 
 
 _NET_EXPORTS = ("build", "save", "load", "load_checkpoint")
