@@ -60,6 +60,12 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                                       int N, int C, int H, int W, int K, int kh, int kw,
                                       int stride, int pad, int nthreads);
 
+/* Implementation switch for tests and benchmarks (process-wide, not thread-safe
+ * against running kernels): 0 automatic (default), 1 im2col+GEMM everywhere,
+ * 2 the direct path wherever the CPU and shape allow.  Returns the previous
+ * value.  Never changes results beyond float rounding, nor workspace sizes. */
+int eenet_conv2d_set_impl(int impl);
+
 /* Naive direct-loop references (double accumulation), same contracts. */
 eenet_status eenet_conv2d_forward_naive(float *out, const float *inp, const float *w,
                                         const float *bias, int N, int C, int H, int W, int K,
