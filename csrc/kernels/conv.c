@@ -92,13 +92,16 @@ typedef struct {
     int N, C, H, W, K, kh, kw, s, p, Ho, Wo, ckk;
     int direct_ok;   /* q-space offsets fit in int: direct regions reserved */
     int bd_ok;       /* stride 1 and p <= k-1: backward-data as a direct conv */
-    int use_fwd, use_bw, use_bd; /* paths chosen for this call */
+    int use_fwd, use_bw, use_bd; /* q-space direct paths chosen for this call */
+    int use_kf, use_kw, use_kd;  /* K-vectorised paths chosen for this call */
+    int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
+    int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group */
     dgeom g, gd;     /* forward geometry; backward-data geometry (dout planes) */
     /* shared region: packed weights and tap offsets (forward, backward-data) */
-    size_t o_wp, o_off, o_wp2, o_off2, shared;
+    size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, shared;
     /* per-thread slot */
-    size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, slot;
+    size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, slot;
 } conv_plan;
 
 static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, int kw, int s,
@@ -111,10 +114,14 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     pl->ckk = C * kh * kw;
     dgeom_init(&pl->g, C, H, W, K, kh, kw, s, p, p);
     pl->bd_ok = (s == 1 && p <= kh - 1 && p <= kw - 1);
+    pl->hp = H + 2 * p, pl->wp = W + 2 * p;
+    pl->hpd = pl->Ho + 2 * (kh - 1 - p), pl->wpd = pl->Wo + 2 * (kw - 1 - p);
     if (pl->bd_ok) {
         dgeom_init(&pl->gd, K, pl->Ho, pl->Wo, C, kh, kw, 1, kh - 1 - p, kw - 1 - p);
     }
-    pl->direct_ok = pl->g.src < (size_t)1 << 30 && (!pl->bd_ok || pl->gd.src < (size_t)1 << 30);
+    pl->direct_ok = pl->g.src < (size_t)1 << 30 && (!pl->bd_ok || pl->gd.src < (size_t)1 << 30) &&
+                    (size_t)C * (H + 2 * p) * (W + 2 * p) < (size_t)1 << 30 &&
+                    (size_t)K * (pl->Ho + 2 * kh) * (pl->Wo + 2 * kw) < (size_t)1 << 30;
     pl->nb = 1;
     if (pl->direct_ok) {
         int nb = (64 + pl->g.nq - 1) / pl->g.nq;
@@ -130,6 +137,14 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             pl->o_off2 = at, at += round16((size_t)pl->gd.ntaps);
         }
     }
+    if (pl->direct_ok) {
+        pl->o_wk = at, at += round16((size_t)K * ntaps);
+        pl->o_offk = at, at += round16(ntaps);
+        if (pl->bd_ok) {
+            pl->o_wk2 = at, at += round16((size_t)C * K * kh * kw);
+            pl->o_offk2 = at, at += round16((size_t)K * kh * kw);
+        }
+    }
     pl->shared = at;
     at = 0;
     if (pl->direct_ok) {
@@ -138,7 +153,11 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         if (pl->bd_ok) {
             pl->s_src2 = at, at += pl->gd.src;
             pl->s_yq2 = at, at += round16((size_t)C * pl->gd.ldq);
+            pl->s_dp = at, at += round16((size_t)K * pl->hpd * pl->wpd);
         }
+        pl->s_xp = at, at += round16((size_t)C * pl->hp * pl->wp);
+        pl->s_dyt = at, at += round16((size_t)K * pl->Ho * pl->Wo);
+        pl->s_tile = at, at += 16 * 16 * 2;
     }
     pl->s_pdw = at, at += round16((size_t)K * ntaps);
     pl->s_pdb = at, at += round16((size_t)K);
@@ -203,13 +222,31 @@ static int is_pointwise(int kh, int kw, int stride, int pad) {
 }
 
 /* Choose the paths of this call (measured on Zen 4, see the file header). */
+/* Largest column tile P (<= pmax, >= 4, halving) dividing wo, or 0. */
+static int pick_cols(int wo, int pmax) {
+    for (int P = pmax; P >= 4; P /= 2) {
+        if (wo % P == 0) {
+            return P;
+        }
+    }
+    return 0;
+}
+
 static void plan_choose(conv_plan *pl) {
     int avail = pl->direct_ok && conv_impl != 1 && eenet_conv_direct_available();
-    int pw = is_pointwise(pl->kh, pl->kw, pl->s, pl->p);
-    int prefer = avail && (conv_impl == 2 || !pw);
-    pl->use_fwd = prefer;
-    pl->use_bw = prefer;
-    pl->use_bd = prefer && pl->bd_ok;
+    int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
+    int prefer = avail && (conv_impl == 2 || !one);
+    int kvec = prefer && conv_impl == 0;
+    pl->kvf = pl->K % 32 == 0 ? 2 : 1;
+    pl->pf = pick_cols(pl->Wo, 16 / pl->kvf);
+    pl->kvd = pl->C % 32 == 0 ? 2 : 1;
+    pl->pd = pick_cols(pl->W, 16 / pl->kvd);
+    pl->use_kf = kvec && pl->K % 16 == 0 && pl->pf > 0;
+    pl->use_kw = kvec && pl->K % 16 == 0;
+    pl->use_kd = kvec && pl->bd_ok && pl->C % 16 == 0 && pl->pd > 0;
+    pl->use_fwd = prefer && !pl->use_kf;
+    pl->use_bw = prefer && !pl->use_kw;
+    pl->use_bd = prefer && pl->bd_ok && !pl->use_kd;
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -320,9 +357,9 @@ static void direct_offsets(int *off, const dgeom *g) {
 
 /* Forward weights wq (cout, ntaps) packed per output-channel block:
  * block [k0, k0+kb) at wp + k0*ntaps, laid out [t][kk]. */
-static void direct_pack(float *wp, const float *wq, int cout, int ntaps) {
+static void direct_pack(float *wp, const float *wq, int cout, int ntaps, int fixed_kb) {
     for (int k0 = 0; k0 < cout;) {
-        int kb = eenet_conv_fwd_kblock(cout - k0);
+        int kb = fixed_kb ? fixed_kb : eenet_conv_fwd_kblock(cout - k0);
         float *blk = wp + (size_t)k0 * ntaps;
         for (int t = 0; t < ntaps; t++) {
             for (int a = 0; a < kb; a++) {
@@ -335,10 +372,11 @@ static void direct_pack(float *wp, const float *wq, int cout, int ntaps) {
 
 /* Backward-data weights: w' (C, K*kh*kw) with
  * w'[c][(k*kh + i)*kw + j] = w[k][c][kh-1-i][kw-1-j], packed like direct_pack. */
-static void direct_pack_flipped(float *wp, const float *w, int C, int K, int kh, int kw) {
+static void direct_pack_flipped(float *wp, const float *w, int C, int K, int kh, int kw,
+                                int fixed_kb) {
     int ntaps = K * kh * kw;
     for (int c0 = 0; c0 < C;) {
-        int cb = eenet_conv_fwd_kblock(C - c0);
+        int cb = fixed_kb ? fixed_kb : eenet_conv_fwd_kblock(C - c0);
         float *blk = wp + (size_t)c0 * ntaps;
         for (int k = 0; k < K; k++) {
             for (int i = 0; i < kh; i++) {
@@ -444,6 +482,43 @@ static void direct_fill_dq(float *dq, float *pdb, const float *dy, const dgeom *
     }
 }
 
+/* K-vectorised path: offsets c*hp*wp + i*wp + j of the padded input. */
+static void kvec_offsets(int *off, int cin, int kh, int kw, int hp, int wp) {
+    for (int c = 0; c < cin; c++) {
+        for (int i = 0; i < kh; i++) {
+            for (int j = 0; j < kw; j++) {
+                off[((size_t)c * kh + i) * kw + j] = (int)(((size_t)c * hp + i) * wp + j);
+            }
+        }
+    }
+}
+
+/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
+static void pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw) {
+    int hp = h + 2 * ph, wp = w + 2 * pw;
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < h; y++) {
+            memcpy(xp + ((size_t)c * hp + y + ph) * wp + pw, x + ((size_t)c * h + y) * w,
+                   sizeof(float) * (size_t)w);
+        }
+    }
+}
+
+/* dyt (HoWo, K) = dy (K, HoWo)^T; adds channel sums into pdb (NULL: skip). */
+static void transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo) {
+    for (int k = 0; k < K; k++) {
+        const float *dk = dy + (size_t)k * howo;
+        float acc = 0.0f;
+        for (int q = 0; q < howo; q++) {
+            dyt[(size_t)q * K + k] = dk[q];
+            acc += dk[q];
+        }
+        if (pdb) {
+            pdb[k] += acc;
+        }
+    }
+}
+
 /* ---- forward ------------------------------------------------------------ */
 
 static void conv_forward_run(float *out, const float *inp, const float *w, const float *bias,
@@ -456,7 +531,10 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     float *slots = workspace + pl->shared;
     if (pl->use_fwd) {
         direct_offsets((int *)(shared + pl->o_off), g);
-        direct_pack(shared + pl->o_wp, w, K, ckk);
+        direct_pack(shared + pl->o_wp, w, K, ckk, 0);
+    } else if (pl->use_kf) {
+        kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
+        direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
     } else {
         eenet_blas_set_threads(1);
     }
@@ -472,6 +550,9 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
         if (pl->use_fwd) {
             memset(slot + pl->s_src, 0, sizeof(float) * g->src);
         }
+        if (pl->use_kf) {
+            memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)C * pl->hp * pl->wp);
+        }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -484,6 +565,14 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
                 eenet_conv_direct_fwd(yq, g->ldq, src, (const int *)(shared + pl->o_off),
                                       shared + pl->o_wp, K, ckk, g->nq);
                 direct_store(y, yq, bias, g);
+                continue;
+            }
+            if (pl->use_kf) {
+                float *xp = slot + pl->s_xp;
+                pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                eenet_conv_kvec_fwd(y, 0, bias, xp, pl->wp, pl->s,
+                                    (const int *)(shared + pl->o_offk), shared + pl->o_wk, K,
+                                    ckk, pl->Ho, pl->Wo, pl->kvf, pl->pf, slot + pl->s_tile);
                 continue;
             }
             const float *b = x;
@@ -505,7 +594,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
             }
         }
     }
-    if (!pl->use_fwd) {
+    if (!pl->use_fwd && !pl->use_kf) {
         eenet_blas_set_threads(eenet_get_num_threads());
     }
 }
@@ -520,6 +609,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     int pointwise = is_pointwise(pl->kh, pl->kw, pl->s, pl->p);
     const dgeom *g = &pl->g, *gd = &pl->gd;
     int use_bd = dinp && pl->use_bd;
+    int use_kd = dinp && pl->use_kd;
     float *shared = workspace;
     float *slots = workspace + pl->shared;
     if (pl->use_bw) {
@@ -527,7 +617,14 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     }
     if (use_bd) {
         direct_offsets((int *)(shared + pl->o_off2), gd);
-        direct_pack_flipped(shared + pl->o_wp2, w, C, K, pl->kh, pl->kw);
+        direct_pack_flipped(shared + pl->o_wp2, w, C, K, pl->kh, pl->kw, 0);
+    }
+    if (pl->use_kw) {
+        kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
+    }
+    if (use_kd) {
+        kvec_offsets((int *)(shared + pl->o_offk2), K, pl->kh, pl->kw, pl->hpd, pl->wpd);
+        direct_pack_flipped(shared + pl->o_wk2, w, C, K, pl->kh, pl->kw, 16 * pl->kvd);
     }
     eenet_blas_set_threads(1);
 #ifdef _OPENMP
@@ -552,6 +649,12 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         if (use_bd) {
             memset(slot + pl->s_src2, 0, sizeof(float) * gd->src);
         }
+        if (pl->use_kw) {
+            memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)C * pl->hp * pl->wp);
+        }
+        if (use_kd) {
+            memset(slot + pl->s_dp, 0, sizeof(float) * (size_t)K * pl->hpd * pl->wpd);
+        }
         /* contiguous share of the batch: [n0, n1) */
         int n0 = (int)((long long)N * tid / nt), n1 = (int)((long long)N * (tid + 1) / nt);
         for (int g0 = n0; g0 < n1; g0 += pl->nb) {
@@ -573,7 +676,15 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                 const float *x = inp + (size_t)n * C * H * W;
                 const float *dy = dout + (size_t)n * K * howo;
                 const float *b = x;
-                if (!pl->use_bw) {
+                if (pl->use_kw) {
+                    /* dw^T (CKK, K) += sum_pos x(tap, pos) dy^T (pos, K) */
+                    float *xp = slot + pl->s_xp, *dyt = slot + pl->s_dyt;
+                    pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                    transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
+                    eenet_conv_kvec_bw(pdw, dyt, xp, pl->wp, pl->s,
+                                       (const int *)(shared + pl->o_offk), K, ckk, pl->Ho,
+                                       pl->Wo);
+                } else if (!pl->use_bw) {
                     if (!pointwise) {
                         im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
                         b = col;
@@ -595,7 +706,14 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                     continue;
                 }
                 float *dx = dinp + (size_t)n * C * H * W;
-                if (use_bd) {
+                if (use_kd) {
+                    float *dp = slot + pl->s_dp;
+                    pad_fill(dp, dy, K, pl->Ho, pl->Wo, pl->kh - 1 - pl->p, pl->kw - 1 - pl->p);
+                    eenet_conv_kvec_fwd(dx, 1, NULL, dp, pl->wpd, 1,
+                                        (const int *)(shared + pl->o_offk2), shared + pl->o_wk2,
+                                        C, K * pl->kh * pl->kw, H, W, pl->kvd, pl->pd,
+                                        slot + pl->s_tile);
+                } else if (use_bd) {
                     /* dx (C, H, W) += full correlation of dy with the flipped kernel */
                     float *src2 = slot + pl->s_src2, *yq2 = slot + pl->s_yq2;
                     direct_fill(src2, dy, gd);
@@ -617,9 +735,11 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
 #pragma omp for schedule(static)
 #endif
         for (int e = 0; e < K * ckk; e++) {
+            /* the K-vectorised partials are stored transposed, (CKK, K) */
+            size_t src_e = pl->use_kw ? (size_t)(e % ckk) * K + (size_t)(e / ckk) : (size_t)e;
             float acc = 0.0f;
             for (int t = 0; t < nt; t++) {
-                acc += slots[(size_t)t * pl->slot + pl->s_pdw + e];
+                acc += slots[(size_t)t * pl->slot + pl->s_pdw + src_e];
             }
             dw[e] += acc;
         }

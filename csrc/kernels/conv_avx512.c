@@ -171,6 +171,156 @@ EENET_AVX512 void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq,
     }
 }
 
+/* ---- K-vectorised kernels: 16 output channels per zmm lane group ------
+ * Forward tile: acc[P][KV] for P consecutive output columns of one row and
+ * 16*KV output channels; per tap KV weight loads, P broadcasts of input
+ * scalars, P*KV FMAs.  No q-space garbage, so it suits the 8x8..32x32 planes
+ * with 16/32/64 channels of the ResNets. */
+#define DEFINE_KF(KV, P)                                                                \
+    static EENET_AVX512 void kf_##KV##x##P(float *tile, const float *xrow, int s,       \
+                                            const int *off, const float *wk, int ntaps) { \
+        __m512 acc[P][KV];                                                              \
+        for (int p = 0; p < P; p++) {                                                   \
+            for (int v = 0; v < KV; v++) {                                              \
+                acc[p][v] = _mm512_setzero_ps();                                        \
+            }                                                                           \
+        }                                                                               \
+        for (int t = 0; t < ntaps; t++) {                                               \
+            const float *xt = xrow + off[t];                                            \
+            __m512 wv[KV];                                                              \
+            for (int v = 0; v < KV; v++) {                                              \
+                wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                \
+            }                                                                           \
+            for (int p = 0; p < P; p++) {                                               \
+                __m512 xb = _mm512_set1_ps(xt[p * s]);                                  \
+                for (int v = 0; v < KV; v++) {                                          \
+                    acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                  \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        for (int p = 0; p < P; p++) {                                                   \
+            for (int v = 0; v < KV; v++) {                                              \
+                _mm512_storeu_ps(tile + ((size_t)p * KV + v) * 16, acc[p][v]);          \
+            }                                                                           \
+        }                                                                               \
+    }
+
+DEFINE_KF(1, 16)
+DEFINE_KF(1, 8)
+DEFINE_KF(1, 4)
+DEFINE_KF(2, 8)
+DEFINE_KF(2, 4)
+
+typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, int);
+
+EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias,
+                                      const float *xp, int wp, int s, const int *off,
+                                      const float *wk, int cout, int ntaps, int ho, int wo,
+                                      int kv, int P, float *tile) {
+    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : kf_2x4)
+                       : (P == 16 ? kf_1x16 : P == 8 ? kf_1x8 : kf_1x4);
+    int kb = 16 * kv;
+    size_t hw = (size_t)ho * wo;
+    for (int k0 = 0; k0 < cout; k0 += kb) {
+        const float *wkb = wk + (size_t)k0 * ntaps;
+        for (int oy = 0; oy < ho; oy++) {
+            for (int ox0 = 0; ox0 < wo; ox0 += P) {
+                fn(tile, xp + (size_t)oy * s * wp + (size_t)ox0 * s, s, off, wkb, ntaps);
+                /* tile (P, kb) -> out[k0+kk][oy][ox0+p] */
+                float *o = out + (size_t)k0 * hw + (size_t)oy * wo + ox0;
+                for (int kk = 0; kk < kb; kk++) {
+                    float *ok = o + (size_t)kk * hw;
+                    const float *tk = tile + kk;
+                    if (accumulate) {
+                        for (int p = 0; p < P; p++) {
+                            ok[p] += tk[(size_t)p * kb];
+                        }
+                    } else {
+                        float b = bias ? bias[k0 + kk] : 0.0f;
+                        for (int p = 0; p < P; p++) {
+                            ok[p] = tk[(size_t)p * kb] + b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Backward-weight: acc[TB][KV] over every output position of a sample,
+ * dwt[t][k] += sum_pos x[tap t at pos] * dyt[pos][k]; lanes are channels,
+ * so no horizontal reduction is needed. */
+#define DEFINE_KW(KV, TB)                                                                    \
+    static EENET_AVX512 void kw_##KV##x##TB(float *dwt, int ldk, const float *dyt,           \
+                                             const float *xp, int wp, int s, const int *off, \
+                                             int ho, int wo) {                               \
+        __m512 acc[TB][KV];                                                                  \
+        const float *sp[TB];                                                                 \
+        for (int b = 0; b < TB; b++) {                                                       \
+            sp[b] = xp + off[b];                                                             \
+            for (int v = 0; v < KV; v++) {                                                   \
+                acc[b][v] = _mm512_setzero_ps();                                             \
+            }                                                                                \
+        }                                                                                    \
+        for (int oy = 0; oy < ho; oy++) {                                                    \
+            const float *dr = dyt + (size_t)oy * wo * ldk;                                   \
+            size_t base = (size_t)oy * s * wp;                                               \
+            for (int ox = 0; ox < wo; ox++, base += s) {                                     \
+                __m512 d[KV];                                                                \
+                for (int v = 0; v < KV; v++) {                                               \
+                    d[v] = _mm512_loadu_ps(dr + (size_t)ox * ldk + 16 * v);                  \
+                }                                                                            \
+                for (int b = 0; b < TB; b++) {                                               \
+                    __m512 xb = _mm512_set1_ps(sp[b][base]);                                 \
+                    for (int v = 0; v < KV; v++) {                                           \
+                        acc[b][v] = _mm512_fmadd_ps(xb, d[v], acc[b][v]);                    \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        for (int b = 0; b < TB; b++) {                                                       \
+            for (int v = 0; v < KV; v++) {                                                   \
+                float *dst = dwt + (size_t)b * ldk + 16 * v;                                 \
+                _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), acc[b][v]));      \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_KW(4, 6)
+DEFINE_KW(4, 3)
+DEFINE_KW(4, 1)
+DEFINE_KW(2, 12)
+DEFINE_KW(2, 3)
+DEFINE_KW(2, 1)
+DEFINE_KW(1, 12)
+DEFINE_KW(1, 3)
+DEFINE_KW(1, 1)
+
+typedef void (*kw_fn)(float *, int, const float *, const float *, int, int, const int *, int,
+                      int);
+
+EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp,
+                                     int s, const int *off, int cout, int ntaps, int ho,
+                                     int wo) {
+    int kv = cout % 64 == 0 ? 4 : cout % 32 == 0 ? 2 : 1;
+    kw_fn big = kv == 4 ? kw_4x6 : kv == 2 ? kw_2x12 : kw_1x12;
+    kw_fn three = kv == 4 ? kw_4x3 : kv == 2 ? kw_2x3 : kw_1x3;
+    kw_fn one = kv == 4 ? kw_4x1 : kv == 2 ? kw_2x1 : kw_1x1;
+    int tb = kv == 4 ? 6 : 12;
+    for (int k0 = 0; k0 < cout; k0 += 16 * kv) {
+        int t0 = 0;
+        for (; t0 + tb <= ntaps; t0 += tb) {
+            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+        for (; t0 + 3 <= ntaps; t0 += 3) {
+            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+        for (; t0 < ntaps; t0++) {
+            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+    }
+}
+
 #else /* not x86-64 GCC/Clang: no direct path, conv.c uses im2col+GEMM */
 
 int eenet_conv_direct_available(void) {
@@ -187,6 +337,19 @@ void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stri
                           int ntaps, int nq, int nb) {
     (void)dw, (void)dq, (void)ldq, (void)dq_stride, (void)src, (void)src_stride, (void)off;
     (void)cout, (void)ntaps, (void)nq, (void)nb;
+}
+
+void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
+                         int s, const int *off, const float *wk, int cout, int ntaps, int ho,
+                         int wo, int kv, int P, float *tile) {
+    (void)out, (void)accumulate, (void)bias, (void)xp, (void)wp, (void)s, (void)off, (void)wk;
+    (void)cout, (void)ntaps, (void)ho, (void)wo, (void)kv, (void)P, (void)tile;
+}
+
+void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
+                        const int *off, int cout, int ntaps, int ho, int wo) {
+    (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
+    (void)ho, (void)wo;
 }
 
 #endif
