@@ -40,7 +40,14 @@ kind               attrs                                    params
 
 Parameter names are the authors' PyTorch ``state_dict`` names
 (``../shared/reference/authors_state_dict_keys.txt``), so weights move between
-the implementations by name.
+the implementations by name (the authors' duplicate ``layers.*`` names of the
+last stage are not listed: ``eenet.models.authors_aliases(spec)`` maps them).
+
+A stage may be empty (an early exit right after the last residual block): the
+final exit then reads the same tensor as the last early exit.  ``Op.flops`` of
+an early exit's own ops (pooling, batch norm) are 0 in the ResNet EENets, as the
+authors' counter never sees them.  ``ModelSpec.param_count()`` counts the
+parameters (added for models.py; trainable only unless asked otherwise).
 """
 from __future__ import annotations
 
@@ -115,3 +122,15 @@ class ModelSpec:
     def costs(self) -> list:
         """c_i of every exit, the last one 1.0."""
         return [e.cost for e in self.exits]
+
+    def param_count(self, trainable_only: bool = True) -> int:
+        """Number of scalars in ``params`` (trainable ones only by default; with
+        ``trainable_only=False`` the batch-norm buffers count too)."""
+        total = 0
+        for p in self.params:
+            if p.trainable or not trainable_only:
+                n = 1
+                for s in p.shape:
+                    n *= s
+                total += n
+        return total
