@@ -138,6 +138,10 @@ def test_backward_matches_numpy(rng, shape, naive):
     dx2, dw2, db2 = _core.conv2d_backward(dy, x, w, s, p, False, need_dx=False, naive=naive)
     assert dx2 is None and db2 is None
     _close(dw2, rdw)
+    dx3, dw3, db3 = _core.conv2d_backward(dy, x, w, s, p, True, need_dw=False, naive=naive)
+    assert dw3 is None
+    _close(dx3, rdx)
+    _close(db3, rdb)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
