@@ -109,6 +109,16 @@ def test_bn_train_forward_backward(rng, shape):
     grad_close(db, numgrad(lambda v: np.sum(bn_ref(x.astype(np.float64), g, v)[0] * d64), b))
 
 
+def test_bn_large_mean_precise(rng):
+    # |mean| / std = 1e4: statistics and output must not cancel catastrophically
+    x = f32(1e4 + rng.normal(size=(16, 2, 8, 8)))
+    g, b = np.ones(2, np.float32), np.zeros(2, np.float32)
+    y, sm, si = ops.batch_norm2d(x, g, b, np.zeros(2, np.float32), np.ones(2, np.float32))
+    yr, mean, var = bn_ref(x.astype(np.float64), g.astype(np.float64), b.astype(np.float64))
+    close(y, yr, rtol=1e-3, atol=1e-3)
+    close(1 / si.astype(np.float64) ** 2, var + 1e-5, rtol=1e-4)
+
+
 def test_bn_eval(rng):
     x = f32(rng.normal(size=(3, 4, 5, 6)))
     g, b = f32(rng.normal(size=4)), f32(rng.normal(size=4))
@@ -275,6 +285,30 @@ def test_maxpool_ties_first_wins():
     np.testing.assert_array_equal(am[0, 0], [[0, 1], [4, 5]])
     dx = ops.max_pool2d_backward(np.ones_like(y), am, (4, 4))
     assert dx.sum() == 4.0 and dx[0, 0, 0, 0] == 1.0
+
+
+def test_maxpool_nan_propagates():
+    x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 0, 2, 2] = np.nan
+    y, am = ops.max_pool2d(x, 3, 2, 1)
+    # torch's rule: an element wins if greater or NaN, so the window's last NaN wins
+    assert np.isnan(y[0, 0, 0, 0]) and am[0, 0, 0, 0] == 6
+    assert np.isnan(y[0, 0, 1, 1]) and am[0, 0, 1, 1] == 12
+    assert y[0, 0, 2, 2] == 24
+
+
+@requires_torch
+def test_maxpool_nan_torch():
+    import torch
+    import torch.nn.functional as F
+    x = np.arange(49, dtype=np.float32).reshape(1, 1, 7, 7)[:, :, ::-1].copy()
+    x[0, 0, 2, 3] = np.nan
+    x[0, 0, 3, 3] = np.nan
+    yt, it = F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)
+    y, am = ops.max_pool2d(x)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(am, it.numpy())
 
 
 @requires_torch
