@@ -32,14 +32,11 @@ static eenet_status check_sizes(const char *fn, int N, int Fi, int Fo) {
     return EENET_OK;
 }
 
-static int use_blas(int N, int Fi, int Fo) {
 #ifdef EENET_HAVE_OPENBLAS
+static int use_blas(int N, int Fi, int Fo) {
     return (double)N * Fi * Fo >= LINEAR_BLAS_MIN;
-#else
-    (void)N, (void)Fi, (void)Fo;
-    return 0;
-#endif
 }
+#endif
 
 /* Forward, overwrites out: out[n,o] = sum_i inp[n,i] * w[o,i] + bias[o]. */
 eenet_status eenet_linear_forward(float *out, const float *inp, const float *w,
@@ -122,6 +119,7 @@ eenet_status eenet_linear_backward(float *dinp, float *dw, float *dbias, const f
     }
 #endif
     const int par = (double)N * Fi * Fo > 8192;
+    (void)par; /* unused without OpenMP */
     if (dinp) {
 #pragma omp parallel for schedule(static) num_threads(eenet_get_num_threads()) if (par)
         for (int n = 0; n < N; n++) {
