@@ -1535,8 +1535,436 @@ static PyMethodDef ops_methods[] = {
 /* section "net": the Net extension type                                     */
 /* ======================================================================== */
 
+#include "net.h"
+
+/* Net: the extension type owning one eenet_net.  Python (eenet/net.py) builds
+ * the op program from a ModelSpec and wraps this type; the buffers are exposed
+ * as 1-d zero-copy NumPy views whose base is the Net object, and net.py slices
+ * them into named parameters. */
+typedef struct {
+    PyObject_HEAD
+    eenet_net *net;
+    int C, H, W;  /* input image per sample */
+    int busy;     /* a call with the GIL released is running on this net */
+} NetObject;
+
+static void Net_dealloc(NetObject *self) {
+    eenet_net_free(self->net);
+    self->net = NULL;
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Check an int32 array of shape (rows, cols) (rows < 0: any). */
+static PyArrayObject *check_int32_2d(PyObject *obj, const char *name, npy_intp rows,
+                                     npy_intp cols) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_INT32) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray of int32", name);
+        return NULL;
+    }
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    if (PyArray_NDIM(arr) != 2 || (rows >= 0 && PyArray_DIM(arr, 0) != rows) ||
+        PyArray_DIM(arr, 1) != cols) {
+        char got[128];
+        shape_str(got, sizeof got, PyArray_NDIM(arr), PyArray_DIMS(arr));
+        PyErr_Format(PyExc_ValueError, "%s: expected shape (%ld, %ld), got %s", name,
+                     (long)rows, (long)cols, got);
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISALIGNED(arr)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous, aligned array", name);
+        return NULL;
+    }
+    return arr;
+}
+
+static int Net_init(NetObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"tensors", "ops", "opf", "exits", "costs", "num_params",
+                             "num_bufs", "num_bn", "max_batch", NULL};
+    PyObject *o_tensors, *o_ops, *o_opf, *o_exits, *o_costs;
+    Py_ssize_t num_params, num_bufs;
+    int num_bn, max_batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOnnii:Net", kwlist, &o_tensors, &o_ops,
+                                     &o_opf, &o_exits, &o_costs, &num_params, &num_bufs,
+                                     &num_bn, &max_batch)) {
+        return -1;
+    }
+    if (self->net) {
+        PyErr_SetString(PyExc_RuntimeError, "Net is already initialised");
+        return -1;
+    }
+    PyArrayObject *tensors = check_int32_2d(o_tensors, "tensors", -1, 3);
+    PyArrayObject *ops = tensors ? check_int32_2d(o_ops, "ops", -1, EENET_OP_FIELDS) : NULL;
+    if (!ops) {
+        return -1;
+    }
+    npy_intp nops = PyArray_DIM(ops, 0);
+    npy_intp opf_dims[2] = {nops, 2};
+    PyArrayObject *opf = check_float_shape(o_opf, "opf", 2, opf_dims);
+    PyArrayObject *exits = opf ? check_int32_2d(o_exits, "exits", -1, 3) : NULL;
+    if (!exits) {
+        return -1;
+    }
+    npy_intp cdims[1] = {PyArray_DIM(exits, 0)};
+    PyArrayObject *costs = check_float_shape(o_costs, "costs", 1, cdims);
+    if (!costs || !check_int_min(num_params, "num_params", 0) ||
+        !check_int_min(num_bufs, "num_bufs", 0) || !check_int_min(num_bn, "num_bn", 0) ||
+        !check_int_min(max_batch, "max_batch", 1)) {
+        return -1;
+    }
+    if (PyArray_DIM(tensors, 0) < 2) {
+        PyErr_SetString(PyExc_ValueError, "tensors: expected at least 2 tensors");
+        return -1;
+    }
+    eenet_net *net = NULL;
+    eenet_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = eenet_net_create(&net, (const int32_t *)PyArray_DATA(tensors),
+                          (int)PyArray_DIM(tensors, 0), (const int32_t *)PyArray_DATA(ops),
+                          CFDATA(opf), (int)nops, (const int32_t *)PyArray_DATA(exits),
+                          (int)PyArray_DIM(exits, 0), CFDATA(costs), (size_t)num_params,
+                          (size_t)num_bufs, num_bn, max_batch);
+    Py_END_ALLOW_THREADS
+    if (st != EENET_OK) {
+        raise_status(st);
+        return -1;
+    }
+    const int32_t *t0 = (const int32_t *)PyArray_DATA(tensors);
+    self->net = net;
+    self->C = t0[0];
+    self->H = t0[1];
+    self->W = t0[2];
+    return 0;
+}
+
+static int net_ready(NetObject *self) {
+    if (!self->net) {
+        PyErr_SetString(PyExc_RuntimeError, "Net is not initialised");
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Net is in use by another thread (calls on one net must not overlap)");
+        return 0;
+    }
+    return 1;
+}
+
+/* 1-d zero-copy view of `n` elements at `data`, base = self. */
+static PyObject *net_view(NetObject *self, void *data, npy_intp n, int typenum) {
+    npy_intp dims[1] = {n};
+    PyObject *arr = PyArray_SimpleNewFromData(1, dims, typenum, data);
+    if (!arr) {
+        return NULL;
+    }
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static PyObject *Net_views(NetObject *self, PyObject *noargs) {
+    if (!self->net) {
+        PyErr_SetString(PyExc_RuntimeError, "Net is not initialised");
+        return NULL;
+    }
+    eenet_net *net = self->net;
+    npy_intp np_ = (npy_intp)eenet_net_num_params(net);
+    PyObject *p = net_view(self, eenet_net_params(net), np_, NPY_FLOAT32);
+    PyObject *g = p ? net_view(self, eenet_net_grads(net), np_, NPY_FLOAT32) : NULL;
+    PyObject *s = g ? net_view(self, eenet_net_opt_state(net), 2 * np_, NPY_FLOAT32) : NULL;
+    PyObject *b = s ? net_view(self, eenet_net_bufs(net), (npy_intp)eenet_net_num_bufs(net),
+                               NPY_FLOAT32)
+                    : NULL;
+    PyObject *t = b ? net_view(self, eenet_net_nbt(net), eenet_net_num_bn(net), NPY_INT64)
+                    : NULL;
+    PyObject *res = t ? PyTuple_Pack(5, p, g, s, b, t) : NULL;
+    Py_XDECREF(p);
+    Py_XDECREF(g);
+    Py_XDECREF(s);
+    Py_XDECREF(b);
+    Py_XDECREF(t);
+    return res;
+}
+
+/* Validate an input batch x (B, C, H, W) float32, finite, 1 <= B <= max_batch. */
+static PyArrayObject *net_check_x(NetObject *self, PyObject *obj) {
+    npy_intp dims[4] = {-1, self->C, self->H, self->W};
+    PyArrayObject *x = check_float_shape(obj, "x", 4, dims);
+    if (!x) {
+        return NULL;
+    }
+    npy_intp B = PyArray_DIM(x, 0);
+    int max_batch = eenet_net_max_batch(self->net);
+    if (B < 1 || B > max_batch) {
+        PyErr_Format(PyExc_ValueError,
+                     "x: batch size %ld outside [1, max_batch=%d]; build the net with a larger "
+                     "max_batch or split the batch",
+                     (long)B, max_batch);
+        return NULL;
+    }
+    if (!require_finite(x, "x")) {
+        return NULL;
+    }
+    return x;
+}
+
+static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "training", NULL};
+    PyObject *o_x;
+    int training = 0;
+    PyArrayObject *probs = NULL, *conf = NULL;
+    PyObject *res = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:forward", kwlist, &o_x, &training) ||
+        !net_ready(self)) {
+        return NULL;
+    }
+    PyArrayObject *x = net_check_x(self, o_x);
+    if (!x) {
+        return NULL;
+    }
+    int B = (int)PyArray_DIM(x, 0);
+    int E1 = eenet_net_num_exits(self->net), K = eenet_net_num_classes(self->net);
+    npy_intp pd[3] = {E1, B, K}, cd[2] = {E1, B};
+    probs = new_float_array(3, pd);
+    conf = probs ? new_float_array(2, cd) : NULL;
+    if (!conf) {
+        goto cleanup;
+    }
+    eenet_status st;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = eenet_net_forward(self->net, FDATA(probs), FDATA(conf), CFDATA(x), B, training);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (st != EENET_OK) {
+        raise_status(st);
+        goto cleanup;
+    }
+    res = PyTuple_Pack(2, probs, conf);
+cleanup:
+    Py_XDECREF(probs);
+    Py_XDECREF(conf);
+    return res;
+}
+
+static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "y", "tags", "version", "lambda_coef", "threshold",
+                             "opt_kind", "lr", "momentum", "dampening", "nesterov", "beta1",
+                             "beta2", "eps", "weight_decay", "step", "first_step", NULL};
+    PyObject *o_x, *o_y, *o_tags;
+    int version, opt_kind, nesterov, first_step;
+    float lambda_coef, threshold;
+    double lr, momentum, dampening, beta1, beta2, eps, wd;
+    long long step;
+    PyArrayObject *counts = NULL, *nll = NULL;
+    PyObject *res = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOiffidddpddddLp:train_step", kwlist, &o_x,
+                                     &o_y, &o_tags, &version, &lambda_coef, &threshold,
+                                     &opt_kind, &lr, &momentum, &dampening, &nesterov, &beta1,
+                                     &beta2, &eps, &wd, &step, &first_step) ||
+        !net_ready(self)) {
+        return NULL;
+    }
+    PyArrayObject *x = net_check_x(self, o_x);
+    if (!x) {
+        return NULL;
+    }
+    npy_intp B = PyArray_DIM(x, 0);
+    int E1 = eenet_net_num_exits(self->net), K = eenet_net_num_classes(self->net);
+    PyArrayObject *y = check_labels(o_y, "y", B, K);
+    if (!y) {
+        return NULL;
+    }
+    if (version < 0 || version > 4) {
+        PyErr_Format(PyExc_ValueError, "loss: expected v0..v4, got v%d", version);
+        return NULL;
+    }
+    const int32_t *tags = NULL;
+    if (version == 4) {
+        if (o_tags == Py_None) {
+            PyErr_SetString(PyExc_ValueError, "tags: loss v4 needs an int32 array (B,) of exit tags");
+            return NULL;
+        }
+        if (!PyArray_Check(o_tags) || PyArray_TYPE((PyArrayObject *)o_tags) != NPY_INT32) {
+            PyErr_SetString(PyExc_TypeError, "tags: expected a numpy.ndarray of int32");
+            return NULL;
+        }
+        PyArrayObject *t = (PyArrayObject *)o_tags;
+        if (PyArray_NDIM(t) != 1 || PyArray_DIM(t, 0) != B || !PyArray_IS_C_CONTIGUOUS(t) ||
+            !PyArray_ISALIGNED(t)) {
+            char got[128];
+            shape_str(got, sizeof got, PyArray_NDIM(t), PyArray_DIMS(t));
+            PyErr_Format(PyExc_ValueError, "tags: expected a C-contiguous array of shape (%ld,), got %s",
+                         (long)B, got);
+            return NULL;
+        }
+        tags = (const int32_t *)PyArray_DATA(t);
+        for (npy_intp i = 0; i < B; i++) {
+            if (tags[i] < 0 || tags[i] >= E1) {
+                PyErr_Format(PyExc_ValueError, "tags: tag %d at index %ld is outside [0, %d)",
+                             (int)tags[i], (long)i, E1);
+                return NULL;
+            }
+        }
+    }
+    if (opt_kind != EENET_OPT_SGD && opt_kind != EENET_OPT_ADAM) {
+        PyErr_Format(PyExc_ValueError, "opt_kind: expected 0 (SGD) or 1 (Adam), got %d", opt_kind);
+        return NULL;
+    }
+    if (step < 1) {
+        PyErr_Format(PyExc_ValueError, "step: expected >= 1, got %lld", step);
+        return NULL;
+    }
+    if (!isfinite(lr) || !isfinite(lambda_coef) || !isfinite(wd) || !isfinite(momentum)) {
+        PyErr_SetString(PyExc_ValueError, "lr, lambda_coef, momentum, weight_decay: must be finite");
+        return NULL;
+    }
+    npy_intp cd[1] = {E1}, nd[2] = {E1, B};
+    counts = (PyArrayObject *)PyArray_ZEROS(1, cd, NPY_INT64, 0);
+    nll = counts ? new_float_array(2, nd) : NULL;
+    if (!nll) {
+        goto cleanup;
+    }
+    eenet_opt_config opt = {0};
+    opt.kind = opt_kind;
+    opt.lr = lr;
+    opt.momentum = momentum;
+    opt.dampening = dampening;
+    opt.nesterov = nesterov;
+    opt.beta1 = beta1;
+    opt.beta2 = beta2;
+    opt.eps = eps;
+    opt.weight_decay = wd;
+    opt.step = step;
+    opt.first_step = first_step;
+    eenet_step_stats stats;
+    memset(&stats, 0, sizeof stats);
+    eenet_status st;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = eenet_net_train_step(self->net, &stats, (int64_t *)PyArray_DATA(counts), FDATA(nll),
+                              CFDATA(x), (const int64_t *)PyArray_DATA(y), tags, (int)B,
+                              version, lambda_coef, threshold, &opt);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (st != EENET_OK) {
+        raise_status(st);
+        goto cleanup;
+    }
+    res = Py_BuildValue("{s:d,s:d,s:d,s:d,s:L,s:d,s:O,s:O}", "loss", (double)stats.parts[0],
+                        "loss_cls", (double)stats.parts[1], "loss_cost",
+                        (double)stats.parts[2], "loss_conf", (double)stats.parts[3], "correct",
+                        (long long)stats.correct, "cost_sum", stats.cost_sum, "exit_counts",
+                        counts, "nll", nll);
+cleanup:
+    Py_XDECREF(counts);
+    Py_XDECREF(nll);
+    return res;
+}
+
+static PyObject *Net_predict(NetObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", "threshold", NULL};
+    PyObject *o_x;
+    float threshold = 0.5f;
+    PyArrayObject *labels = NULL, *probs = NULL, *exits = NULL, *conf = NULL;
+    PyObject *res = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|f:predict", kwlist, &o_x, &threshold) ||
+        !net_ready(self)) {
+        return NULL;
+    }
+    if (isnan(threshold)) {
+        PyErr_SetString(PyExc_ValueError, "threshold: must not be NaN");
+        return NULL;
+    }
+    PyArrayObject *x = net_check_x(self, o_x);
+    if (!x) {
+        return NULL;
+    }
+    npy_intp B = PyArray_DIM(x, 0);
+    int K = eenet_net_num_classes(self->net);
+    npy_intp bd[1] = {B}, pd[2] = {B, K};
+    labels = (PyArrayObject *)PyArray_ZEROS(1, bd, NPY_INT64, 0);
+    exits = labels ? (PyArrayObject *)PyArray_ZEROS(1, bd, NPY_INT64, 0) : NULL;
+    probs = exits ? new_float_array(2, pd) : NULL;
+    conf = probs ? new_float_array(1, bd) : NULL;
+    if (!conf) {
+        goto cleanup;
+    }
+    eenet_status st;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = eenet_net_predict(self->net, (int64_t *)PyArray_DATA(labels), FDATA(probs),
+                           (int64_t *)PyArray_DATA(exits), FDATA(conf), CFDATA(x), (int)B,
+                           threshold);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (st != EENET_OK) {
+        raise_status(st);
+        goto cleanup;
+    }
+    res = PyTuple_Pack(4, labels, probs, exits, conf);
+cleanup:
+    Py_XDECREF(labels);
+    Py_XDECREF(probs);
+    Py_XDECREF(exits);
+    Py_XDECREF(conf);
+    return res;
+}
+
+static PyObject *Net_get_max_batch(NetObject *self, void *closure) {
+    return self->net ? PyLong_FromLong(eenet_net_max_batch(self->net)) : PyLong_FromLong(0);
+}
+
+static PyObject *Net_get_nbytes(NetObject *self, void *closure) {
+    return PyLong_FromSize_t(self->net ? eenet_net_bytes(self->net) : 0);
+}
+
+static PyMethodDef Net_methods[] = {
+    {"views", (PyCFunction)Net_views, METH_NOARGS,
+     "views()\n--\n\n(params, grads, opt_state, bufs, num_batches_tracked): 1-d zero-copy "
+     "views of the network's buffers (base: this Net)."},
+    {"forward", (PyCFunction)(void (*)(void))Net_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(x, training=False)\n--\n\nx float32 (B,C,H,W) -> (probs (E1,B,K), conf (E1,B))."},
+    {"train_step", (PyCFunction)(void (*)(void))Net_train_step, METH_VARARGS | METH_KEYWORDS,
+     "train_step(x, y, tags, version, lambda_coef, threshold, opt_kind, lr, momentum, "
+     "dampening, nesterov, beta1, beta2, eps, weight_decay, step, first_step)\n--\n\n"
+     "One training step; returns the statistics dict (see eenet.net.Net.train_step)."},
+    {"predict", (PyCFunction)(void (*)(void))Net_predict, METH_VARARGS | METH_KEYWORDS,
+     "predict(x, threshold=0.5)\n--\n\nBatched early exit: (labels (B,), probs (B,K), "
+     "exit (B,), conf (B,))."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Net_getset[] = {
+    {"max_batch", (getter)Net_get_max_batch, NULL, "largest batch the arena holds", NULL},
+    {"nbytes", (getter)Net_get_nbytes, NULL, "bytes allocated by the network", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject NetType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "eenet._core.Net",
+    .tp_basicsize = sizeof(NetObject),
+    .tp_itemsize = 0,
+    .tp_dealloc = (destructor)Net_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Net(tensors, ops, opf, exits, costs, num_params, num_bufs, num_bn, max_batch)\n"
+              "--\n\nThe C network engine; use eenet.build() rather than this type.",
+    .tp_methods = Net_methods,
+    .tp_getset = Net_getset,
+    .tp_init = (initproc)Net_init,
+    .tp_new = PyType_GenericNew,
+};
+
 /* Add the Net type (and anything else of this section) to the module. */
 static int net_register(PyObject *module) {
+    if (PyType_Ready(&NetType) < 0) {
+        return -1;
+    }
+    Py_INCREF(&NetType);
+    if (PyModule_AddObject(module, "Net", (PyObject *)&NetType) < 0) {
+        Py_DECREF(&NetType);
+        return -1;
+    }
     return 0;
 }
 
