@@ -59,7 +59,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 __all__ = [
-    "Dataset", "DatasetError", "DatasetNotFoundError", "Resource", "RESOURCES",
+    "Dataset", "DatasetInfo", "NAMES", "info", "DatasetError", "DatasetNotFoundError", "Resource", "RESOURCES",
     "load", "download", "download_file", "verify", "read_idx", "data_roots",
     "user_cache_dir", "decoded_cache_dir", "names",
 ]
@@ -185,6 +185,8 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W)."""
         return tuple(int(s) for s in self._images.shape[1:])  # type: ignore[return-value]
+
+    input_shape = image_shape  # the name models use for (C, H, W)
 
     def __repr__(self) -> str:
         c, h, w = self.image_shape
@@ -947,9 +949,48 @@ _ALIASES = {
 }
 
 
+#: Canonical dataset names accepted by :func:`load`.
+NAMES = ("mnist", "fashion-mnist", "cifar10", "svhn", "tiny-imagenet", "cifar10-jpeg", "imagefolder")
+
+
 def names() -> list[str]:
     """Canonical dataset names accepted by :func:`load`."""
-    return ["mnist", "fashion-mnist", "cifar10", "svhn", "tiny-imagenet", "cifar10-jpeg", "imagefolder"]
+    return list(NAMES)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset without reading its files."""
+    name: str
+    input_shape: tuple[int, int, int]   # (C, H, W)
+    num_classes: int
+    splits: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augmentation: str
+
+
+_INFO = {
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, ("train", "test"), MNIST_MEAN, MNIST_STD, "none"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, ("train", "test"), FASHION_MEAN,
+                                 FASHION_STD, "none"),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, ("train", "test"), CIFAR10_MEAN, CIFAR10_STD,
+                           "crop-flip"),
+    "svhn": DatasetInfo("svhn", (3, 32, 32), 10, ("train", "test", "extra"), HALF3, HALF3, "none"),
+    "tiny-imagenet": DatasetInfo("tiny-imagenet", (3, 64, 64), 200, ("train", "val", "test"), HALF3,
+                                 HALF3, "flip"),
+    "cifar10-jpeg": DatasetInfo("cifar10-jpeg", (3, 32, 32), 10, ("train", "test"), CIFAR10_MEAN,
+                                CIFAR10_STD, "crop-flip"),
+}
+
+
+def info(name: str) -> DatasetInfo:
+    """Shape, classes, splits and preprocessing of dataset ``name`` without reading files.
+    Raises KeyError for ``imagefolder`` (known only once read) and unknown names."""
+    key = _ALIASES.get(name.strip().lower().replace("_", "-"))
+    if key not in _INFO:
+        raise KeyError(f"dataset {name!r}: shape unknown before loading; known: {', '.join(_INFO)}")
+    return _INFO[key]
 
 
 def canonical_name(name: str) -> str:

@@ -809,3 +809,17 @@ def test_import_eenet_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "[]"
+
+
+def test_info_matches_loaded_data(tmp_path):
+    write_idx_set(tmp_path / "mnist")
+    d = D.load("mnist", "train", tmp_path, download=False)
+    i = D.info("MNIST")
+    assert i.input_shape == d.input_shape == (1, 28, 28) and i.num_classes == d.num_classes
+    assert (i.mean, i.std, i.augmentation) == (d.mean, d.std, d.augmentation)
+    assert D.info("tiny_imagenet").num_classes == 200 and D.info("cifar10").input_shape == (3, 32, 32)
+    assert set(D.NAMES) >= {"mnist", "fashion-mnist", "cifar10", "svhn", "tiny-imagenet"}
+    with pytest.raises(KeyError):
+        D.info("imagefolder")
+    with pytest.raises(KeyError):
+        D.info("cifar100")
