@@ -299,6 +299,18 @@ def test_maxpool_nan_propagates():
 
 
 @requires_torch
+def test_maxpool_neg_inf_torch():
+    import torch
+    import torch.nn.functional as F
+    x = np.full((1, 2, 5, 6), -np.inf, np.float32)
+    x[0, 1, 4, 5] = 1.0
+    yt, it = F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)
+    y, am = ops.max_pool2d(x)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(am, it.numpy())
+
+
+@requires_torch
 def test_maxpool_nan_torch():
     import torch
     import torch.nn.functional as F
