@@ -347,8 +347,8 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
     """Download ``resource`` into ``folder`` and return its path.
 
     Data go to ``<file>.part`` first (resumed if present), are checked against the MD5 and
-    renamed into place. A checksum mismatch deletes the part file and raises
-    :class:`DatasetError`; a network failure raises :class:`DatasetNotFoundError` naming
+    renamed into place. A checksum mismatch deletes the part file and tries the next
+    URL, raising :class:`DatasetError` if none serves the right file; a network failure raises :class:`DatasetNotFoundError` naming
     the file, its MD5 and URLs (the part file is kept for resuming).
     """
     folder = Path(folder)
@@ -357,6 +357,7 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
         return dest
     part = folder / (resource.filename + ".part")
     failures: list[str] = []
+    mismatches: list[str] = []
     for url in resource.urls:
         try:
             _fetch(url, part, resource.size, progress, timeout)
@@ -367,12 +368,14 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
         if digest != resource.md5:
             got = part.stat().st_size
             part.unlink()
-            raise DatasetError(
+            mismatches.append(
                 f"{dest}: downloaded from {url}: MD5 {digest} ({got} bytes), expected "
-                f"{resource.md5}" + (f" ({resource.size} bytes)" if resource.size else "")
-                + "; the partial file was deleted, try again")
+                f"{resource.md5}" + (f" ({resource.size} bytes)" if resource.size else ""))
+            continue  # another mirror may serve the right file
         os.replace(part, dest)
         return dest
+    if mismatches:
+        raise DatasetError("; ".join(mismatches) + "; the partial file was deleted, try again")
     raise DatasetNotFoundError(
         f"could not download {resource.filename} (MD5 {resource.md5}) into {folder}:\n  "
         + "\n  ".join(failures))

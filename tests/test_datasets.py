@@ -709,6 +709,10 @@ def test_download_file_checks_md5(tmp_path, server):
                                              r"\(300000 bytes\), expected 0{32}"):
         D.download_file(bad, tmp_path / "dl", progress=False)
     assert not (tmp_path / "dl" / "bad.bin").exists() and not (tmp_path / "dl" / "bad.bin.part").exists()
+    # A mirror serving a wrong file is skipped for the next one.
+    server.files["/wrong.bin"] = b"x" * 1000
+    r2 = D.Resource("good.bin", r.md5, (server.url + "/wrong.bin", server.url + "/blob.bin"))
+    assert D.download_file(r2, tmp_path / "dl", progress=False).read_bytes() == body
 
 
 @pytest.mark.parametrize("honour_range", [True, False])
