@@ -40,11 +40,12 @@ SHAPES = [
 ]
 
 # conv2d implementation switch of the C core (kernels.h eenet_conv2d_set_impl):
-# 0 automatic, 1 im2col+GEMM everywhere, 2 the q-space direct path wherever possible.
-IMPLS = [0, 1, 2]
+# 0 automatic, 1 im2col+GEMM everywhere, 2 the q-space direct path wherever possible,
+# 3 as 2 with the weight gradient K-vectorised on the q-space planes.
+IMPLS = [0, 1, 2, 3]
 
 
-@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct"])
+@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt"])
 def impl(request):
     lib = ctypes.CDLL(_core.__file__)
     old = lib.eenet_conv2d_set_impl(request.param)

@@ -48,7 +48,8 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
                          int wo, int kv, int P, float *tile);
 
 /* dwt (ntaps, cout) += sum over positions of x(tap) * dyt (ho*wo, cout);
- * cout a multiple of 16. */
+ * cout a multiple of 16.  Also runs on q-space planes (xp = phase planes,
+ * off from the q-space offsets, wp = ws, s = 1). */
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
                         const int *off, int cout, int ntaps, int ho, int wo);
 
