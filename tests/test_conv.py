@@ -37,6 +37,9 @@ SHAPES = [
     (2, 32, 12, 12, 16, 3, 1, 1),  # 32 -> 16, 12 columns (4-column tiles)
     (2, 32, 16, 16, 64, 3, 2, 1),  # 32 -> 64 stride 2
     (1, 3, 32, 32, 16, 7, 2, 3),   # ImageNet-style stem
+    (3, 16, 7, 7, 16, 3, 1, 1),    # EENet-8 f=4 last block: 7-column tiles
+    (2, 8, 14, 14, 16, 3, 2, 1),   # EENet-8 f=4 16-channel stride 2
+    (2, 32, 14, 14, 32, 3, 1, 1),  # 14-column tiles, 32 channels
 ]
 
 # conv2d implementation switch of the C core (kernels.h eenet_conv2d_set_impl):

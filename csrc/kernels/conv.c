@@ -232,11 +232,13 @@ static int is_pointwise(int kh, int kw, int stride, int pad) {
 }
 
 /* Choose the paths of this call (measured on Zen 4, see the file header). */
-/* Largest column tile P (<= pmax, >= 4, halving) dividing wo, or 0. */
+/* Largest column tile P <= pmax among the kernels' 16, 14, 8, 7, 4 that
+ * divides wo, or 0. */
 static int pick_cols(int wo, int pmax) {
-    for (int P = pmax; P >= 4; P /= 2) {
-        if (wo % P == 0) {
-            return P;
+    static const int cand[5] = {16, 14, 8, 7, 4};
+    for (int i = 0; i < 5; i++) {
+        if (cand[i] <= pmax && wo % cand[i] == 0) {
+            return cand[i];
         }
     }
     return 0;
@@ -251,12 +253,15 @@ static void plan_choose(conv_plan *pl) {
     pl->pf = pick_cols(pl->Wo, 16 / pl->kvf);
     pl->kvd = pl->C % 32 == 0 ? 2 : 1;
     pl->pd = pick_cols(pl->W, 16 / pl->kvd);
-    /* measured (1 thread, Zen 4): with 16 channels the q-space kernels win
-     * (about 80 vs 70 GFLOP/s on 16->16 32x32), from 32 channels up the
-     * K-vectorised ones (about 90-100 vs 80 on 32->32 16x16, 64->64 8x8) */
-    pl->use_kf = kvec && pl->K % 32 == 0 && pl->pf > 0;
+    /* Measured (1 thread, Zen 4, GFLOP/s): from 32 channels the K-vectorised
+     * kernels win (32->32 16x16: 93 vs 85; 64->64 8x8: 102 vs 84); with 16
+     * channels the q-space ones win on rows that are multiples of 8 wide
+     * (16->16 32x32: 81 vs 72) and lose on 7/14-wide ones (16->16 7x7: 86 vs
+     * 69 forward, 85 vs 58 backward-data). */
+    pl->use_kf = kvec && pl->K % 16 == 0 && pl->pf > 0 && (pl->K % 32 == 0 || pl->Wo % 8 != 0);
     pl->use_kw = kvec && pl->K % 32 == 0;
-    pl->use_kd = kvec && pl->bd_ok && pl->C % 32 == 0 && pl->pd > 0;
+    pl->use_kd = kvec && pl->bd_ok && pl->C % 16 == 0 && pl->pd > 0 &&
+                 (pl->C % 32 == 0 || pl->W % 8 != 0);
     /* 16 channels: the q-space forward wins, but the weight gradient is
      * faster K-vectorised on the q-space planes once there are >= 64 taps
      * (measured: 16->16 7x7 71 vs 55, 8->16 14x14 s2 42 vs 37 GFLOP/s). */

@@ -273,9 +273,12 @@ EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, floa
     }
 
 DEFINE_KF(1, 16)
+DEFINE_KF(1, 14)
 DEFINE_KF(1, 8)
+DEFINE_KF(1, 7)
 DEFINE_KF(1, 4)
 DEFINE_KF(2, 8)
+DEFINE_KF(2, 7)
 DEFINE_KF(2, 4)
 
 typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, int);
@@ -284,8 +287,9 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                                       const float *xp, int wp, int s, const int *off,
                                       const float *wk, int cout, int ntaps, int ho, int wo,
                                       int kv, int P, float *tile) {
-    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : kf_2x4)
-                       : (P == 16 ? kf_1x16 : P == 8 ? kf_1x8 : kf_1x4);
+    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
+                       : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
+                          : P == 7 ? kf_1x7 : kf_1x4);
     int kb = 16 * kv;
     size_t hw = (size_t)ho * wo;
     for (int k0 = 0; k0 < cout; k0 += kb) {
