@@ -43,8 +43,10 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 import warnings
@@ -524,6 +526,7 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
         ("__builtin__", "object"), ("builtins", "object"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
     def find_class(self, module: str, name: str):
@@ -699,15 +702,25 @@ def _read_cache(paths: list[Path], fingerprint: str) -> np.ndarray | None:
     return None
 
 
+def _writable(folder: Path) -> bool:
+    """Whether eenet may add a file to ``folder``: the OS allows it *and* the folder's
+    owner-write bit is set (root may write anywhere, but a folder made read-only, such as
+    a shared data copy, must stay untouched)."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
+    except OSError:
+        return False
+
+
 def _write_cache(paths: list[Path], fingerprint: str, images: np.ndarray) -> Path | None:
     for p in paths:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(p.parent, os.W_OK):
+            if not _writable(p.parent):
                 continue
-            fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+            tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:
-                with os.fdopen(fd, "wb") as f:
+                with open(tmp, "wb") as f:  # honours the umask, unlike mkstemp
                     np.savez(f, images=images, fingerprint=np.array(fingerprint))
                 os.replace(tmp, p)
             except BaseException:
@@ -816,8 +829,9 @@ def _load_tiny_imagenet(split: str, data_dir, download: bool, progress: bool, ca
         root = _extract_zip(zpath, roots[0], "tiny-imagenet-200")
     wnids_path = root / "wnids.txt"
     wnids = [w.strip() for w in wnids_path.read_text().split() if w.strip()]
-    if len(wnids) != 200 or len(set(wnids)) != 200:
-        raise DatasetError(f"{wnids_path}: {len(wnids)} class ids ({len(set(wnids))} distinct), expected 200")
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise DatasetError(f"{wnids_path}: {len(wnids)} class ids ({len(set(wnids))} distinct), expected "
+                           f"200 distinct WordNet ids, one per line")
     index = {w: i for i, w in enumerate(wnids)}
     files: list[Path] = []
     labels: list[int] = []
