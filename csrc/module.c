@@ -952,7 +952,7 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject 
     }
     PyArrayObject *dy = ops_check_nchw(ody, "dy");
     if (!dy || !check_int_min(H, "H", 1) || !check_int_min(W, "W", 1) ||
-        !ops_fits_int(H * W, "H*W")) {
+        !ops_fits_int(H, "H") || !ops_fits_int(W, "W") || !ops_fits_int(H * W, "H*W")) {
         return NULL;
     }
     if (!PyArray_Check(oam) || PyArray_TYPE((PyArrayObject *)oam) != NPY_INT32) {
@@ -1032,7 +1032,8 @@ static PyObject *py_global_avgpool_backward(PyObject *self, PyObject *args, PyOb
     }
     PyArrayObject *dy = check_float_array(ody, "dy", 2);
     if (!dy || !ops_require_nonempty(dy, "dy") || !check_int_min(H, "H", 1) ||
-        !check_int_min(W, "W", 1) || !ops_fits_int(H * W, "H*W") ||
+        !check_int_min(W, "W", 1) || !ops_fits_int(H, "H") || !ops_fits_int(W, "W") ||
+        !ops_fits_int(H * W, "H*W") ||
         !ops_fits_int(PyArray_DIM(dy, 0), "dy") || !ops_fits_int(PyArray_DIM(dy, 1), "dy")) {
         return NULL;
     }
