@@ -57,45 +57,56 @@ int eenet_conv_direct_available(void) {
     }
 
 DEFINE_FWD(8, 3)
+DEFINE_FWD(8, 2)
 DEFINE_FWD(8, 1)
 DEFINE_FWD(4, 4)
+DEFINE_FWD(4, 2)
 DEFINE_FWD(4, 1)
+DEFINE_FWD(2, 8)
 DEFINE_FWD(2, 4)
+DEFINE_FWD(2, 2)
 DEFINE_FWD(2, 1)
+DEFINE_FWD(1, 8)
 DEFINE_FWD(1, 4)
+DEFINE_FWD(1, 2)
 DEFINE_FWD(1, 1)
 
 typedef void (*fwd_fn)(float *, size_t, const float *, const int *, const float *, int);
 
+/* Tiles of one output-channel block: as many QVmax-vector tiles as fit,
+ * then the tail in halving sizes; for KB = 8 a tail of 1 after a 3 becomes
+ * 2 + 2 (16 accumulators each rather than 24 + 8). */
 EENET_AVX512 void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src,
                                         const int *off, const float *wp, int cout, int ntaps,
                                         int nq) {
+    static const fwd_fn t8[4] = {0, fwd_8x1, fwd_8x2, fwd_8x3};
+    static const fwd_fn t4[5] = {0, fwd_4x1, fwd_4x2, 0, fwd_4x4};
+    static const fwd_fn t2[9] = {0, fwd_2x1, fwd_2x2, 0, fwd_2x4, 0, 0, 0, fwd_2x8};
+    static const fwd_fn t1[9] = {0, fwd_1x1, fwd_1x2, 0, fwd_1x4, 0, 0, 0, fwd_1x8};
     for (int k0 = 0; k0 < cout;) {
         int kb = eenet_conv_fwd_kblock(cout - k0);
-        fwd_fn big, one;
-        int qv;
-        switch (kb) {
-        case 8:
-            big = fwd_8x3, one = fwd_8x1, qv = 3;
-            break;
-        case 4:
-            big = fwd_4x4, one = fwd_4x1, qv = 4;
-            break;
-        case 2:
-            big = fwd_2x4, one = fwd_2x1, qv = 4;
-            break;
-        default:
-            big = fwd_1x4, one = fwd_1x1, qv = 4;
-            break;
-        }
+        const fwd_fn *tab = kb == 8 ? t8 : kb == 4 ? t4 : kb == 2 ? t2 : t1;
+        int qmax = kb == 8 ? 3 : kb == 4 ? 4 : 8;
         const float *wpb = wp + (size_t)k0 * ntaps;
         float *y = yq + (size_t)k0 * ldy;
         int q = 0;
-        for (; q + qv <= nq; q += qv) {
-            big(y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        int rem = nq;
+        if (kb == 8 && nq % 3 == 1 && nq >= 4) {
+            rem = nq - 4; /* leave 4 vectors for two 2-vector tiles */
         }
-        for (; q < nq; q++) {
-            one(y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        for (; rem >= qmax; rem -= qmax, q += qmax) {
+            tab[qmax](y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        }
+        while (q < nq) {
+            int v = qmax;
+            while (v > nq - q || !tab[v]) {
+                v--;
+            }
+            if (kb == 8 && nq - q == 4) {
+                v = 2;
+            }
+            tab[v](y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+            q += v;
         }
         k0 += kb;
     }
@@ -171,6 +182,62 @@ EENET_AVX512 void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq,
     }
 }
 
+/* ---- row helpers for q-space filling and compaction (masked, any n) ---- */
+
+static EENET_AVX512 inline __mmask16 tail_mask(int n) {
+    return (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+}
+
+/* dst[0..n) = src[0..n). */
+EENET_AVX512 void eenet_conv_row_copy(float *dst, const float *src, int n) {
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+    }
+}
+
+/* dst[0..n) = src[0..n); returns the sum of the row (lane-wise, then reduced). */
+EENET_AVX512 float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+        _mm512_mask_storeu_ps(dst + i, m, v);
+        acc = _mm512_add_ps(acc, v);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* ev[m] = x[2m] for m < ceil(n/2); od[m] = x[2m+1] for m < floor(n/2). */
+EENET_AVX512 void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int i = 0; i < n; i += 32) {
+        int r = n - i;
+        __m512 lo = _mm512_maskz_loadu_ps(tail_mask(r), x + i);
+        __m512 hi = _mm512_maskz_loadu_ps(tail_mask(r - 16 > 0 ? r - 16 : 0), x + i + 16);
+        int ne = (r + 1) / 2, no = r / 2;
+        _mm512_mask_storeu_ps(ev + i / 2, tail_mask(ne), _mm512_permutex2var_ps(lo, ie, hi));
+        _mm512_mask_storeu_ps(od + i / 2, tail_mask(no), _mm512_permutex2var_ps(lo, io, hi));
+    }
+}
+
+/* accumulate: dst[i] += src[i]; else dst[i] = src[i] + bias, for i < n. */
+EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, float bias,
+                                       int accumulate) {
+    __m512 b = _mm512_set1_ps(bias);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+        if (accumulate) {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i));
+        } else {
+            v = _mm512_add_ps(v, b);
+        }
+        _mm512_mask_storeu_ps(dst + i, m, v);
+    }
+}
+
 /* ---- K-vectorised kernels: 16 output channels per zmm lane group ------
  * Forward tile: acc[P][KV] for P consecutive output columns of one row and
  * 16*KV output channels; per tap KV weight loads, P broadcasts of input
@@ -206,9 +273,12 @@ EENET_AVX512 void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq,
     }
 
 DEFINE_KF(1, 16)
+DEFINE_KF(1, 14)
 DEFINE_KF(1, 8)
+DEFINE_KF(1, 7)
 DEFINE_KF(1, 4)
 DEFINE_KF(2, 8)
+DEFINE_KF(2, 7)
 DEFINE_KF(2, 4)
 
 typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, int);
@@ -217,8 +287,9 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                                       const float *xp, int wp, int s, const int *off,
                                       const float *wk, int cout, int ntaps, int ho, int wo,
                                       int kv, int P, float *tile) {
-    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : kf_2x4)
-                       : (P == 16 ? kf_1x16 : P == 8 ? kf_1x8 : kf_1x4);
+    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
+                       : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
+                          : P == 7 ? kf_1x7 : kf_1x4);
     int kb = 16 * kv;
     size_t hw = (size_t)ho * wo;
     for (int k0 = 0; k0 < cout; k0 += kb) {
@@ -350,6 +421,23 @@ void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, i
                         const int *off, int cout, int ntaps, int ho, int wo) {
     (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
     (void)ho, (void)wo;
+}
+
+void eenet_conv_row_copy(float *dst, const float *src, int n) {
+    (void)dst, (void)src, (void)n;
+}
+
+float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
+    (void)dst, (void)src, (void)n;
+    return 0.0f;
+}
+
+void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
+    (void)ev, (void)od, (void)x, (void)n;
+}
+
+void eenet_conv_row_store(float *dst, const float *src, int n, float bias, int accumulate) {
+    (void)dst, (void)src, (void)n, (void)bias, (void)accumulate;
 }
 
 #endif
