@@ -13,6 +13,8 @@
  */
 #include "gemm.h"
 
+#include <stddef.h>
+
 #ifdef EENET_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
