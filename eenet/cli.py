@@ -57,8 +57,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model: eenet8, eenet18/34/50/101/152, eenet20/32/44/56/110 or a plain "
                         "counterpart resnet18...resnet110 (default: eenet20)")
     g.add_argument("--dataset", default="cifar10", metavar="NAME",
-                   help="dataset: mnist, fashion-mnist, cifar10, svhn, tiny-imagenet "
-                        "(default: cifar10)")
+                   help="dataset: mnist, fashion-mnist, cifar10, svhn, tiny-imagenet, "
+                        "cifar10-jpeg, or imagefolder (with --data-dir DIR holding "
+                        "<split>/<class>/*.jpg|png) (default: cifar10)")
     g.add_argument("--num-ee", type=_nonneg_int, default=None, metavar="N",
                    help="number of early-exit blocks (default: 2 for EENets, 0 for resnet*; "
                         "eenet8 always has 2)")
@@ -307,5 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (FloatingPointError, FileNotFoundError) as exc:
+        print(f"eenet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # e.g. a corrupt dataset or checkpoint file (names the file)
         print(f"eenet {args.command}: error: {exc}", file=sys.stderr)
         return 1
