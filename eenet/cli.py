@@ -146,7 +146,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads of the C core (default: the cores available)")
     g.add_argument("--no-progress", action="store_true",
-                   help="no progress bars, per-epoch lines or summary table")
+                   help="no progress bars or per-epoch lines (the summary table is still "
+                        "printed)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -204,8 +205,9 @@ def run_train(args: argparse.Namespace) -> int:
         res = run_training(cfg)
     except ConfigError as exc:
         parser.error(str(exc))
-    if not cfg.progress:
-        print(json.dumps({k: res[k] for k in ("accuracy", "avg_cost", "exit_counts")}))
+    if not cfg.progress:  # the summary table is printed by run_training otherwise
+        title = f"{cfg.model} on {cfg.dataset} (test set; best epoch {res['best_epoch']})"
+        print(format_summary(res, title))
     return 0
 
 
