@@ -43,14 +43,17 @@ def get_num_threads() -> int:
 
 
 _LAZY_SUBMODULES = ("ops", "spec", "models", "datasets", "data", "optim", "net", "training",
-                    "sweep", "plots", "cli")
+                    "sweep", "plots", "cli", "calibrate")
 
 
+_NET_EXPORTS = ("build", "save", "load", "load_checkpoint")
 # Functions exported at top level but defined in a lazily imported submodule.
 _LAZY_TRAINING = ("train", "evaluate")
 
 
 def __getattr__(name: str):
+    if name in _NET_EXPORTS:  # eenet.build / save / load / load_checkpoint (eenet.net)
+        return getattr(importlib.import_module(".net", __name__), name)
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     if name in _LAZY_TRAINING:

@@ -43,8 +43,10 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 import warnings
@@ -57,7 +59,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 __all__ = [
-    "Dataset", "DatasetError", "DatasetNotFoundError", "Resource", "RESOURCES",
+    "Dataset", "DatasetInfo", "NAMES", "info", "DatasetError", "DatasetNotFoundError", "Resource", "RESOURCES",
     "load", "download", "download_file", "verify", "read_idx", "data_roots",
     "user_cache_dir", "decoded_cache_dir", "names",
 ]
@@ -183,6 +185,8 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W)."""
         return tuple(int(s) for s in self._images.shape[1:])  # type: ignore[return-value]
+
+    input_shape = image_shape  # the name models use for (C, H, W)
 
     def __repr__(self) -> str:
         c, h, w = self.image_shape
@@ -343,8 +347,8 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
     """Download ``resource`` into ``folder`` and return its path.
 
     Data go to ``<file>.part`` first (resumed if present), are checked against the MD5 and
-    renamed into place. A checksum mismatch deletes the part file and raises
-    :class:`DatasetError`; a network failure raises :class:`DatasetNotFoundError` naming
+    renamed into place. A checksum mismatch deletes the part file and tries the next
+    URL, raising :class:`DatasetError` if none serves the right file; a network failure raises :class:`DatasetNotFoundError` naming
     the file, its MD5 and URLs (the part file is kept for resuming).
     """
     folder = Path(folder)
@@ -353,6 +357,7 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
         return dest
     part = folder / (resource.filename + ".part")
     failures: list[str] = []
+    mismatches: list[str] = []
     for url in resource.urls:
         try:
             _fetch(url, part, resource.size, progress, timeout)
@@ -363,12 +368,14 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
         if digest != resource.md5:
             got = part.stat().st_size
             part.unlink()
-            raise DatasetError(
+            mismatches.append(
                 f"{dest}: downloaded from {url}: MD5 {digest} ({got} bytes), expected "
-                f"{resource.md5}" + (f" ({resource.size} bytes)" if resource.size else "")
-                + "; the partial file was deleted, try again")
+                f"{resource.md5}" + (f" ({resource.size} bytes)" if resource.size else ""))
+            continue  # another mirror may serve the right file
         os.replace(part, dest)
         return dest
+    if mismatches:
+        raise DatasetError("; ".join(mismatches) + "; the partial file was deleted, try again")
     raise DatasetNotFoundError(
         f"could not download {resource.filename} (MD5 {resource.md5}) into {folder}:\n  "
         + "\n  ".join(failures))
@@ -524,6 +531,7 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
         ("__builtin__", "object"), ("builtins", "object"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
     def find_class(self, module: str, name: str):
@@ -699,15 +707,25 @@ def _read_cache(paths: list[Path], fingerprint: str) -> np.ndarray | None:
     return None
 
 
+def _writable(folder: Path) -> bool:
+    """Whether eenet may add a file to ``folder``: the OS allows it *and* the folder's
+    owner-write bit is set (root may write anywhere, but a folder made read-only, such as
+    a shared data copy, must stay untouched)."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
+    except OSError:
+        return False
+
+
 def _write_cache(paths: list[Path], fingerprint: str, images: np.ndarray) -> Path | None:
     for p in paths:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(p.parent, os.W_OK):
+            if not _writable(p.parent):
                 continue
-            fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+            tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:
-                with os.fdopen(fd, "wb") as f:
+                with open(tmp, "wb") as f:  # honours the umask, unlike mkstemp
                     np.savez(f, images=images, fingerprint=np.array(fingerprint))
                 os.replace(tmp, p)
             except BaseException:
@@ -816,8 +834,9 @@ def _load_tiny_imagenet(split: str, data_dir, download: bool, progress: bool, ca
         root = _extract_zip(zpath, roots[0], "tiny-imagenet-200")
     wnids_path = root / "wnids.txt"
     wnids = [w.strip() for w in wnids_path.read_text().split() if w.strip()]
-    if len(wnids) != 200 or len(set(wnids)) != 200:
-        raise DatasetError(f"{wnids_path}: {len(wnids)} class ids ({len(set(wnids))} distinct), expected 200")
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise DatasetError(f"{wnids_path}: {len(wnids)} class ids ({len(set(wnids))} distinct), expected "
+                           f"200 distinct WordNet ids, one per line")
     index = {w: i for i, w in enumerate(wnids)}
     files: list[Path] = []
     labels: list[int] = []
@@ -933,9 +952,48 @@ _ALIASES = {
 }
 
 
+#: Canonical dataset names accepted by :func:`load`.
+NAMES = ("mnist", "fashion-mnist", "cifar10", "svhn", "tiny-imagenet", "cifar10-jpeg", "imagefolder")
+
+
 def names() -> list[str]:
     """Canonical dataset names accepted by :func:`load`."""
-    return ["mnist", "fashion-mnist", "cifar10", "svhn", "tiny-imagenet", "cifar10-jpeg", "imagefolder"]
+    return list(NAMES)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset without reading its files."""
+    name: str
+    input_shape: tuple[int, int, int]   # (C, H, W)
+    num_classes: int
+    splits: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augmentation: str
+
+
+_INFO = {
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, ("train", "test"), MNIST_MEAN, MNIST_STD, "none"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, ("train", "test"), FASHION_MEAN,
+                                 FASHION_STD, "none"),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, ("train", "test"), CIFAR10_MEAN, CIFAR10_STD,
+                           "crop-flip"),
+    "svhn": DatasetInfo("svhn", (3, 32, 32), 10, ("train", "test", "extra"), HALF3, HALF3, "none"),
+    "tiny-imagenet": DatasetInfo("tiny-imagenet", (3, 64, 64), 200, ("train", "val", "test"), HALF3,
+                                 HALF3, "flip"),
+    "cifar10-jpeg": DatasetInfo("cifar10-jpeg", (3, 32, 32), 10, ("train", "test"), CIFAR10_MEAN,
+                                CIFAR10_STD, "crop-flip"),
+}
+
+
+def info(name: str) -> DatasetInfo:
+    """Shape, classes, splits and preprocessing of dataset ``name`` without reading files.
+    Raises KeyError for ``imagefolder`` (known only once read) and unknown names."""
+    key = _ALIASES.get(name.strip().lower().replace("_", "-"))
+    if key not in _INFO:
+        raise KeyError(f"dataset {name!r}: shape unknown before loading; known: {', '.join(_INFO)}")
+    return _INFO[key]
 
 
 def canonical_name(name: str) -> str:

@@ -546,10 +546,13 @@ def build_spec(model: str, num_classes: int = 10, input_shape: tuple = (3, 32, 3
         if num_ee != 2:
             warnings.warn(f"eenet8 always has 2 early exits; num_ee={num_ee} is ignored",
                           stacklevel=2)
-        return _eenet8(num_classes, shape, exit_type, filters)
+        spec = _eenet8(num_classes, shape, exit_type, filters)
+        spec.distribution = distribution    # ignored, kept so the spec's fields rebuild it
+        return spec
     depth = int(model[len("resnet"):]) if model.startswith("resnet") else int(model[len("eenet"):])
     if model.startswith("resnet"):
         spec, _ = _plain_resnet(model, depth, num_classes, shape)
+        spec.distribution = distribution
         return spec
     return _eenet_resnet(model, depth, num_classes, shape, num_ee, distribution, exit_type)
 
@@ -596,8 +599,8 @@ def describe(spec: ModelSpec) -> str:
     w = max(len(r[2]) for r in rows) if rows else 4
     title = (f"{spec.model}: input {_fmt_shape(spec.input_shape)}, {spec.num_classes} classes, "
              f"{spec.num_ee} early exits"
-             + (f" ({spec.distribution}, {spec.exit_type})" if spec.num_ee and spec.distribution
-                else (f" ({spec.exit_type})" if spec.num_ee else "")))
+             + (f" ({spec.exit_type})" if spec.model == "eenet8"
+                else (f" ({spec.distribution}, {spec.exit_type})" if spec.num_ee else "")))
     lines = [title, "",
              f"{'where':<8} {'op':<15} {'name':<{w}} {'output':>12} {'params':>10} {'FLOPs':>13}"]
     for r in rows:

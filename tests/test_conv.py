@@ -33,7 +33,23 @@ SHAPES = [
     (3, 8, 12, 12, 16, 3, 1, 1),   # 8 -> 16 channels
     (2, 16, 8, 8, 8, 3, 2, 1),     # 16 -> 8 channels, stride 2
     (4, 2, 28, 28, 4, 3, 1, 1),    # EENet-8-like
+    (2, 16, 8, 8, 32, 3, 1, 1),    # ResNet-like: 16 -> 32 channels (K-vectorised paths)
+    (2, 32, 12, 12, 16, 3, 1, 1),  # 32 -> 16, 12 columns (4-column tiles)
+    (2, 32, 16, 16, 64, 3, 2, 1),  # 32 -> 64 stride 2
+    (1, 3, 32, 32, 16, 7, 2, 3),   # ImageNet-style stem
 ]
+
+# conv2d implementation switch of the C core (kernels.h eenet_conv2d_set_impl):
+# 0 automatic, 1 im2col+GEMM everywhere, 2 the q-space direct path wherever possible.
+IMPLS = [0, 1, 2]
+
+
+@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct"])
+def impl(request):
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(request.param)
+    yield request.param
+    lib.eenet_conv2d_set_impl(old)
 
 
 def _k(shape):
@@ -125,7 +141,7 @@ def test_backward_matches_numpy(rng, shape, naive):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fast_matches_naive(rng, shape):
+def test_fast_matches_naive(rng, shape, impl):
     s, p = shape[6], shape[7]
     x, w, b, dy = _arrays(rng, shape)
     _close(_core.conv2d_forward(x, w, b, s, p),

@@ -296,13 +296,10 @@ def test_shapes_consistent(model, exit_type, shape, classes):
 def test_shapes_most_exits(distribution, model, shape, exit_type):
     """The most exits that fit; an exit right after the last block leaves an empty last
     stage (then there is no ``layers`` alias)."""
-    n = 0
-    while True:
-        try:
-            spec = build_spec(model, 10, shape, n + 1, distribution, exit_type)
-        except ValueError:
-            break
-        n += 1
+    blocks = build_spec(model, 10, shape, 0).total_blocks
+    with pytest.raises(ValueError) as info:          # one exit more than there are blocks
+        build_spec(model, 10, shape, blocks + 1, distribution, exit_type)
+    n = int(re.search(r"at most (\d+) fit", str(info.value)).group(1))
     spec = build_spec(model, 10, shape, n, distribution, exit_type)
     assert n >= 1 and len({e.after_block for e in spec.exits[:-1]}) == n
     check_spec(spec)
@@ -406,6 +403,15 @@ def test_model_names_and_plain_resnets():
     spec = build_spec("resnet20", 10, (3, 32, 32), num_ee=3)        # num_ee ignored
     assert spec.num_ee == 0 and len(spec.exits) == 1 and spec.total_blocks == 9
     assert authors_aliases(spec) == {}
+
+
+@pytest.mark.parametrize("model", model_names())
+def test_spec_fields_rebuild_the_spec(model):
+    """A checkpoint can store the spec's build fields and rebuild the same architecture."""
+    spec = build_spec(model, 7, (3, 40, 36), 2, "linear", "bnpool", filters=3)
+    again = build_spec(spec.model, spec.num_classes, spec.input_shape, spec.num_ee,
+                       spec.distribution, spec.exit_type, spec.filters)
+    assert again == spec
 
 
 def test_param_count_and_aliases():

@@ -60,6 +60,12 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                                       int N, int C, int H, int W, int K, int kh, int kw,
                                       int stride, int pad, int nthreads);
 
+/* Implementation switch for tests and benchmarks (process-wide, not thread-safe
+ * against running kernels): 0 automatic (default), 1 im2col+GEMM everywhere,
+ * 2 the direct path wherever the CPU and shape allow.  Returns the previous
+ * value.  Never changes results beyond float rounding, nor workspace sizes. */
+int eenet_conv2d_set_impl(int impl);
+
 /* Naive direct-loop references (double accumulation), same contracts. */
 eenet_status eenet_conv2d_forward_naive(float *out, const float *inp, const float *w,
                                         const float *bias, int N, int C, int H, int W, int K,
@@ -120,6 +126,13 @@ eenet_status eenet_linear_forward(float *out, const float *inp, const float *w,
                                   const float *bias, int N, int in_features, int out_features);
 eenet_status eenet_linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
                                    const float *inp, const float *w, int N, int in_features, int out_features);
+/* Naive references (double accumulation) with the same contracts, for the tests. */
+eenet_status eenet_linear_forward_naive(float *out, const float *inp, const float *w,
+                                        const float *bias, int N, int in_features,
+                                        int out_features);
+eenet_status eenet_linear_backward_naive(float *dinp, float *dw, float *dbias,
+                                         const float *dout, const float *inp, const float *w,
+                                         int N, int in_features, int out_features);
 
 /* -- negative log-likelihood on probabilities (loss.c): the authors take
  * log() of softmax outputs and of mixtures of them.  loss = -mean_n log(max(p[n,y_n], EENET_PROB_FLOOR));
@@ -148,12 +161,15 @@ eenet_status eenet_ee_loss(float *parts, float *dprobs, float *dconf, const floa
  *      g = nesterov ? g + momentum*buf : buf (if momentum != 0); p -= lr*g.
  * Adam (L2-style weight decay): g = grad + wd*p; m = b1 m + (1-b1) g;
  *      v = b2 v + (1-b2) g^2; p -= lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps); t = step >= 1. */
+/* Hyper-parameters are double (as the Python floats torch.optim receives): torch forms
+ * 1 - beta, 1 - dampening and the bias corrections in double before rounding to float,
+ * and 1 - (float)0.999 differs from (float)(1 - 0.999) by 1.3e-5 relative. */
 eenet_status eenet_sgd_step(float *params, float *momentum_buf, const float *grads, size_t n,
-                            float lr, float momentum, float dampening, float weight_decay,
+                            double lr, double momentum, double dampening, double weight_decay,
                             int nesterov, int first_step);
 eenet_status eenet_adam_step(float *params, float *exp_avg, float *exp_avg_sq,
-                             const float *grads, size_t n, float lr, float beta1, float beta2,
-                             float eps, float weight_decay, int step);
+                             const float *grads, size_t n, double lr, double beta1, double beta2,
+                             double eps, double weight_decay, int step);
 /* END ops declarations */
 
 #endif /* EENET_KERNELS_H */

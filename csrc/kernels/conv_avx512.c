@@ -1,0 +1,355 @@
+/* conv_avx512.c: AVX-512 micro-kernels of the direct convolution path
+ * (conv_direct.h explains q-space).  Compiled for the portable baseline with
+ * per-function target("avx512f") attributes; conv.c calls them only when
+ * eenet_conv_direct_available() says the CPU has AVX-512F.  On other
+ * architectures this file provides stubs and conv.c uses im2col+GEMM.
+ *
+ * Register blocking (Zen 4 / Skylake-X have 32 zmm registers):
+ *   forward  acc[KB][QV]: KB output channels x QV*16 q positions; per tap
+ *            QV unaligned loads, KB broadcasts, KB*QV FMAs (8x3 = 24 acc);
+ *   backward-weight acc[KB][TB]: KB output channels x TB taps, each a
+ *            16-lane partial sum over q; per q vector KB + TB loads and
+ *            KB*TB FMAs (4x6 = 24 acc), reduced horizontally at the end.
+ * No -ffast-math: FMAs are explicit intrinsics.
+ */
+#include "conv_direct.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define EENET_AVX512 __attribute__((target("avx512f")))
+
+int eenet_conv_direct_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 1 : 0;
+}
+
+/* yq rows kk < KB, columns [0, 16*QV) of one tile. */
+#define DEFINE_FWD(KB, QV)                                                            \
+    static EENET_AVX512 void fwd_##KB##x##QV(float *yq, size_t ldy, const float *src, \
+                                              const int *off, const float *wpb,       \
+                                              int ntaps) {                            \
+        __m512 acc[KB][QV];                                                           \
+        for (int a = 0; a < KB; a++) {                                                \
+            for (int v = 0; v < QV; v++) {                                            \
+                acc[a][v] = _mm512_setzero_ps();                                      \
+            }                                                                         \
+        }                                                                             \
+        for (int t = 0; t < ntaps; t++) {                                             \
+            const float *s = src + off[t];                                            \
+            __m512 x[QV];                                                             \
+            for (int v = 0; v < QV; v++) {                                            \
+                x[v] = _mm512_loadu_ps(s + 16 * v);                                   \
+            }                                                                         \
+            const float *wt = wpb + (size_t)t * KB;                                   \
+            for (int a = 0; a < KB; a++) {                                            \
+                __m512 wv = _mm512_set1_ps(wt[a]);                                    \
+                for (int v = 0; v < QV; v++) {                                        \
+                    acc[a][v] = _mm512_fmadd_ps(wv, x[v], acc[a][v]);                 \
+                }                                                                     \
+            }                                                                         \
+        }                                                                             \
+        for (int a = 0; a < KB; a++) {                                                \
+            for (int v = 0; v < QV; v++) {                                            \
+                _mm512_storeu_ps(yq + (size_t)a * ldy + 16 * v, acc[a][v]);           \
+            }                                                                         \
+        }                                                                             \
+    }
+
+DEFINE_FWD(8, 3)
+DEFINE_FWD(8, 1)
+DEFINE_FWD(4, 4)
+DEFINE_FWD(4, 1)
+DEFINE_FWD(2, 4)
+DEFINE_FWD(2, 1)
+DEFINE_FWD(1, 4)
+DEFINE_FWD(1, 1)
+
+typedef void (*fwd_fn)(float *, size_t, const float *, const int *, const float *, int);
+
+EENET_AVX512 void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src,
+                                        const int *off, const float *wp, int cout, int ntaps,
+                                        int nq) {
+    for (int k0 = 0; k0 < cout;) {
+        int kb = eenet_conv_fwd_kblock(cout - k0);
+        fwd_fn big, one;
+        int qv;
+        switch (kb) {
+        case 8:
+            big = fwd_8x3, one = fwd_8x1, qv = 3;
+            break;
+        case 4:
+            big = fwd_4x4, one = fwd_4x1, qv = 4;
+            break;
+        case 2:
+            big = fwd_2x4, one = fwd_2x1, qv = 4;
+            break;
+        default:
+            big = fwd_1x4, one = fwd_1x1, qv = 4;
+            break;
+        }
+        const float *wpb = wp + (size_t)k0 * ntaps;
+        float *y = yq + (size_t)k0 * ldy;
+        int q = 0;
+        for (; q + qv <= nq; q += qv) {
+            big(y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        }
+        for (; q < nq; q++) {
+            one(y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        }
+        k0 += kb;
+    }
+}
+
+/* dw rows a < KB (ldw apart), taps b < TB of one block. */
+#define DEFINE_BW(KB, TB)                                                                  \
+    static EENET_AVX512 void bw_##KB##x##TB(float *dw, size_t ldw, const float *dq,        \
+                                             size_t ldq, size_t dq_stride, const float *src, \
+                                             size_t src_stride, const int *off, int nq,    \
+                                             int nb) {                                     \
+        __m512 acc[KB][TB];                                                                \
+        for (int a = 0; a < KB; a++) {                                                     \
+            for (int b = 0; b < TB; b++) {                                                 \
+                acc[a][b] = _mm512_setzero_ps();                                           \
+            }                                                                              \
+        }                                                                                  \
+        for (int n = 0; n < nb; n++) {                                                     \
+            const float *d0 = dq + (size_t)n * dq_stride;                                  \
+            const float *s0 = src + (size_t)n * src_stride;                                \
+            for (int q = 0; q < nq; q++) {                                                 \
+                __m512 d[KB];                                                              \
+                for (int a = 0; a < KB; a++) {                                             \
+                    d[a] = _mm512_loadu_ps(d0 + (size_t)a * ldq + 16 * q);                 \
+                }                                                                          \
+                for (int b = 0; b < TB; b++) {                                             \
+                    __m512 x = _mm512_loadu_ps(s0 + off[b] + 16 * q);                      \
+                    for (int a = 0; a < KB; a++) {                                         \
+                        acc[a][b] = _mm512_fmadd_ps(d[a], x, acc[a][b]);                   \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        for (int a = 0; a < KB; a++) {                                                     \
+            for (int b = 0; b < TB; b++) {                                                 \
+                dw[(size_t)a * ldw + b] += _mm512_reduce_add_ps(acc[a][b]);                \
+            }                                                                              \
+        }                                                                                  \
+    }
+
+DEFINE_BW(4, 6)
+DEFINE_BW(4, 3)
+DEFINE_BW(4, 1)
+DEFINE_BW(2, 6)
+DEFINE_BW(2, 3)
+DEFINE_BW(2, 1)
+DEFINE_BW(1, 6)
+DEFINE_BW(1, 3)
+DEFINE_BW(1, 1)
+
+typedef void (*bw_fn)(float *, size_t, const float *, size_t, size_t, const float *, size_t,
+                      const int *, int, int);
+
+EENET_AVX512 void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq,
+                                       size_t dq_stride, const float *src, size_t src_stride,
+                                       const int *off, int cout, int ntaps, int nq, int nb) {
+    static const bw_fn table[3][3] = {{bw_4x6, bw_4x3, bw_4x1},
+                                      {bw_2x6, bw_2x3, bw_2x1},
+                                      {bw_1x6, bw_1x3, bw_1x1}};
+    for (int k0 = 0; k0 < cout;) {
+        int rem = cout - k0;
+        int ka = rem >= 4 ? 0 : rem >= 2 ? 1 : 2;
+        int kb = 4 >> ka;
+        for (int t0 = 0; t0 < ntaps;) {
+            int trem = ntaps - t0;
+            int ta = trem >= 6 ? 0 : trem >= 3 ? 1 : 2;
+            int tb = ta == 0 ? 6 : ta == 1 ? 3 : 1;
+            table[ka][ta](dw + (size_t)k0 * ntaps + t0, (size_t)ntaps, dq + (size_t)k0 * ldq,
+                          ldq, dq_stride, src, src_stride, off + t0, nq, nb);
+            t0 += tb;
+        }
+        k0 += kb;
+    }
+}
+
+/* ---- K-vectorised kernels: 16 output channels per zmm lane group ------
+ * Forward tile: acc[P][KV] for P consecutive output columns of one row and
+ * 16*KV output channels; per tap KV weight loads, P broadcasts of input
+ * scalars, P*KV FMAs.  No q-space garbage, so it suits the 8x8..32x32 planes
+ * with 16/32/64 channels of the ResNets. */
+#define DEFINE_KF(KV, P)                                                                \
+    static EENET_AVX512 void kf_##KV##x##P(float *tile, const float *xrow, int s,       \
+                                            const int *off, const float *wk, int ntaps) { \
+        __m512 acc[P][KV];                                                              \
+        for (int p = 0; p < P; p++) {                                                   \
+            for (int v = 0; v < KV; v++) {                                              \
+                acc[p][v] = _mm512_setzero_ps();                                        \
+            }                                                                           \
+        }                                                                               \
+        for (int t = 0; t < ntaps; t++) {                                               \
+            const float *xt = xrow + off[t];                                            \
+            __m512 wv[KV];                                                              \
+            for (int v = 0; v < KV; v++) {                                              \
+                wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                \
+            }                                                                           \
+            for (int p = 0; p < P; p++) {                                               \
+                __m512 xb = _mm512_set1_ps(xt[p * s]);                                  \
+                for (int v = 0; v < KV; v++) {                                          \
+                    acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                  \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        for (int p = 0; p < P; p++) {                                                   \
+            for (int v = 0; v < KV; v++) {                                              \
+                _mm512_storeu_ps(tile + ((size_t)p * KV + v) * 16, acc[p][v]);          \
+            }                                                                           \
+        }                                                                               \
+    }
+
+DEFINE_KF(1, 16)
+DEFINE_KF(1, 8)
+DEFINE_KF(1, 4)
+DEFINE_KF(2, 8)
+DEFINE_KF(2, 4)
+
+typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, int);
+
+EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias,
+                                      const float *xp, int wp, int s, const int *off,
+                                      const float *wk, int cout, int ntaps, int ho, int wo,
+                                      int kv, int P, float *tile) {
+    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : kf_2x4)
+                       : (P == 16 ? kf_1x16 : P == 8 ? kf_1x8 : kf_1x4);
+    int kb = 16 * kv;
+    size_t hw = (size_t)ho * wo;
+    for (int k0 = 0; k0 < cout; k0 += kb) {
+        const float *wkb = wk + (size_t)k0 * ntaps;
+        for (int oy = 0; oy < ho; oy++) {
+            for (int ox0 = 0; ox0 < wo; ox0 += P) {
+                fn(tile, xp + (size_t)oy * s * wp + (size_t)ox0 * s, s, off, wkb, ntaps);
+                /* tile (P, kb) -> out[k0+kk][oy][ox0+p] */
+                float *o = out + (size_t)k0 * hw + (size_t)oy * wo + ox0;
+                for (int kk = 0; kk < kb; kk++) {
+                    float *ok = o + (size_t)kk * hw;
+                    const float *tk = tile + kk;
+                    if (accumulate) {
+                        for (int p = 0; p < P; p++) {
+                            ok[p] += tk[(size_t)p * kb];
+                        }
+                    } else {
+                        float b = bias ? bias[k0 + kk] : 0.0f;
+                        for (int p = 0; p < P; p++) {
+                            ok[p] = tk[(size_t)p * kb] + b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Backward-weight: acc[TB][KV] over every output position of a sample,
+ * dwt[t][k] += sum_pos x[tap t at pos] * dyt[pos][k]; lanes are channels,
+ * so no horizontal reduction is needed. */
+#define DEFINE_KW(KV, TB)                                                                    \
+    static EENET_AVX512 void kw_##KV##x##TB(float *dwt, int ldk, const float *dyt,           \
+                                             const float *xp, int wp, int s, const int *off, \
+                                             int ho, int wo) {                               \
+        __m512 acc[TB][KV];                                                                  \
+        const float *sp[TB];                                                                 \
+        for (int b = 0; b < TB; b++) {                                                       \
+            sp[b] = xp + off[b];                                                             \
+            for (int v = 0; v < KV; v++) {                                                   \
+                acc[b][v] = _mm512_setzero_ps();                                             \
+            }                                                                                \
+        }                                                                                    \
+        for (int oy = 0; oy < ho; oy++) {                                                    \
+            const float *dr = dyt + (size_t)oy * wo * ldk;                                   \
+            size_t base = (size_t)oy * s * wp;                                               \
+            for (int ox = 0; ox < wo; ox++, base += s) {                                     \
+                __m512 d[KV];                                                                \
+                for (int v = 0; v < KV; v++) {                                               \
+                    d[v] = _mm512_loadu_ps(dr + (size_t)ox * ldk + 16 * v);                  \
+                }                                                                            \
+                for (int b = 0; b < TB; b++) {                                               \
+                    __m512 xb = _mm512_set1_ps(sp[b][base]);                                 \
+                    for (int v = 0; v < KV; v++) {                                           \
+                        acc[b][v] = _mm512_fmadd_ps(xb, d[v], acc[b][v]);                    \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        for (int b = 0; b < TB; b++) {                                                       \
+            for (int v = 0; v < KV; v++) {                                                   \
+                float *dst = dwt + (size_t)b * ldk + 16 * v;                                 \
+                _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), acc[b][v]));      \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_KW(4, 6)
+DEFINE_KW(4, 3)
+DEFINE_KW(4, 1)
+DEFINE_KW(2, 12)
+DEFINE_KW(2, 3)
+DEFINE_KW(2, 1)
+DEFINE_KW(1, 12)
+DEFINE_KW(1, 3)
+DEFINE_KW(1, 1)
+
+typedef void (*kw_fn)(float *, int, const float *, const float *, int, int, const int *, int,
+                      int);
+
+EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp,
+                                     int s, const int *off, int cout, int ntaps, int ho,
+                                     int wo) {
+    int kv = cout % 64 == 0 ? 4 : cout % 32 == 0 ? 2 : 1;
+    kw_fn big = kv == 4 ? kw_4x6 : kv == 2 ? kw_2x12 : kw_1x12;
+    kw_fn three = kv == 4 ? kw_4x3 : kv == 2 ? kw_2x3 : kw_1x3;
+    kw_fn one = kv == 4 ? kw_4x1 : kv == 2 ? kw_2x1 : kw_1x1;
+    int tb = kv == 4 ? 6 : 12;
+    for (int k0 = 0; k0 < cout; k0 += 16 * kv) {
+        int t0 = 0;
+        for (; t0 + tb <= ntaps; t0 += tb) {
+            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+        for (; t0 + 3 <= ntaps; t0 += 3) {
+            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+        for (; t0 < ntaps; t0++) {
+            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+    }
+}
+
+#else /* not x86-64 GCC/Clang: no direct path, conv.c uses im2col+GEMM */
+
+int eenet_conv_direct_available(void) {
+    return 0;
+}
+
+void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src, const int *off,
+                           const float *wp, int cout, int ntaps, int nq) {
+    (void)yq, (void)ldy, (void)src, (void)off, (void)wp, (void)cout, (void)ntaps, (void)nq;
+}
+
+void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stride,
+                          const float *src, size_t src_stride, const int *off, int cout,
+                          int ntaps, int nq, int nb) {
+    (void)dw, (void)dq, (void)ldq, (void)dq_stride, (void)src, (void)src_stride, (void)off;
+    (void)cout, (void)ntaps, (void)nq, (void)nb;
+}
+
+void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
+                         int s, const int *off, const float *wk, int cout, int ntaps, int ho,
+                         int wo, int kv, int P, float *tile) {
+    (void)out, (void)accumulate, (void)bias, (void)xp, (void)wp, (void)s, (void)off, (void)wk;
+    (void)cout, (void)ntaps, (void)ho, (void)wo, (void)kv, (void)P, (void)tile;
+}
+
+void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
+                        const int *off, int cout, int ntaps, int ho, int wo) {
+    (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
+    (void)ho, (void)wo;
+}
+
+#endif

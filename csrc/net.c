@@ -1,0 +1,951 @@
+/* net.c: the network engine (see net.h for the memory layout and the
+ * encoding of the op program).
+ *
+ * Forward runs the ops in program order (stage 0, exit 0, stage 1, ...), so an
+ * exit reads its stage-boundary tensor after the stage wrote it.  Backward runs
+ * them in reverse and every kernel ACCUMULATES into the gradient of its inputs,
+ * which is what makes the fan-out of a boundary tensor (to its exit and to the
+ * next stage) correct without a special case.  A tensor's gradient slot is
+ * zeroed when its last consumer (in forward order) is reached in backward, and
+ * released after its producer's backward; slots of equal size are reused.
+ */
+#include "net.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---- per-kind layer structs ---------------------------------------------- */
+
+typedef struct {
+    int C, H, W, K, k, stride, pad, Ho, Wo;
+    size_t w;     /* offset of weight (K,C,k,k) in params */
+    long bias;    /* offset of bias (K) or -1 */
+} conv_layer;
+
+typedef struct {
+    int C, HW;
+    size_t gamma, beta, rmean, rvar; /* gamma/beta in params, running stats in bufs */
+    int nbt;
+    float eps, momentum;
+    size_t save;  /* offset in the save area: mean (C) then invstd (C) */
+} bn_layer;
+
+typedef struct {
+    size_t n;     /* per-sample elements */
+} eltwise_layer;
+
+typedef struct {
+    int C, H, W, k, stride, pad, Ho, Wo;
+    size_t argmax; /* offset in the argmax area, max_batch*C*Ho*Wo entries */
+} maxpool_layer;
+
+typedef struct {
+    int C, HW;
+} gap_layer;
+
+typedef struct {
+    int in, outf;
+    size_t w;     /* weight (outf, in) */
+    long bias;    /* bias (outf) or -1 */
+} linear_layer;
+
+typedef struct {
+    int K;
+} softmax_layer;
+
+typedef struct {
+    int kind;
+    int in0, in1, out;
+    int segment;
+    union {
+        conv_layer conv;
+        bn_layer bn;
+        eltwise_layer elt;
+        maxpool_layer pool;
+        gap_layer gap;
+        linear_layer lin;
+        softmax_layer sm;
+    } u;
+} net_op;
+
+struct eenet_net {
+    int num_tensors;
+    size_t *tsize;        /* (T) per-sample floats */
+    float **act;          /* (T) activation rows, max_batch * tsize */
+    float **grad;         /* (T) gradient slot or NULL */
+    int *last_consumer;   /* (T) index of the last op reading the tensor, -1 if none */
+    int num_ops;
+    net_op *ops;
+    int num_exits;        /* E1, final included */
+    int *exit_input, *exit_prob, *exit_conf;
+    int *seg_begin;       /* (2*E1 + 1): ops of segment g are [seg_begin[g], seg_begin[g+1]) */
+    float *costs;         /* (E1) */
+    int K, max_batch;
+
+    size_t num_params, num_bufs;
+    int num_bn;
+    float *params, *grads, *opt_state, *bufs, *bufs_snapshot;
+    int64_t *nbt, *nbt_snapshot;
+
+    float *arena;
+    size_t arena_floats;
+    float *grad_arena;
+    size_t grad_arena_floats;
+    float *save_area;
+    size_t save_floats;
+    int32_t *argmax_area;
+    size_t argmax_count;
+    float *workspace;
+    size_t workspace_floats;
+    int nthreads;         /* thread count the conv workspace was sized for; the conv
+                           * kernels use min(this, eenet_get_num_threads()) */
+
+    float *probs_all, *conf_all, *dprobs_all, *dconf_all; /* (E1,max_batch,K), (E1,max_batch) */
+    int *active;          /* (max_batch) original index of each active row in predict */
+};
+
+/* ---- accessors ------------------------------------------------------------ */
+
+float *eenet_net_params(eenet_net *net) { return net->params; }
+float *eenet_net_grads(eenet_net *net) { return net->grads; }
+float *eenet_net_opt_state(eenet_net *net) { return net->opt_state; }
+float *eenet_net_bufs(eenet_net *net) { return net->bufs; }
+int64_t *eenet_net_nbt(eenet_net *net) { return net->nbt; }
+size_t eenet_net_num_params(const eenet_net *net) { return net->num_params; }
+size_t eenet_net_num_bufs(const eenet_net *net) { return net->num_bufs; }
+int eenet_net_num_bn(const eenet_net *net) { return net->num_bn; }
+int eenet_net_num_exits(const eenet_net *net) { return net->num_exits; }
+int eenet_net_num_classes(const eenet_net *net) { return net->K; }
+int eenet_net_max_batch(const eenet_net *net) { return net->max_batch; }
+size_t eenet_net_input_size(const eenet_net *net) { return net->tsize[0]; }
+
+size_t eenet_net_bytes(const eenet_net *net) {
+    size_t f = 4 * net->num_params + 2 * net->num_bufs + net->arena_floats +
+               net->grad_arena_floats + net->save_floats + net->workspace_floats +
+               2 * (size_t)net->num_exits * net->max_batch * (net->K + 1);
+    return f * sizeof(float) + net->argmax_count * sizeof(int32_t) +
+           2 * (size_t)net->num_bn * sizeof(int64_t);
+}
+
+void eenet_net_free(eenet_net *net) {
+    if (!net) {
+        return;
+    }
+    free(net->tsize);
+    free(net->act);
+    free(net->grad);
+    free(net->last_consumer);
+    free(net->ops);
+    free(net->exit_input);
+    free(net->exit_prob);
+    free(net->exit_conf);
+    free(net->seg_begin);
+    free(net->costs);
+    free(net->params);
+    free(net->grads);
+    free(net->opt_state);
+    free(net->bufs);
+    free(net->bufs_snapshot);
+    free(net->nbt);
+    free(net->nbt_snapshot);
+    free(net->arena);
+    free(net->grad_arena);
+    free(net->save_area);
+    free(net->argmax_area);
+    free(net->workspace);
+    free(net->probs_all);
+    free(net->conf_all);
+    free(net->dprobs_all);
+    free(net->dconf_all);
+    free(net->active);
+    free(net);
+}
+
+/* ---- construction --------------------------------------------------------- */
+
+static int tensor_ok(const eenet_net *net, int t) { return t >= 0 && t < net->num_tensors; }
+
+/* Per-sample C, H, W of tensor t. */
+#define TC(t) (tensors[3 * (t)])
+#define TH(t) (tensors[3 * (t) + 1])
+#define TW(t) (tensors[3 * (t) + 2])
+
+/* Check that offset + n fits in a buffer of `total` floats. */
+static int range_ok(long off, size_t n, size_t total) {
+    return off >= 0 && (size_t)off <= total && n <= total - (size_t)off;
+}
+
+/* Decode and check op i; fills net->ops[i] and grows the save/argmax/workspace needs. */
+static eenet_status decode_op(eenet_net *net, int i, const int32_t *rec, const float *f,
+                              const int32_t *tensors) {
+    net_op *op = &net->ops[i];
+    op->kind = rec[EENET_F_KIND];
+    op->in0 = rec[EENET_F_IN0];
+    op->in1 = rec[EENET_F_IN1];
+    op->out = rec[EENET_F_OUT];
+    op->segment = rec[EENET_F_SEGMENT];
+    if (!tensor_ok(net, op->in0) || !tensor_ok(net, op->out) || op->out == 0 ||
+        op->out == op->in0) {
+        return eenet_set_error(EENET_ERR_VALUE, "op %d: bad tensor ids in %d -> out %d", i,
+                               op->in0, op->out);
+    }
+    int in = op->in0, out = op->out;
+    size_t in_n = net->tsize[in], out_n = net->tsize[out];
+    switch (op->kind) {
+    case EENET_OP_CONV2D: {
+        conv_layer *L = &op->u.conv;
+        L->C = TC(in);
+        L->H = TH(in);
+        L->W = TW(in);
+        L->K = TC(out);
+        L->k = rec[EENET_F_KERNEL];
+        L->stride = rec[EENET_F_STRIDE];
+        L->pad = rec[EENET_F_PAD];
+        if (L->k < 1 || L->stride < 1 || L->pad < 0) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: bad conv kernel/stride/pad", i);
+        }
+        L->Ho = eenet_conv_out_size(L->H, L->k, L->stride, L->pad);
+        L->Wo = eenet_conv_out_size(L->W, L->k, L->stride, L->pad);
+        if (L->Ho != TH(out) || L->Wo != TW(out)) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: conv output %dx%d, tensor %dx%d", i,
+                                   L->Ho, L->Wo, TH(out), TW(out));
+        }
+        size_t wn = (size_t)L->K * L->C * L->k * L->k;
+        if (!range_ok(rec[EENET_F_WEIGHT], wn, net->num_params)) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: conv weight outside params", i);
+        }
+        L->w = (size_t)rec[EENET_F_WEIGHT];
+        L->bias = rec[EENET_F_BIAS];
+        if (L->bias >= 0 && !range_ok(L->bias, (size_t)L->K, net->num_params)) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: conv bias outside params", i);
+        }
+        size_t ws = eenet_conv2d_workspace_floats(net->max_batch, L->C, L->H, L->W, L->K, L->k,
+                                                  L->k, L->stride, L->pad, net->nthreads);
+        if (ws > net->workspace_floats) {
+            net->workspace_floats = ws;
+        }
+        break;
+    }
+    case EENET_OP_BATCHNORM2D: {
+        bn_layer *L = &op->u.bn;
+        L->C = TC(in);
+        L->HW = TH(in) * TW(in);
+        if (in_n != out_n) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: batch norm changes the shape", i);
+        }
+        if (!range_ok(rec[EENET_F_WEIGHT], (size_t)L->C, net->num_params) ||
+            !range_ok(rec[EENET_F_BIAS], (size_t)L->C, net->num_params) ||
+            !range_ok(rec[EENET_F_RMEAN], (size_t)L->C, net->num_bufs) ||
+            !range_ok(rec[EENET_F_RVAR], (size_t)L->C, net->num_bufs) ||
+            rec[EENET_F_NBT] < 0 || rec[EENET_F_NBT] >= net->num_bn) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: batch norm offsets out of range", i);
+        }
+        L->gamma = (size_t)rec[EENET_F_WEIGHT];
+        L->beta = (size_t)rec[EENET_F_BIAS];
+        L->rmean = (size_t)rec[EENET_F_RMEAN];
+        L->rvar = (size_t)rec[EENET_F_RVAR];
+        L->nbt = rec[EENET_F_NBT];
+        L->eps = f[0];
+        L->momentum = f[1];
+        L->save = net->save_floats;
+        net->save_floats += 2 * (size_t)L->C;
+        break;
+    }
+    case EENET_OP_RELU:
+    case EENET_OP_SIGMOID:
+        if (in_n != out_n) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: elementwise op changes the size", i);
+        }
+        op->u.elt.n = in_n;
+        break;
+    case EENET_OP_ADD:
+        if (!tensor_ok(net, op->in1) || net->tsize[op->in1] != out_n || in_n != out_n ||
+            op->in1 == out) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: add needs two inputs of its size", i);
+        }
+        op->u.elt.n = in_n;
+        break;
+    case EENET_OP_MAXPOOL2D: {
+        maxpool_layer *L = &op->u.pool;
+        L->C = TC(in);
+        L->H = TH(in);
+        L->W = TW(in);
+        L->k = rec[EENET_F_KERNEL];
+        L->stride = rec[EENET_F_STRIDE];
+        L->pad = rec[EENET_F_PAD];
+        if (L->k < 1 || L->stride < 1 || L->pad < 0 || TC(out) != L->C) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: bad max pool", i);
+        }
+        L->Ho = eenet_conv_out_size(L->H, L->k, L->stride, L->pad);
+        L->Wo = eenet_conv_out_size(L->W, L->k, L->stride, L->pad);
+        if (L->Ho != TH(out) || L->Wo != TW(out)) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: max pool output size mismatch", i);
+        }
+        L->argmax = net->argmax_count;
+        net->argmax_count += (size_t)net->max_batch * out_n;
+        break;
+    }
+    case EENET_OP_GLOBAL_AVGPOOL:
+        op->u.gap.C = TC(in);
+        op->u.gap.HW = TH(in) * TW(in);
+        if (out_n != (size_t)TC(in)) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: global pool output is not (C,)", i);
+        }
+        break;
+    case EENET_OP_LINEAR: {
+        linear_layer *L = &op->u.lin;
+        L->in = (int)in_n;
+        L->outf = (int)out_n;
+        if (!range_ok(rec[EENET_F_WEIGHT], in_n * out_n, net->num_params)) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: linear weight outside params", i);
+        }
+        L->w = (size_t)rec[EENET_F_WEIGHT];
+        L->bias = rec[EENET_F_BIAS];
+        if (L->bias >= 0 && !range_ok(L->bias, out_n, net->num_params)) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: linear bias outside params", i);
+        }
+        break;
+    }
+    case EENET_OP_SOFTMAX:
+        if (in_n != out_n) {
+            return eenet_set_error(EENET_ERR_VALUE, "op %d: softmax changes the size", i);
+        }
+        op->u.sm.K = (int)in_n;
+        break;
+    default:
+        return eenet_set_error(EENET_ERR_VALUE, "op %d: unknown kind %d", i, op->kind);
+    }
+    return EENET_OK;
+}
+
+/* Assign gradient slots: walk backward order, a tensor's slot is born at its
+ * last consumer and dies after its producer.  Slots of equal per-sample size
+ * are reused.  Returns EENET_ERR_NOMEM on allocation failure. */
+static eenet_status plan_grads(eenet_net *net) {
+    int T = net->num_tensors;
+    int *slot_of = malloc(sizeof(int) * (size_t)T);
+    size_t *slot_size = malloc(sizeof(size_t) * (size_t)(T + 1));
+    int *slot_free = malloc(sizeof(int) * (size_t)(T + 1));
+    size_t *slot_off = malloc(sizeof(size_t) * (size_t)(T + 1));
+    int nslots = 0;
+    eenet_status st = EENET_OK;
+    if (!slot_of || !slot_size || !slot_free || !slot_off) {
+        st = eenet_set_error(EENET_ERR_NOMEM, "out of memory planning gradients");
+        goto done;
+    }
+    for (int t = 0; t < T; t++) {
+        slot_of[t] = -1;
+    }
+#define BIRTH(t)                                                                  \
+    do {                                                                          \
+        int s_ = -1;                                                              \
+        for (int j_ = 0; j_ < nslots; j_++) {                                     \
+            if (slot_free[j_] && slot_size[j_] == net->tsize[t]) {                \
+                s_ = j_;                                                          \
+                break;                                                            \
+            }                                                                     \
+        }                                                                         \
+        if (s_ < 0) {                                                             \
+            s_ = nslots++;                                                        \
+            slot_size[s_] = net->tsize[t];                                        \
+        }                                                                         \
+        slot_free[s_] = 0;                                                        \
+        slot_of[t] = s_;                                                          \
+    } while (0)
+    /* the loss writes the gradients of every exit's probabilities and confidence */
+    for (int e = 0; e < net->num_exits; e++) {
+        BIRTH(net->exit_prob[e]);
+        if (net->exit_conf[e] >= 0) {
+            BIRTH(net->exit_conf[e]);
+        }
+    }
+    for (int i = net->num_ops - 1; i >= 0; i--) {
+        const net_op *op = &net->ops[i];
+        int ins[2] = {op->in0, op->kind == EENET_OP_ADD ? op->in1 : -1};
+        for (int j = 0; j < 2; j++) {
+            int t = ins[j];
+            if (t > 0 && net->last_consumer[t] == i && slot_of[t] < 0) {
+                BIRTH(t);
+            }
+        }
+        if (slot_of[op->out] >= 0) {
+            slot_free[slot_of[op->out]] = 1;
+        }
+    }
+#undef BIRTH
+    size_t total = 0;
+    for (int s = 0; s < nslots; s++) {
+        slot_off[s] = total;
+        total += slot_size[s] * (size_t)net->max_batch;
+    }
+    net->grad_arena_floats = total;
+    net->grad_arena = malloc(sizeof(float) * (total ? total : 1));
+    if (!net->grad_arena) {
+        st = eenet_set_error(EENET_ERR_NOMEM, "out of memory: gradient arena of %zu floats",
+                             total);
+        goto done;
+    }
+    for (int t = 0; t < T; t++) {
+        net->grad[t] = slot_of[t] >= 0 ? net->grad_arena + slot_off[slot_of[t]] : NULL;
+    }
+done:
+    free(slot_of);
+    free(slot_size);
+    free(slot_free);
+    free(slot_off);
+    return st;
+}
+
+#define ALLOC(ptr, count)                                                              \
+    do {                                                                               \
+        size_t n_ = (size_t)(count);                                                   \
+        (ptr) = calloc(n_ ? n_ : 1, sizeof(*(ptr)));                                   \
+        if (!(ptr)) {                                                                  \
+            st = eenet_set_error(EENET_ERR_NOMEM, "out of memory allocating %s (%zu)", \
+                                 #ptr, n_);                                            \
+            goto fail;                                                                 \
+        }                                                                              \
+    } while (0)
+
+eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_tensors,
+                              const int32_t *ops, const float *opf, int num_ops,
+                              const int32_t *exits, int num_exits, const float *costs,
+                              size_t num_params, size_t num_bufs, int num_bn, int max_batch) {
+    eenet_status st = EENET_OK;
+    *out = NULL;
+    if (num_tensors < 2 || num_ops < 1 || num_exits < 1 || max_batch < 1 || num_bn < 0) {
+        return eenet_set_error(EENET_ERR_VALUE,
+                               "net: need tensors >= 2, ops >= 1, exits >= 1, max_batch >= 1");
+    }
+    eenet_net *net = calloc(1, sizeof *net);
+    if (!net) {
+        return eenet_set_error(EENET_ERR_NOMEM, "out of memory allocating the network");
+    }
+    net->num_tensors = num_tensors;
+    net->num_ops = num_ops;
+    net->num_exits = num_exits;
+    net->max_batch = max_batch;
+    net->num_params = num_params;
+    net->num_bufs = num_bufs;
+    net->num_bn = num_bn;
+    net->nthreads = eenet_get_num_threads();
+
+    ALLOC(net->tsize, num_tensors);
+    ALLOC(net->act, num_tensors);
+    ALLOC(net->grad, num_tensors);
+    ALLOC(net->last_consumer, num_tensors);
+    for (int t = 0; t < num_tensors; t++) {
+        if (TC(t) < 1 || TH(t) < 1 || TW(t) < 1) {
+            st = eenet_set_error(EENET_ERR_VALUE, "tensor %d: bad shape (%d, %d, %d)", t, TC(t),
+                                 TH(t), TW(t));
+            goto fail;
+        }
+        net->tsize[t] = (size_t)TC(t) * TH(t) * TW(t);
+        net->last_consumer[t] = -1;
+    }
+    ALLOC(net->ops, num_ops);
+    ALLOC(net->exit_input, num_exits);
+    ALLOC(net->exit_prob, num_exits);
+    ALLOC(net->exit_conf, num_exits);
+    ALLOC(net->seg_begin, 2 * num_exits + 1);
+    ALLOC(net->costs, num_exits);
+    /* decode ops; every op's inputs must be produced by an earlier op (or be the image) */
+    int *produced;
+    ALLOC(produced, num_tensors);
+    produced[0] = 1;
+    int prev_segment = 0;
+    for (int i = 0; i < num_ops; i++) {
+        st = decode_op(net, i, ops + (size_t)i * EENET_OP_FIELDS, opf + 2 * (size_t)i, tensors);
+        if (st != EENET_OK) {
+            free(produced);
+            goto fail;
+        }
+        net_op *op = &net->ops[i];
+        int nin = op->kind == EENET_OP_ADD ? 2 : 1;
+        int ins[2] = {op->in0, op->in1};
+        for (int j = 0; j < nin; j++) {
+            if (!produced[ins[j]]) {
+                free(produced);
+                st = eenet_set_error(EENET_ERR_VALUE, "op %d reads tensor %d before it exists",
+                                     i, ins[j]);
+                goto fail;
+            }
+            net->last_consumer[ins[j]] = i;
+        }
+        if (produced[op->out]) {
+            free(produced);
+            st = eenet_set_error(EENET_ERR_VALUE, "op %d writes tensor %d twice", i, op->out);
+            goto fail;
+        }
+        produced[op->out] = 1;
+        if (op->segment < prev_segment || op->segment >= 2 * num_exits) {
+            free(produced);
+            st = eenet_set_error(EENET_ERR_VALUE, "op %d: segment %d out of order", i,
+                                 op->segment);
+            goto fail;
+        }
+        prev_segment = op->segment;
+    }
+    free(produced);
+    /* segment ranges */
+    {
+        int g = 0;
+        for (int i = 0; i <= num_ops; i++) {
+            int seg = i < num_ops ? net->ops[i].segment : 2 * num_exits;
+            while (g <= seg) {
+                net->seg_begin[g++] = i;
+            }
+        }
+    }
+    /* exits */
+    for (int e = 0; e < num_exits; e++) {
+        net->exit_input[e] = exits[3 * e];
+        net->exit_prob[e] = exits[3 * e + 1];
+        net->exit_conf[e] = exits[3 * e + 2];
+        net->costs[e] = costs[e];
+        if (!tensor_ok(net, net->exit_input[e]) || !tensor_ok(net, net->exit_prob[e]) ||
+            (net->exit_conf[e] >= 0 && !tensor_ok(net, net->exit_conf[e])) ||
+            net->exit_conf[e] == 0 || net->exit_prob[e] == 0) {
+            st = eenet_set_error(EENET_ERR_VALUE, "exit %d: bad tensor ids", e);
+            goto fail;
+        }
+        if (e == 0) {
+            net->K = (int)net->tsize[net->exit_prob[e]];
+        }
+        if ((int)net->tsize[net->exit_prob[e]] != net->K ||
+            (net->exit_conf[e] >= 0 && net->tsize[net->exit_conf[e]] != 1)) {
+            st = eenet_set_error(EENET_ERR_VALUE, "exit %d: probabilities not (K,) or conf not (1,)",
+                                 e);
+            goto fail;
+        }
+    }
+    /* buffers */
+    ALLOC(net->params, num_params);
+    ALLOC(net->grads, num_params);
+    ALLOC(net->opt_state, 2 * num_params);
+    ALLOC(net->bufs, num_bufs);
+    ALLOC(net->bufs_snapshot, num_bufs);
+    ALLOC(net->nbt, num_bn);
+    ALLOC(net->nbt_snapshot, num_bn);
+    net->arena_floats = 0;
+    for (int t = 0; t < num_tensors; t++) {
+        net->arena_floats += net->tsize[t] * (size_t)max_batch;
+    }
+    ALLOC(net->arena, net->arena_floats);
+    {
+        size_t off = 0;
+        for (int t = 0; t < num_tensors; t++) {
+            net->act[t] = net->arena + off;
+            off += net->tsize[t] * (size_t)max_batch;
+        }
+    }
+    st = plan_grads(net);
+    if (st != EENET_OK) {
+        goto fail;
+    }
+    ALLOC(net->save_area, net->save_floats);
+    ALLOC(net->argmax_area, net->argmax_count);
+    ALLOC(net->workspace, net->workspace_floats);
+    ALLOC(net->probs_all, (size_t)num_exits * max_batch * net->K);
+    ALLOC(net->dprobs_all, (size_t)num_exits * max_batch * net->K);
+    ALLOC(net->conf_all, (size_t)num_exits * max_batch);
+    ALLOC(net->dconf_all, (size_t)num_exits * max_batch);
+    ALLOC(net->active, max_batch);
+    *out = net;
+    return EENET_OK;
+fail:
+    eenet_net_free(net);
+    return st;
+}
+
+#undef TC
+#undef TH
+#undef TW
+
+/* ---- running ops ----------------------------------------------------------- */
+
+/* Forward of op i on N rows.  training: BN batch statistics + running update. */
+static eenet_status op_forward(eenet_net *net, int i, int N, int training) {
+    net_op *op = &net->ops[i];
+    const float *in = net->act[op->in0];
+    float *out = net->act[op->out];
+    switch (op->kind) {
+    case EENET_OP_CONV2D: {
+        conv_layer *L = &op->u.conv;
+        return eenet_conv2d_forward_ex(out, in, net->params + L->w,
+                                       L->bias >= 0 ? net->params + L->bias : NULL,
+                                       net->workspace, N, L->C, L->H, L->W, L->K, L->k, L->k,
+                                       L->stride, L->pad, net->nthreads);
+    }
+    case EENET_OP_BATCHNORM2D: {
+        bn_layer *L = &op->u.bn;
+        if (training) {
+            /* PyTorch: num_batches_tracked += 1 in train mode (momentum is fixed, so it is
+             * only bookkeeping). */
+            net->nbt[L->nbt] += 1;
+            return eenet_bn2d_forward_train(out, net->save_area + L->save,
+                                            net->save_area + L->save + L->C,
+                                            net->bufs + L->rmean, net->bufs + L->rvar, in,
+                                            net->params + L->gamma, net->params + L->beta,
+                                            L->momentum, L->eps, N, L->C, L->HW);
+        }
+        return eenet_bn2d_forward_eval(out, in, net->params + L->gamma, net->params + L->beta,
+                                       net->bufs + L->rmean, net->bufs + L->rvar, L->eps, N,
+                                       L->C, L->HW);
+    }
+    case EENET_OP_RELU:
+        return eenet_relu_forward(out, in, (size_t)N * op->u.elt.n);
+    case EENET_OP_SIGMOID:
+        return eenet_sigmoid_forward(out, in, (size_t)N * op->u.elt.n);
+    case EENET_OP_ADD:
+        return eenet_add_forward(out, in, net->act[op->in1], (size_t)N * op->u.elt.n);
+    case EENET_OP_MAXPOOL2D: {
+        maxpool_layer *L = &op->u.pool;
+        return eenet_maxpool2d_forward(out, net->argmax_area + L->argmax, in, N, L->C, L->H,
+                                       L->W, L->k, L->stride, L->pad);
+    }
+    case EENET_OP_GLOBAL_AVGPOOL:
+        return eenet_global_avgpool_forward(out, in, N, op->u.gap.C, op->u.gap.HW);
+    case EENET_OP_LINEAR: {
+        linear_layer *L = &op->u.lin;
+        const float *bias = L->bias >= 0 ? net->params + L->bias : NULL;
+        if (training) {
+            return eenet_linear_forward(out, in, net->params + L->w, bias, N, L->in, L->outf);
+        }
+        /* Eval mode: one row at a time.  linear_forward picks its path (BLAS or
+         * loops) and OpenBLAS its blocking from N, so a batched call may round a
+         * sample differently from a call on that sample alone; row by row, a
+         * sample's outputs never depend on its batch neighbours, which makes
+         * batched early exit equal a one-sample-at-a-time loop exactly. */
+        for (int n = 0; n < N; n++) {
+            eenet_status st = eenet_linear_forward(out + (size_t)n * L->outf,
+                                                   in + (size_t)n * L->in, net->params + L->w,
+                                                   bias, 1, L->in, L->outf);
+            if (st != EENET_OK) {
+                return st;
+            }
+        }
+        return EENET_OK;
+    }
+    case EENET_OP_SOFTMAX:
+        return eenet_softmax_forward(out, in, N, op->u.sm.K);
+    default:
+        return eenet_set_error(EENET_ERR_INTERNAL, "op %d: unknown kind %d", i, op->kind);
+    }
+}
+
+/* Backward of op i on N rows (training-mode statistics); ACCUMULATES into the
+ * gradients of its inputs (when they have a slot) and of its parameters. */
+static eenet_status op_backward(eenet_net *net, int i, int N) {
+    net_op *op = &net->ops[i];
+    const float *in = net->act[op->in0];
+    const float *out = net->act[op->out];
+    const float *dout = net->grad[op->out];
+    float *din = net->grad[op->in0];
+    if (!dout) {
+        return EENET_OK; /* nothing downstream: no gradient flows */
+    }
+    switch (op->kind) {
+    case EENET_OP_CONV2D: {
+        conv_layer *L = &op->u.conv;
+        return eenet_conv2d_backward_ex(din, net->grads + L->w,
+                                        L->bias >= 0 ? net->grads + L->bias : NULL, dout, in,
+                                        net->params + L->w, net->workspace, N, L->C, L->H,
+                                        L->W, L->K, L->k, L->k, L->stride, L->pad,
+                                        net->nthreads);
+    }
+    case EENET_OP_BATCHNORM2D: {
+        bn_layer *L = &op->u.bn;
+        return eenet_bn2d_backward(din, net->grads + L->gamma, net->grads + L->beta, dout, in,
+                                   net->params + L->gamma, net->save_area + L->save,
+                                   net->save_area + L->save + L->C, N, L->C, L->HW);
+    }
+    case EENET_OP_RELU:
+        return din ? eenet_relu_backward(din, dout, out, (size_t)N * op->u.elt.n) : EENET_OK;
+    case EENET_OP_SIGMOID:
+        return din ? eenet_sigmoid_backward(din, dout, out, (size_t)N * op->u.elt.n) : EENET_OK;
+    case EENET_OP_ADD: {
+        float *db = net->grad[op->in1];
+        if (din && db) {
+            return eenet_add_backward(din, db, dout, (size_t)N * op->u.elt.n);
+        }
+        /* one side is the image (no gradient): accumulate the other alone */
+        float *d = din ? din : db;
+        if (d) {
+            size_t n = (size_t)N * op->u.elt.n;
+            for (size_t j = 0; j < n; j++) {
+                d[j] += dout[j];
+            }
+        }
+        return EENET_OK;
+    }
+    case EENET_OP_MAXPOOL2D: {
+        maxpool_layer *L = &op->u.pool;
+        return din ? eenet_maxpool2d_backward(din, dout, net->argmax_area + L->argmax, N, L->C,
+                                              L->H, L->W, L->Ho, L->Wo)
+                   : EENET_OK;
+    }
+    case EENET_OP_GLOBAL_AVGPOOL:
+        return din ? eenet_global_avgpool_backward(din, dout, N, op->u.gap.C, op->u.gap.HW)
+                   : EENET_OK;
+    case EENET_OP_LINEAR: {
+        linear_layer *L = &op->u.lin;
+        return eenet_linear_backward(din, net->grads + L->w,
+                                     L->bias >= 0 ? net->grads + L->bias : NULL, dout, in,
+                                     net->params + L->w, N, L->in, L->outf);
+    }
+    case EENET_OP_SOFTMAX:
+        return din ? eenet_softmax_backward(din, dout, out, N, op->u.sm.K) : EENET_OK;
+    default:
+        return eenet_set_error(EENET_ERR_INTERNAL, "op %d: unknown kind %d", i, op->kind);
+    }
+}
+
+static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int training) {
+    for (int i = begin; i < end; i++) {
+        eenet_status st = op_forward(net, i, N, training);
+        if (st != EENET_OK) {
+            return st;
+        }
+    }
+    return EENET_OK;
+}
+
+/* Copy every exit's outputs into probs (E1,B,K) and conf (E1,B). */
+static void gather_outputs(const eenet_net *net, float *probs, float *conf, int B) {
+    int K = net->K;
+    for (int e = 0; e < net->num_exits; e++) {
+        memcpy(probs + (size_t)e * B * K, net->act[net->exit_prob[e]], sizeof(float) * B * K);
+        if (net->exit_conf[e] >= 0) {
+            memcpy(conf + (size_t)e * B, net->act[net->exit_conf[e]], sizeof(float) * B);
+        } else {
+            for (int n = 0; n < B; n++) {
+                conf[(size_t)e * B + n] = 1.0f;
+            }
+        }
+    }
+}
+
+static eenet_status check_batch(const eenet_net *net, int B) {
+    if (B < 1 || B > net->max_batch) {
+        return eenet_set_error(EENET_ERR_VALUE,
+                               "batch size %d outside [1, max_batch=%d] the network was built for",
+                               B, net->max_batch);
+    }
+    return EENET_OK;
+}
+
+eenet_status eenet_net_forward(eenet_net *net, float *probs, float *conf, const float *x,
+                               int B, int training) {
+    eenet_status st = check_batch(net, B);
+    if (st != EENET_OK) {
+        return st;
+    }
+    memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
+    st = run_ops(net, 0, net->num_ops, B, training);
+    if (st == EENET_OK) {
+        gather_outputs(net, probs, conf, B);
+    }
+    return st;
+}
+
+/* ---- training step ---------------------------------------------------------- */
+
+static int all_finite(const float *a, size_t n) {
+    for (size_t j = 0; j < n; j++) {
+        if (!isfinite(a[j])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Exit a sample takes under the inference rule: first early exit with conf > T. */
+static int exit_of(const float *conf, int E1, int B, int n, float threshold) {
+    for (int e = 0; e < E1 - 1; e++) {
+        if (conf[(size_t)e * B + n] > threshold) {
+            return e;
+        }
+    }
+    return E1 - 1;
+}
+
+static int argmax_row(const float *p, int K) {
+    int best = 0;
+    for (int k = 1; k < K; k++) {
+        if (p[k] > p[best]) {
+            best = k;
+        }
+    }
+    return best;
+}
+
+static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
+                                     int64_t *exit_counts, float *nll, const int64_t *labels,
+                                     const int32_t *tags, int B, int version, float lambda_coef,
+                                     float threshold, const eenet_opt_config *opt) {
+    int E1 = net->num_exits, K = net->K;
+    eenet_status st;
+    memset(net->grads, 0, sizeof(float) * net->num_params);
+    st = run_ops(net, 0, net->num_ops, B, 1);
+    if (st != EENET_OK) {
+        return st;
+    }
+    gather_outputs(net, net->probs_all, net->conf_all, B);
+    memset(net->dprobs_all, 0, sizeof(float) * (size_t)E1 * B * K);
+    memset(net->dconf_all, 0, sizeof(float) * (size_t)E1 * B);
+    st = eenet_ee_loss(stats->parts, net->dprobs_all, net->dconf_all, net->probs_all,
+                       net->conf_all, net->costs, labels, tags, version, lambda_coef, E1, B, K);
+    if (st == EENET_ERR_NONFINITE) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", eenet_last_error());
+        return eenet_set_error(EENET_ERR_NONFINITE,
+                               "non-finite loss at step %lld (%s); the step was not applied",
+                               (long long)opt->step, msg);
+    }
+    if (st != EENET_OK) {
+        return st;
+    }
+    if (!isfinite(stats->parts[0])) {
+        return eenet_set_error(EENET_ERR_NONFINITE,
+                               "non-finite loss (%g) at step %lld; the step was not applied",
+                               (double)stats->parts[0], (long long)opt->step);
+    }
+    /* statistics under the inference rule */
+    stats->correct = 0;
+    stats->cost_sum = 0.0;
+    for (int e = 0; e < E1; e++) {
+        exit_counts[e] = 0;
+    }
+    for (int n = 0; n < B; n++) {
+        int e = exit_of(net->conf_all, E1, B, n, threshold);
+        const float *p = net->probs_all + ((size_t)e * B + n) * K;
+        stats->correct += argmax_row(p, K) == labels[n];
+        stats->cost_sum += net->costs[e];
+        exit_counts[e] += 1;
+        for (int i = 0; i < E1; i++) {
+            float py = net->probs_all[((size_t)i * B + n) * K + labels[n]];
+            nll[(size_t)i * B + n] = -logf(py > EENET_PROB_FLOOR ? py : EENET_PROB_FLOOR);
+        }
+    }
+    /* backward: seed the exits' gradients, then ops in reverse */
+    for (int e = 0; e < E1; e++) {
+        memcpy(net->grad[net->exit_prob[e]], net->dprobs_all + (size_t)e * B * K,
+               sizeof(float) * (size_t)B * K);
+        if (net->exit_conf[e] >= 0) {
+            memcpy(net->grad[net->exit_conf[e]], net->dconf_all + (size_t)e * B,
+                   sizeof(float) * (size_t)B);
+        }
+    }
+    for (int i = net->num_ops - 1; i >= 0; i--) {
+        const net_op *op = &net->ops[i];
+        int ins[2] = {op->in0, op->kind == EENET_OP_ADD ? op->in1 : -1};
+        for (int j = 0; j < 2; j++) {
+            int t = ins[j];
+            if (t > 0 && net->last_consumer[t] == i && net->grad[t] &&
+                !(j == 1 && t == ins[0])) {
+                memset(net->grad[t], 0, sizeof(float) * (size_t)B * net->tsize[t]);
+            }
+        }
+        st = op_backward(net, i, B);
+        if (st != EENET_OK) {
+            return st;
+        }
+    }
+    if (!all_finite(net->grads, net->num_params)) {
+        return eenet_set_error(EENET_ERR_NONFINITE,
+                               "non-finite gradient at step %lld (loss %g); the step was not "
+                               "applied",
+                               (long long)opt->step, (double)stats->parts[0]);
+    }
+    if (opt->kind == EENET_OPT_SGD) {
+        return eenet_sgd_step(net->params, net->opt_state, net->grads, net->num_params, opt->lr,
+                              opt->momentum, opt->dampening, opt->weight_decay, opt->nesterov,
+                              opt->first_step);
+    }
+    if (opt->kind == EENET_OPT_ADAM) {
+        return eenet_adam_step(net->params, net->opt_state, net->opt_state + net->num_params,
+                               net->grads, net->num_params, opt->lr, opt->beta1, opt->beta2,
+                               opt->eps, opt->weight_decay, (int)opt->step);
+    }
+    return eenet_set_error(EENET_ERR_VALUE, "unknown optimiser kind %d", opt->kind);
+}
+
+eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64_t *exit_counts,
+                                  float *nll, const float *x, const int64_t *labels,
+                                  const int32_t *tags, int B, int version, float lambda_coef,
+                                  float threshold, const eenet_opt_config *opt) {
+    eenet_status st = check_batch(net, B);
+    if (st != EENET_OK) {
+        return st;
+    }
+    if (version < 0 || version > 4 || (version == 4 && !tags)) {
+        return eenet_set_error(EENET_ERR_VALUE, "loss version %d (v4 needs tags)", version);
+    }
+    if (opt->step < 1) {
+        return eenet_set_error(EENET_ERR_VALUE, "optimiser step must be >= 1, got %lld",
+                               (long long)opt->step);
+    }
+    /* BN running statistics change in forward: keep a copy so a failed step
+     * leaves the whole state as it was */
+    memcpy(net->bufs_snapshot, net->bufs, sizeof(float) * net->num_bufs);
+    memcpy(net->nbt_snapshot, net->nbt, sizeof(int64_t) * (size_t)net->num_bn);
+    memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
+    st = train_step_inner(net, stats, exit_counts, nll, labels, tags, B, version, lambda_coef,
+                          threshold, opt);
+    if (st != EENET_OK) {
+        memcpy(net->bufs, net->bufs_snapshot, sizeof(float) * net->num_bufs);
+        memcpy(net->nbt, net->nbt_snapshot, sizeof(int64_t) * (size_t)net->num_bn);
+    }
+    return st;
+}
+
+/* ---- batched early-exit inference -------------------------------------------- */
+
+eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, int64_t *exit,
+                               float *conf, const float *x, int B, float threshold) {
+    eenet_status st = check_batch(net, B);
+    if (st != EENET_OK) {
+        return st;
+    }
+    int E1 = net->num_exits, K = net->K;
+    memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
+    for (int n = 0; n < B; n++) {
+        net->active[n] = n;
+    }
+    int n_active = B;
+    for (int s = 0; s < E1 && n_active > 0; s++) {
+        st = run_ops(net, net->seg_begin[2 * s], net->seg_begin[2 * s + 2], n_active, 0);
+        if (st != EENET_OK) {
+            break;
+        }
+        const float *p = net->act[net->exit_prob[s]];
+        const float *c = net->exit_conf[s] >= 0 ? net->act[net->exit_conf[s]] : NULL;
+        float *boundary = net->act[net->exit_input[s]];
+        size_t row = net->tsize[net->exit_input[s]];
+        int kept = 0;
+        for (int j = 0; j < n_active; j++) {
+            float cj = c ? c[j] : 1.0f;
+            if (s == E1 - 1 || cj > threshold) {
+                int o = net->active[j];
+                memcpy(probs + (size_t)o * K, p + (size_t)j * K, sizeof(float) * K);
+                labels[o] = argmax_row(p + (size_t)j * K, K);
+                exit[o] = s;
+                conf[o] = cj;
+            } else {
+                if (kept != j) {
+                    memmove(boundary + (size_t)kept * row, boundary + (size_t)j * row,
+                            sizeof(float) * row);
+                    net->active[kept] = net->active[j];
+                }
+                kept++;
+            }
+        }
+        n_active = kept;
+    }
+    return st;
+}
