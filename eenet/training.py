@@ -55,16 +55,6 @@ DISTRIBUTIONS = ("gold_ratio", "pareto", "fine", "linear")
 EXIT_TYPES = ("plain", "pool", "bnpool")
 LOSSES = ("v0", "v1", "v2", "v3", "v4")
 OPTIMIZERS = ("SGD", "Adam")
-# (input shape, classes) of the datasets eenet.datasets knows, used to validate a
-# configuration before any data is read.
-DATASET_SHAPES = {
-    "mnist": ((1, 28, 28), 10),
-    "fashion-mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "svhn": ((3, 32, 32), 10),
-    "tiny-imagenet": ((3, 64, 64), 200),
-    "cifar10-jpeg": ((3, 32, 32), 10),
-}
 TWO_STAGE_EPOCHS = 25          # v0 for epochs 1..25, then v1 (authors)
 CHECKPOINT = "checkpoint.eenet"  # written after every epoch
 BEST_MODEL = "model.eenet"       # best validation loss so far
@@ -183,11 +173,16 @@ def _canonical_dataset(name: str) -> Optional[str]:
 def dataset_shape(name: str) -> Optional[tuple]:
     """``((C, H, W), num_classes)`` of dataset ``name`` without reading its files
     (None for an image folder, known only once read)."""
+    from . import datasets
     key = _canonical_dataset(name)
     if key is None:
         raise ConfigError(f"unknown dataset {name!r}; expected one of "
                           f"{', '.join(_known_datasets())}")
-    return DATASET_SHAPES.get(key)
+    try:
+        meta = datasets.info(key)
+    except KeyError:
+        return None
+    return tuple(meta.input_shape), int(meta.num_classes)
 
 
 def validate_config(cfg: TrainConfig, *, check_model: bool = True) -> None:
@@ -323,12 +318,9 @@ class _Splits:
 
 
 def _cap(ds, n: Optional[int], seed: int):
-    """The first ``n`` samples of ``ds`` after a shuffle seeded by ``seed`` (kept in
-    dataset order; all of ``ds`` if ``n`` is None or not smaller)."""
-    if n is None or n >= len(ds):
-        return ds
-    pick = np.random.default_rng([int(seed), 0xCA9]).permutation(len(ds))[:n]
-    return ds.subset(np.sort(pick))
+    """``n`` samples of ``ds`` chosen at random with ``seed`` (all if None)."""
+    from . import data
+    return data.subset(ds, n, seed=seed)
 
 
 def _load_splits(cfg: TrainConfig, need_train: bool = True) -> _Splits:
@@ -357,7 +349,7 @@ def _batches(ds, batch_size: int, *, epoch: int, seed: int, train: bool) -> Iter
     order and not augmented."""
     from . import data
     it = data.BatchIterator(ds, batch_size, shuffle=train, augment=train, seed=seed)
-    with it.epoch_batches(epoch) as batches:
+    with it.epoch(epoch) as batches:
         yield from batches
 
 

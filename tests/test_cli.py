@@ -1,5 +1,4 @@
 """The command line, run as users run it: ``python -m eenet ...`` in a subprocess."""
-import importlib.util
 import json
 import os
 import signal
@@ -16,12 +15,8 @@ import eenet
 from eenet import cli
 
 
-# TEMPORARY until the engine, models and data modules land on main (removed then).
-_PENDING = [m for m in ("eenet.net", "eenet.models", "eenet.datasets", "eenet.data")
-            if importlib.util.find_spec(m) is None]
-needs_fashion = pytest.mark.skipif(bool(_PENDING) or
-                                   not (FASHION_MNIST / "train-labels-idx1-ubyte.gz").exists(),
-                                   reason=f"Fashion-MNIST is not installed or not landed: {_PENDING}")
+needs_fashion = pytest.mark.skipif(not (FASHION_MNIST / "train-labels-idx1-ubyte.gz").exists(),
+                                   reason="Fashion-MNIST is not installed")
 
 
 def run_eenet(*args, timeout=300, check=True):
@@ -81,8 +76,7 @@ def test_defaults_mirror_the_authors():
     (["--resume", "--no-save-model"], "--no-save-model"),
     (["--resume", "--load-model", "m.eenet"], "--resume"),
     (["--dataset", "nosuchdata"], "unknown dataset"),
-    pytest.param(["--model", "eenet20", "--num-ee", "40"], "eenet20",
-                 marks=pytest.mark.skipif(bool(_PENDING), reason="TEMPORARY")),
+    (["--model", "eenet20", "--num-ee", "40"], "eenet20"),
 ])
 def test_invalid_combinations_are_refused_before_work(tmp_path, args, message):
     out = tmp_path / "res"

@@ -11,8 +11,6 @@ EENet-8 has no plain counterpart (eenet.models), so the counterpart comparison i
 with EENet-20 against ResNet-20; for EENet-8 the comparison is with the same trained
 network's final exit (every sample through the whole network, threshold 1).
 """
-import importlib.util
-
 import pytest
 
 from conftest import FASHION_MNIST, SHARED_DATA
@@ -21,7 +19,6 @@ import eenet
 
 pytestmark = pytest.mark.slow
 
-_PENDING = [m for m in ("eenet.net",) if importlib.util.find_spec(m) is None]  # TEMPORARY
 
 COMMON = dict(batch_size=32, test_batch=256, seed=1, threads=2, val_size=1000,
               test_size=2000, progress=False)
@@ -66,8 +63,6 @@ _CACHE: dict = {}
 
 def run(name: str, tmp_path_factory) -> dict:
     """Train run ``name`` once per session (its results folder in a temporary directory)."""
-    if _PENDING:
-        pytest.skip(f"TEMPORARY: {_PENDING} not landed")
     kwargs = RUNS[name]
     if not _available(kwargs):
         pytest.skip(f"{kwargs['dataset']} is not available")
