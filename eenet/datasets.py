@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -54,7 +55,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -361,7 +362,8 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
     for url in resource.urls:
         try:
             _fetch(url, part, resource.size, progress, timeout)
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+            # The part file stays for the next attempt to resume.
             failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
             continue
         digest = _md5(part)

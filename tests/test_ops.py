@@ -257,6 +257,33 @@ def test_softmax_sigmoid_torch(rng):
     close(ops.sigmoid(z), st.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_elementwise_bad_input(rng):
+    x = f32(rng.normal(size=(4, 6)))
+    with pytest.raises(ValueError, match="x: expected a C-contiguous"):
+        ops.relu(x[:, ::2])
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        ops.sigmoid(x.astype(np.float64))
+    with pytest.raises(TypeError, match="x"):
+        ops.relu([1.0, 2.0])
+    with pytest.raises(ValueError, match="x: expected a non-empty"):
+        ops.relu(np.zeros((0, 3), np.float32))
+    with pytest.raises(ValueError, match="y: expected shape"):
+        ops.relu_backward(x, x[:3].copy())
+    with pytest.raises(ValueError, match="b: expected shape"):
+        ops.add(x, x.T.copy())
+    with pytest.raises(ValueError, match="logits: expected a 2-d"):
+        ops.softmax(x.reshape(-1))
+    with pytest.raises(ValueError, match="dprob"):
+        ops.softmax_backward(x[:, :5].copy(), ops.softmax(x))
+    dy = f32(rng.normal(size=(2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="dy: expected shape"):
+        ops.batch_norm2d_backward(dy, dy[:, :2].copy(), np.ones(3, np.float32),
+                                  np.zeros(3, np.float32), np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="save_invstd"):
+        ops.batch_norm2d_backward(dy, dy, np.ones(3, np.float32), np.zeros(3, np.float32),
+                                  np.ones(2, np.float32))
+
+
 # ---- pooling -----------------------------------------------------------------------------
 
 POOL_CASES = [((2, 3, 9, 9), 3, 2, 1), ((1, 1, 8, 8), 3, 2, 1), ((2, 2, 7, 10), 3, 2, 1),
@@ -296,6 +323,18 @@ def test_maxpool_nan_propagates():
     assert np.isnan(y[0, 0, 0, 0]) and am[0, 0, 0, 0] == 6
     assert np.isnan(y[0, 0, 1, 1]) and am[0, 0, 1, 1] == 12
     assert y[0, 0, 2, 2] == 24
+
+
+@requires_torch
+def test_maxpool_neg_inf_torch():
+    import torch
+    import torch.nn.functional as F
+    x = np.full((1, 2, 5, 6), -np.inf, np.float32)
+    x[0, 1, 4, 5] = 1.0
+    yt, it = F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)
+    y, am = ops.max_pool2d(x)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(am, it.numpy())
 
 
 @requires_torch

@@ -205,14 +205,22 @@ static eenet_status check_sizes(int N, int C, int H, int W, int K, int kh, int k
     return EENET_OK;
 }
 
-/* Threads to use: the caller's bound, the global setting and the batch. */
-static int pick_threads(int nthreads_ws, int N) {
+/* Threads to use: the caller's bound (the workspace's slots), the global
+ * setting, the batch, and the work: at least ~2M multiply-adds per thread,
+ * since waking a worker costs microseconds (milliseconds on a loaded machine)
+ * and tiny convolutions are faster on one thread. */
+static int pick_threads(int nthreads_ws, const conv_plan *pl) {
     int t = eenet_get_num_threads();
     if (nthreads_ws >= 1 && t > nthreads_ws) {
         t = nthreads_ws;
     }
-    if (t > N) {
-        t = N;
+    if (t > pl->N) {
+        t = pl->N;
+    }
+    double macs = (double)pl->N * pl->K * pl->Ho * pl->Wo * (double)pl->ckk;
+    double by_work = 1.0 + macs / 2e6;
+    if ((double)t > by_work) {
+        t = (int)by_work;
     }
     return t < 1 ? 1 : t;
 }
@@ -241,9 +249,12 @@ static void plan_choose(conv_plan *pl) {
     pl->pf = pick_cols(pl->Wo, 16 / pl->kvf);
     pl->kvd = pl->C % 32 == 0 ? 2 : 1;
     pl->pd = pick_cols(pl->W, 16 / pl->kvd);
-    pl->use_kf = kvec && pl->K % 16 == 0 && pl->pf > 0;
-    pl->use_kw = kvec && pl->K % 16 == 0;
-    pl->use_kd = kvec && pl->bd_ok && pl->C % 16 == 0 && pl->pd > 0;
+    /* measured (1 thread, Zen 4): with 16 channels the q-space kernels win
+     * (about 80 vs 70 GFLOP/s on 16->16 32x32), from 32 channels up the
+     * K-vectorised ones (about 90-100 vs 80 on 32->32 16x16, 64->64 8x8) */
+    pl->use_kf = kvec && pl->K % 32 == 0 && pl->pf > 0;
+    pl->use_kw = kvec && pl->K % 32 == 0;
+    pl->use_kd = kvec && pl->bd_ok && pl->C % 32 == 0 && pl->pd > 0;
     pl->use_fwd = prefer && !pl->use_kf;
     pl->use_bw = prefer && !pl->use_kw;
     pl->use_bd = prefer && pl->bd_ok && !pl->use_kd;
@@ -394,36 +405,29 @@ static void direct_pack_flipped(float *wp, const float *w, int C, int K, int kh,
 }
 
 /* Copy one sample x (cin, h, w) into its phase planes (the padding and tail
- * positions are zero already and never written). */
+ * positions are zero already and never written).  Input pixel (iy, ix) goes
+ * to plane (c, (iy+ph)%s, (ix+pw)%s) at row (iy+ph)/s, column (ix+pw)/s. */
 static void direct_fill(float *src, const float *x, const dgeom *g) {
     int s = g->s;
     for (int c = 0; c < g->cin; c++) {
         const float *xc = x + (size_t)c * g->h * g->w;
-        for (int a = 0; a < s; a++) {
-            for (int b = 0; b < s; b++) {
-                float *P = src + (((size_t)c * s + a) * s + b) * g->plane;
-                /* columns: x*s + b - pw in [0, w) */
-                int lo_num = g->pw - b;
-                int lo = lo_num <= 0 ? 0 : (lo_num + s - 1) / s;
-                int hi_num = g->w - 1 + g->pw - b;
-                int hi = hi_num < 0 ? 0 : hi_num / s + 1;
-                if (hi > g->ws) {
-                    hi = g->ws;
-                }
-                for (int y = 0; y < g->hs; y++) {
-                    int iy = s * y + a - g->ph;
-                    if (iy < 0 || iy >= g->h || hi <= lo) {
-                        continue;
-                    }
-                    const float *xr = xc + (size_t)iy * g->w + b - g->pw;
-                    float *pr = P + (size_t)y * g->ws;
-                    if (s == 1) {
-                        memcpy(pr + lo, xr + lo, sizeof(float) * (size_t)(hi - lo));
-                    } else {
-                        for (int q = lo; q < hi; q++) {
-                            pr[q] = xr[(size_t)q * s];
-                        }
-                    }
+        for (int iy = 0; iy < g->h; iy++) {
+            int yy = iy + g->ph;
+            const float *xr = xc + (size_t)iy * g->w;
+            float *P0 = src + ((size_t)c * s + (size_t)(yy % s)) * s * g->plane +
+                        (size_t)(yy / s) * g->ws;
+            if (s == 1) {
+                eenet_conv_row_copy(P0 + g->pw, xr, g->w);
+            } else if (s == 2) {
+                /* even ix -> column phase pw%2, odd ix -> the other one */
+                int be = g->pw % 2;
+                eenet_conv_row_deint2(P0 + (size_t)be * g->plane + g->pw / 2,
+                                      P0 + (size_t)(1 - be) * g->plane + (g->pw + 1) / 2, xr,
+                                      g->w);
+            } else {
+                for (int ix = 0; ix < g->w; ix++) {
+                    int xx = ix + g->pw;
+                    P0[(size_t)(xx % s) * g->plane + (size_t)(xx / s)] = xr[ix];
                 }
             }
         }
@@ -437,11 +441,7 @@ static void direct_store(float *out, const float *yq, const float *bias, const d
         const float *yk = yq + (size_t)k * g->ldq;
         float *ok = out + (size_t)k * g->ho * g->wo;
         for (int oy = 0; oy < g->ho; oy++) {
-            const float *yr = yk + (size_t)oy * g->ws;
-            float *orow = ok + (size_t)oy * g->wo;
-            for (int ox = 0; ox < g->wo; ox++) {
-                orow[ox] = yr[ox] + bk;
-            }
+            eenet_conv_row_store(ok + (size_t)oy * g->wo, yk + (size_t)oy * g->ws, g->wo, bk, 0);
         }
     }
 }
@@ -452,11 +452,7 @@ static void direct_store_add(float *dx, const float *yq, const dgeom *g) {
         const float *yc = yq + (size_t)c * g->ldq;
         float *dc = dx + (size_t)c * g->ho * g->wo;
         for (int y = 0; y < g->ho; y++) {
-            const float *yr = yc + (size_t)y * g->ws;
-            float *dr = dc + (size_t)y * g->wo;
-            for (int x = 0; x < g->wo; x++) {
-                dr[x] += yr[x];
-            }
+            eenet_conv_row_store(dc + (size_t)y * g->wo, yc + (size_t)y * g->ws, g->wo, 0.0f, 1);
         }
     }
 }
@@ -469,12 +465,8 @@ static void direct_fill_dq(float *dq, float *pdb, const float *dy, const dgeom *
         float *qk = dq + (size_t)k * g->ldq;
         float acc = 0.0f;
         for (int oy = 0; oy < g->ho; oy++) {
-            const float *dr = dk + (size_t)oy * g->wo;
-            float *qr = qk + (size_t)oy * g->ws;
-            for (int ox = 0; ox < g->wo; ox++) {
-                qr[ox] = dr[ox];
-                acc += dr[ox];
-            }
+            acc += eenet_conv_row_copy_sum(qk + (size_t)oy * g->ws, dk + (size_t)oy * g->wo,
+                                           g->wo);
         }
         if (pdb) {
             pdb[k] += acc;
@@ -610,16 +602,19 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     const dgeom *g = &pl->g, *gd = &pl->gd;
     int use_bd = dinp && pl->use_bd;
     int use_kd = dinp && pl->use_kd;
+    int do_bw = dw && pl->use_bw; /* dw through q-space, K-vectorised or GEMM */
+    int do_kw = dw && pl->use_kw;
+    int do_gw = dw && !pl->use_bw && !pl->use_kw;
     float *shared = workspace;
     float *slots = workspace + pl->shared;
-    if (pl->use_bw) {
+    if (do_bw) {
         direct_offsets((int *)(shared + pl->o_off), g);
     }
     if (use_bd) {
         direct_offsets((int *)(shared + pl->o_off2), gd);
         direct_pack_flipped(shared + pl->o_wp2, w, C, K, pl->kh, pl->kw, 0);
     }
-    if (pl->use_kw) {
+    if (do_kw) {
         kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
     }
     if (use_kd) {
@@ -642,14 +637,14 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         memset(pdw, 0, sizeof(float) * (size_t)K * ckk);
         memset(pdb, 0, sizeof(float) * (size_t)K);
         size_t dq_stride = round16((size_t)K * g->ldq);
-        if (pl->use_bw) {
+        if (do_bw) {
             memset(slot + pl->s_src, 0, sizeof(float) * (size_t)pl->nb * g->src);
             memset(slot + pl->s_dq, 0, sizeof(float) * (size_t)pl->nb * dq_stride);
         }
         if (use_bd) {
             memset(slot + pl->s_src2, 0, sizeof(float) * gd->src);
         }
-        if (pl->use_kw) {
+        if (do_kw) {
             memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)C * pl->hp * pl->wp);
         }
         if (use_kd) {
@@ -659,7 +654,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         int n0 = (int)((long long)N * tid / nt), n1 = (int)((long long)N * (tid + 1) / nt);
         for (int g0 = n0; g0 < n1; g0 += pl->nb) {
             int nb = n1 - g0 < pl->nb ? n1 - g0 : pl->nb;
-            if (pl->use_bw) {
+            if (do_bw) {
                 /* dw (K, CKK) += sum over the group of dq (K, q) . planes (taps, q) */
                 for (int b = 0; b < nb; b++) {
                     int n = g0 + b;
@@ -676,7 +671,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                 const float *x = inp + (size_t)n * C * H * W;
                 const float *dy = dout + (size_t)n * K * howo;
                 const float *b = x;
-                if (pl->use_kw) {
+                if (do_kw) {
                     /* dw^T (CKK, K) += sum_pos x(tap, pos) dy^T (pos, K) */
                     float *xp = slot + pl->s_xp, *dyt = slot + pl->s_dyt;
                     pad_fill(xp, x, C, H, W, pl->p, pl->p);
@@ -684,7 +679,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                     eenet_conv_kvec_bw(pdw, dyt, xp, pl->wp, pl->s,
                                        (const int *)(shared + pl->o_offk), K, ckk, pl->Ho,
                                        pl->Wo);
-                } else if (!pl->use_bw) {
+                } else if (do_gw) {
                     if (!pointwise) {
                         im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
                         b = col;
@@ -700,6 +695,15 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                             }
                             pdb[k] += acc;
                         }
+                    }
+                } else if (!dw && dbias) {
+                    for (int k = 0; k < K; k++) {
+                        const float *dyk = dy + (size_t)k * howo;
+                        float acc = 0.0f;
+                        for (int q = 0; q < howo; q++) {
+                            acc += dyk[q];
+                        }
+                        pdb[k] += acc;
                     }
                 }
                 if (!dinp) {
@@ -734,9 +738,9 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
 #pragma omp barrier
 #pragma omp for schedule(static)
 #endif
-        for (int e = 0; e < K * ckk; e++) {
+        for (int e = 0; e < (dw ? K * ckk : 0); e++) {
             /* the K-vectorised partials are stored transposed, (CKK, K) */
-            size_t src_e = pl->use_kw ? (size_t)(e % ckk) * K + (size_t)(e / ckk) : (size_t)e;
+            size_t src_e = do_kw ? (size_t)(e % ckk) * K + (size_t)(e / ckk) : (size_t)e;
             float acc = 0.0f;
             for (int t = 0; t < nt; t++) {
                 acc += slots[(size_t)t * pl->slot + pl->s_pdw + src_e];
@@ -776,7 +780,7 @@ eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
-    conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, N), &pl);
+    conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, &pl), &pl);
     return EENET_OK;
 }
 
@@ -796,13 +800,14 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
     if (st != EENET_OK) {
         return st;
     }
-    if (!dw || !dout || !inp || !w || !workspace) {
+    if (!dout || !inp || !w || !workspace) {
         return eenet_set_error(EENET_ERR_VALUE, "conv2d_backward: NULL buffer");
     }
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
-    conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, N), &pl);
+    conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, &pl),
+                      &pl);
     return EENET_OK;
 }
 
@@ -876,7 +881,7 @@ eenet_status eenet_conv2d_backward_naive(float *dinp, float *dw, float *dbias,
         }
     }
     /* dw[k,c,i,j] += sum_{n,oy,ox} dout[n,k,oy,ox] * inp[n,c,oy*s+i-p,ox*s+j-p] */
-    for (int k = 0; k < K; k++) {
+    for (int k = 0; k < (dw ? K : 0); k++) {
         for (int c = 0; c < C; c++) {
             for (int i = 0; i < kh; i++) {
                 for (int j = 0; j < kw; j++) {

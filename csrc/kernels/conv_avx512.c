@@ -60,9 +60,9 @@ DEFINE_FWD(8, 3)
 DEFINE_FWD(8, 1)
 DEFINE_FWD(4, 4)
 DEFINE_FWD(4, 1)
-DEFINE_FWD(2, 4)
+DEFINE_FWD(2, 8)
 DEFINE_FWD(2, 1)
-DEFINE_FWD(1, 4)
+DEFINE_FWD(1, 8)
 DEFINE_FWD(1, 1)
 
 typedef void (*fwd_fn)(float *, size_t, const float *, const int *, const float *, int);
@@ -82,10 +82,10 @@ EENET_AVX512 void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src,
             big = fwd_4x4, one = fwd_4x1, qv = 4;
             break;
         case 2:
-            big = fwd_2x4, one = fwd_2x1, qv = 4;
+            big = fwd_2x8, one = fwd_2x1, qv = 8;
             break;
         default:
-            big = fwd_1x4, one = fwd_1x1, qv = 4;
+            big = fwd_1x8, one = fwd_1x1, qv = 8;
             break;
         }
         const float *wpb = wp + (size_t)k0 * ntaps;
@@ -168,6 +168,62 @@ EENET_AVX512 void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq,
             t0 += tb;
         }
         k0 += kb;
+    }
+}
+
+/* ---- row helpers for q-space filling and compaction (masked, any n) ---- */
+
+static EENET_AVX512 inline __mmask16 tail_mask(int n) {
+    return (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+}
+
+/* dst[0..n) = src[0..n). */
+EENET_AVX512 void eenet_conv_row_copy(float *dst, const float *src, int n) {
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+    }
+}
+
+/* dst[0..n) = src[0..n); returns the sum of the row (lane-wise, then reduced). */
+EENET_AVX512 float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+        _mm512_mask_storeu_ps(dst + i, m, v);
+        acc = _mm512_add_ps(acc, v);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* ev[m] = x[2m] for m < ceil(n/2); od[m] = x[2m+1] for m < floor(n/2). */
+EENET_AVX512 void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int i = 0; i < n; i += 32) {
+        int r = n - i;
+        __m512 lo = _mm512_maskz_loadu_ps(tail_mask(r), x + i);
+        __m512 hi = _mm512_maskz_loadu_ps(tail_mask(r - 16 > 0 ? r - 16 : 0), x + i + 16);
+        int ne = (r + 1) / 2, no = r / 2;
+        _mm512_mask_storeu_ps(ev + i / 2, tail_mask(ne), _mm512_permutex2var_ps(lo, ie, hi));
+        _mm512_mask_storeu_ps(od + i / 2, tail_mask(no), _mm512_permutex2var_ps(lo, io, hi));
+    }
+}
+
+/* accumulate: dst[i] += src[i]; else dst[i] = src[i] + bias, for i < n. */
+EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, float bias,
+                                       int accumulate) {
+    __m512 b = _mm512_set1_ps(bias);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+        if (accumulate) {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i));
+        } else {
+            v = _mm512_add_ps(v, b);
+        }
+        _mm512_mask_storeu_ps(dst + i, m, v);
     }
 }
 
@@ -350,6 +406,23 @@ void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, i
                         const int *off, int cout, int ntaps, int ho, int wo) {
     (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
     (void)ho, (void)wo;
+}
+
+void eenet_conv_row_copy(float *dst, const float *src, int n) {
+    (void)dst, (void)src, (void)n;
+}
+
+float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
+    (void)dst, (void)src, (void)n;
+    return 0.0f;
+}
+
+void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
+    (void)ev, (void)od, (void)x, (void)n;
+}
+
+void eenet_conv_row_store(float *dst, const float *src, int n, float bias, int accumulate) {
+    (void)dst, (void)src, (void)n, (void)bias, (void)accumulate;
 }
 
 #endif

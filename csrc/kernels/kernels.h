@@ -39,7 +39,8 @@ eenet_status eenet_conv2d_forward(float *out, const float *inp, const float *w,
                                   int W, int K, int kh, int kw, int stride, int pad);
 
 /* Backward, ACCUMULATES into dinp (N,C,H,W; NULL to skip), dw (K,C,kh,kw) and
- * dbias (K; NULL to skip).  dout (N,K,Ho,Wo); inp, w as in forward. */
+ * dbias (K; NULL to skip).  dout (N,K,Ho,Wo); inp, w as in forward.
+ * (The fast kernels also accept dw = NULL to skip the weight gradient.) */
 eenet_status eenet_conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout,
                                    const float *inp, const float *w, float *workspace, int N,
                                    int C, int H, int W, int K, int kh, int kw, int stride,

@@ -17,32 +17,45 @@ static int plane_has_nan(const float *x, int n) {
     return any;
 }
 
-/* One (H, W) plane without NaN.  The comparisons are written as selects, which
- * the compiler turns into branch-free max/blend instructions: with random data a
- * branch per element mispredicts about every other window. */
-static void maxpool_plane(float *y, int32_t *am, const float *x, int H, int W, int Ho, int Wo,
-                          int k, int stride, int pad) {
+/* One (H, W) plane without NaN, an output row at a time: the window elements are
+ * visited in row-major order (rows h, then column offsets u), and for each
+ * element the whole output row j = 0..Wo-1 is updated.  The inner loop over j
+ * has no dependency between iterations, so it runs as vector compares and
+ * blends instead of one long compare chain per window; a strict > keeps the
+ * first maximum on ties, as PyTorch does. */
+static void maxpool_plane(float *restrict y, int32_t *restrict am, const float *restrict x,
+                          int H, int W, int Ho, int Wo, int k, int stride, int pad) {
     for (int i = 0; i < Ho; i++) {
         const int h0 = i * stride - pad;
         const int hs = h0 < 0 ? 0 : h0;
         const int he = h0 + k > H ? H : h0 + k;
+        float *restrict best = y + (size_t)i * Wo;
+        int32_t *restrict besti = am + (size_t)i * Wo;
         for (int j = 0; j < Wo; j++) {
             const int w0 = j * stride - pad;
-            const int ws = w0 < 0 ? 0 : w0;
-            const int we = w0 + k > W ? W : w0 + k;
-            float best = -INFINITY;
-            int32_t besti = hs * W + ws;
-            for (int h = hs; h < he; h++) {
-                const float *row = x + (size_t)h * W;
-                for (int w = ws; w < we; w++) {
-                    const float v = row[w];
-                    const int gt = v > best;
-                    best = gt ? v : best;
-                    besti = gt ? h * W + w : besti;
+            best[j] = -INFINITY;
+            besti[j] = hs * W + (w0 < 0 ? 0 : w0); /* first in-bounds element */
+        }
+        for (int h = hs; h < he; h++) {
+            const float *row = x + (size_t)h * W;
+            for (int u = 0; u < k; u++) {
+                /* output columns j whose column w = j*stride - pad + u is inside [0, W) */
+                const int off = u - pad;
+                int jlo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+                int jhi = (W - 1 - off) >= 0 ? (W - 1 - off) / stride + 1 : 0;
+                jhi = jhi < Wo ? jhi : Wo;
+                const float *src = row + off;
+                const int32_t base = h * W + off;
+                for (int j = jlo; j < jhi; j++) {
+                    const float v = src[j * stride];
+                    const float b = best[j];
+                    const int32_t bi = besti[j];
+                    const int32_t cand = base + j * stride;
+                    const int32_t m = -(int32_t)(v > b); /* all ones where v wins */
+                    best[j] = v > b ? v : b;
+                    besti[j] = (cand & m) | (bi & ~m);
                 }
             }
-            y[i * Wo + j] = best;
-            am[i * Wo + j] = besti;
         }
     }
 }
