@@ -17,7 +17,8 @@ from conftest import FASHION_MNIST, SHARED_DATA
 
 import eenet
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skip(reason="TEMPORARY: margins being measured (cli helper)")]
 
 
 COMMON = dict(batch_size=32, test_batch=256, seed=1, threads=2, val_size=1000,
