@@ -1263,11 +1263,12 @@ static PyObject *py_ee_loss(PyObject *self, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     const npy_intp E1 = PyArray_DIM(p, 0), Nn = PyArray_DIM(p, 1), Kk = PyArray_DIM(p, 2);
-    if (E1 > 64 || !ops_fits_int(Nn, "probs") || !ops_fits_int(Kk, "probs")) {
-        if (E1 > 64) {
-            PyErr_Format(PyExc_ValueError, "probs: expected at most 64 exits, got %ld",
-                         (long)E1);
-        }
+    if (E1 > 64) { /* eeloss.c keeps per-sample state for up to 64 exits on the stack */
+        PyErr_Format(PyExc_ValueError, "probs: expected at most 64 exits (axis 0), got %ld",
+                     (long)E1);
+        return NULL;
+    }
+    if (!ops_fits_int(Nn, "probs") || !ops_fits_int(Kk, "probs")) {
         return NULL;
     }
     const npy_intp cdims[2] = {E1, Nn};
