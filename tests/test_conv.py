@@ -37,14 +37,18 @@ SHAPES = [
     (2, 32, 12, 12, 16, 3, 1, 1),  # 32 -> 16, 12 columns (4-column tiles)
     (2, 32, 16, 16, 64, 3, 2, 1),  # 32 -> 64 stride 2
     (1, 3, 32, 32, 16, 7, 2, 3),   # ImageNet-style stem
+    (3, 16, 7, 7, 16, 3, 1, 1),    # EENet-8 f=4 last block: 7-column tiles
+    (2, 8, 14, 14, 16, 3, 2, 1),   # EENet-8 f=4 16-channel stride 2
+    (2, 32, 14, 14, 32, 3, 1, 1),  # 14-column tiles, 32 channels
 ]
 
 # conv2d implementation switch of the C core (kernels.h eenet_conv2d_set_impl):
-# 0 automatic, 1 im2col+GEMM everywhere, 2 the q-space direct path wherever possible.
-IMPLS = [0, 1, 2]
+# 0 automatic, 1 im2col+GEMM everywhere, 2 the q-space direct path wherever possible,
+# 3 as 2 with the weight gradient K-vectorised on the q-space planes.
+IMPLS = [0, 1, 2, 3]
 
 
-@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct"])
+@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt"])
 def impl(request):
     lib = ctypes.CDLL(_core.__file__)
     old = lib.eenet_conv2d_set_impl(request.param)

@@ -46,12 +46,13 @@ static size_t round16(size_t n) {
     return (n + 15u) & ~(size_t)15u;
 }
 
-/* 0: automatic, 1: im2col+GEMM everywhere, 2: direct wherever possible. */
+/* 0: automatic, 1: im2col+GEMM everywhere, 2: q-space direct wherever
+ * possible, 3: as 2 with the weight gradient K-vectorised on q-space planes. */
 static int conv_impl = 0;
 
 int eenet_conv2d_set_impl(int impl) {
     int old = conv_impl;
-    conv_impl = (impl >= 0 && impl <= 2) ? impl : 0;
+    conv_impl = (impl >= 0 && impl <= 3) ? impl : 0;
     return old;
 }
 
@@ -94,6 +95,7 @@ typedef struct {
     int bd_ok;       /* stride 1 and p <= k-1: backward-data as a direct conv */
     int use_fwd, use_bw, use_bd; /* q-space direct paths chosen for this call */
     int use_kf, use_kw, use_kd;  /* K-vectorised paths chosen for this call */
+    int use_kwq;                 /* K-vectorised backward-weight on q-space planes */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group */
@@ -230,11 +232,13 @@ static int is_pointwise(int kh, int kw, int stride, int pad) {
 }
 
 /* Choose the paths of this call (measured on Zen 4, see the file header). */
-/* Largest column tile P (<= pmax, >= 4, halving) dividing wo, or 0. */
+/* Largest column tile P <= pmax among the kernels' 16, 14, 8, 7, 4 that
+ * divides wo, or 0. */
 static int pick_cols(int wo, int pmax) {
-    for (int P = pmax; P >= 4; P /= 2) {
-        if (wo % P == 0) {
-            return P;
+    static const int cand[5] = {16, 14, 8, 7, 4};
+    for (int i = 0; i < 5; i++) {
+        if (cand[i] <= pmax && wo % cand[i] == 0) {
+            return cand[i];
         }
     }
     return 0;
@@ -243,20 +247,28 @@ static int pick_cols(int wo, int pmax) {
 static void plan_choose(conv_plan *pl) {
     int avail = pl->direct_ok && conv_impl != 1 && eenet_conv_direct_available();
     int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
-    int prefer = avail && (conv_impl == 2 || !one);
+    int prefer = avail && (conv_impl != 0 || !one);
     int kvec = prefer && conv_impl == 0;
     pl->kvf = pl->K % 32 == 0 ? 2 : 1;
     pl->pf = pick_cols(pl->Wo, 16 / pl->kvf);
     pl->kvd = pl->C % 32 == 0 ? 2 : 1;
     pl->pd = pick_cols(pl->W, 16 / pl->kvd);
-    /* measured (1 thread, Zen 4): with 16 channels the q-space kernels win
-     * (about 80 vs 70 GFLOP/s on 16->16 32x32), from 32 channels up the
-     * K-vectorised ones (about 90-100 vs 80 on 32->32 16x16, 64->64 8x8) */
-    pl->use_kf = kvec && pl->K % 32 == 0 && pl->pf > 0;
+    /* Measured (1 thread, Zen 4, GFLOP/s): from 32 channels the K-vectorised
+     * kernels win (32->32 16x16: 93 vs 85; 64->64 8x8: 102 vs 84); with 16
+     * channels the q-space ones win on rows that are multiples of 8 wide
+     * (16->16 32x32: 81 vs 72) and lose on 7/14-wide ones (16->16 7x7: 86 vs
+     * 69 forward, 85 vs 58 backward-data). */
+    pl->use_kf = kvec && pl->K % 16 == 0 && pl->pf > 0 && (pl->K % 32 == 0 || pl->Wo % 8 != 0);
     pl->use_kw = kvec && pl->K % 32 == 0;
-    pl->use_kd = kvec && pl->bd_ok && pl->C % 32 == 0 && pl->pd > 0;
+    pl->use_kd = kvec && pl->bd_ok && pl->C % 16 == 0 && pl->pd > 0 &&
+                 (pl->C % 32 == 0 || pl->W % 8 != 0);
+    /* 16 channels: the q-space forward wins, but the weight gradient is
+     * faster K-vectorised on the q-space planes once there are >= 64 taps
+     * (measured: 16->16 7x7 71 vs 55, 8->16 14x14 s2 42 vs 37 GFLOP/s). */
+    pl->use_kwq = avail && !one && !pl->use_kw && pl->K % 16 == 0 &&
+                  (conv_impl == 3 || (conv_impl == 0 && pl->ckk >= 64));
     pl->use_fwd = prefer && !pl->use_kf;
-    pl->use_bw = prefer && !pl->use_kw;
+    pl->use_bw = prefer && !pl->use_kw && !pl->use_kwq;
     pl->use_bd = prefer && pl->bd_ok && !pl->use_kd;
 }
 
@@ -490,8 +502,8 @@ static void pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, i
     int hp = h + 2 * ph, wp = w + 2 * pw;
     for (int c = 0; c < cin; c++) {
         for (int y = 0; y < h; y++) {
-            memcpy(xp + ((size_t)c * hp + y + ph) * wp + pw, x + ((size_t)c * h + y) * w,
-                   sizeof(float) * (size_t)w);
+            eenet_conv_row_copy(xp + ((size_t)c * hp + y + ph) * wp + pw,
+                                x + ((size_t)c * h + y) * w, w);
         }
     }
 }
@@ -604,7 +616,8 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     int use_kd = dinp && pl->use_kd;
     int do_bw = dw && pl->use_bw; /* dw through q-space, K-vectorised or GEMM */
     int do_kw = dw && pl->use_kw;
-    int do_gw = dw && !pl->use_bw && !pl->use_kw;
+    int do_kwq = dw && pl->use_kwq;
+    int do_gw = dw && !pl->use_bw && !pl->use_kw && !pl->use_kwq;
     float *shared = workspace;
     float *slots = workspace + pl->shared;
     if (do_bw) {
@@ -616,6 +629,9 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     }
     if (do_kw) {
         kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
+    }
+    if (do_kwq) {
+        direct_offsets((int *)(shared + pl->o_off), g);
     }
     if (use_kd) {
         kvec_offsets((int *)(shared + pl->o_offk2), K, pl->kh, pl->kw, pl->hpd, pl->wpd);
@@ -646,6 +662,9 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         }
         if (do_kw) {
             memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)C * pl->hp * pl->wp);
+        }
+        if (do_kwq) {
+            memset(slot + pl->s_src, 0, sizeof(float) * g->src);
         }
         if (use_kd) {
             memset(slot + pl->s_dp, 0, sizeof(float) * (size_t)K * pl->hpd * pl->wpd);
@@ -678,6 +697,14 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                     transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
                     eenet_conv_kvec_bw(pdw, dyt, xp, pl->wp, pl->s,
                                        (const int *)(shared + pl->o_offk), K, ckk, pl->Ho,
+                                       pl->Wo);
+                } else if (do_kwq) {
+                    /* the same on q-space planes: positions q = oy*ws + ox, stride 1 */
+                    float *src = slot + pl->s_src, *dyt = slot + pl->s_dyt;
+                    direct_fill(src, x, g);
+                    transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
+                    eenet_conv_kvec_bw(pdw, dyt, src, g->ws, 1,
+                                       (const int *)(shared + pl->o_off), K, ckk, pl->Ho,
                                        pl->Wo);
                 } else if (do_gw) {
                     if (!pointwise) {
@@ -740,7 +767,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
 #endif
         for (int e = 0; e < (dw ? K * ckk : 0); e++) {
             /* the K-vectorised partials are stored transposed, (CKK, K) */
-            size_t src_e = do_kw ? (size_t)(e % ckk) * K + (size_t)(e / ckk) : (size_t)e;
+            size_t src_e = (do_kw || do_kwq) ? (size_t)(e % ckk) * K + (size_t)(e / ckk) : (size_t)e;
             float acc = 0.0f;
             for (int t = 0; t < nt; t++) {
                 acc += slots[(size_t)t * pl->slot + pl->s_pdw + src_e];

@@ -57,45 +57,56 @@ int eenet_conv_direct_available(void) {
     }
 
 DEFINE_FWD(8, 3)
+DEFINE_FWD(8, 2)
 DEFINE_FWD(8, 1)
 DEFINE_FWD(4, 4)
+DEFINE_FWD(4, 2)
 DEFINE_FWD(4, 1)
 DEFINE_FWD(2, 8)
+DEFINE_FWD(2, 4)
+DEFINE_FWD(2, 2)
 DEFINE_FWD(2, 1)
 DEFINE_FWD(1, 8)
+DEFINE_FWD(1, 4)
+DEFINE_FWD(1, 2)
 DEFINE_FWD(1, 1)
 
 typedef void (*fwd_fn)(float *, size_t, const float *, const int *, const float *, int);
 
+/* Tiles of one output-channel block: as many QVmax-vector tiles as fit,
+ * then the tail in halving sizes; for KB = 8 a tail of 1 after a 3 becomes
+ * 2 + 2 (16 accumulators each rather than 24 + 8). */
 EENET_AVX512 void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src,
                                         const int *off, const float *wp, int cout, int ntaps,
                                         int nq) {
+    static const fwd_fn t8[4] = {0, fwd_8x1, fwd_8x2, fwd_8x3};
+    static const fwd_fn t4[5] = {0, fwd_4x1, fwd_4x2, 0, fwd_4x4};
+    static const fwd_fn t2[9] = {0, fwd_2x1, fwd_2x2, 0, fwd_2x4, 0, 0, 0, fwd_2x8};
+    static const fwd_fn t1[9] = {0, fwd_1x1, fwd_1x2, 0, fwd_1x4, 0, 0, 0, fwd_1x8};
     for (int k0 = 0; k0 < cout;) {
         int kb = eenet_conv_fwd_kblock(cout - k0);
-        fwd_fn big, one;
-        int qv;
-        switch (kb) {
-        case 8:
-            big = fwd_8x3, one = fwd_8x1, qv = 3;
-            break;
-        case 4:
-            big = fwd_4x4, one = fwd_4x1, qv = 4;
-            break;
-        case 2:
-            big = fwd_2x8, one = fwd_2x1, qv = 8;
-            break;
-        default:
-            big = fwd_1x8, one = fwd_1x1, qv = 8;
-            break;
-        }
+        const fwd_fn *tab = kb == 8 ? t8 : kb == 4 ? t4 : kb == 2 ? t2 : t1;
+        int qmax = kb == 8 ? 3 : kb == 4 ? 4 : 8;
         const float *wpb = wp + (size_t)k0 * ntaps;
         float *y = yq + (size_t)k0 * ldy;
         int q = 0;
-        for (; q + qv <= nq; q += qv) {
-            big(y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        int rem = nq;
+        if (kb == 8 && nq % 3 == 1 && nq >= 4) {
+            rem = nq - 4; /* leave 4 vectors for two 2-vector tiles */
         }
-        for (; q < nq; q++) {
-            one(y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        for (; rem >= qmax; rem -= qmax, q += qmax) {
+            tab[qmax](y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        }
+        while (q < nq) {
+            int v = qmax;
+            while (v > nq - q || !tab[v]) {
+                v--;
+            }
+            if (kb == 8 && nq - q == 4) {
+                v = 2;
+            }
+            tab[v](y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+            q += v;
         }
         k0 += kb;
     }
@@ -262,9 +273,12 @@ EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, floa
     }
 
 DEFINE_KF(1, 16)
+DEFINE_KF(1, 14)
 DEFINE_KF(1, 8)
+DEFINE_KF(1, 7)
 DEFINE_KF(1, 4)
 DEFINE_KF(2, 8)
+DEFINE_KF(2, 7)
 DEFINE_KF(2, 4)
 
 typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, int);
@@ -273,8 +287,9 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                                       const float *xp, int wp, int s, const int *off,
                                       const float *wk, int cout, int ntaps, int ho, int wo,
                                       int kv, int P, float *tile) {
-    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : kf_2x4)
-                       : (P == 16 ? kf_1x16 : P == 8 ? kf_1x8 : kf_1x4);
+    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
+                       : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
+                          : P == 7 ? kf_1x7 : kf_1x4);
     int kb = 16 * kv;
     size_t hw = (size_t)ho * wo;
     for (int k0 = 0; k0 < cout; k0 += kb) {

@@ -41,14 +41,15 @@ void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stri
  * multiple of 16*kv).  xp (cin, hp, wp): the zero-padded input; off[t] =
  * c*hp*wp + i*wp + j.  wk packed like the forward q-space weights with
  * blocks of 16*kv channels.  Forward writes out (cout, ho, wo) = result + bias
- * (accumulate = 0) or adds the result (accumulate = 1); P (16, 8 or 4; 8 or 4
- * when kv = 2) divides wo; tile holds P*16*kv floats. */
+ * (accumulate = 0) or adds the result (accumulate = 1); P (16, 14, 8, 7 or 4;
+ * 8, 7 or 4 when kv = 2) divides wo; tile holds P*16*kv floats. */
 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
                          int wo, int kv, int P, float *tile);
 
 /* dwt (ntaps, cout) += sum over positions of x(tap) * dyt (ho*wo, cout);
- * cout a multiple of 16. */
+ * cout a multiple of 16.  Also runs on q-space planes (xp = phase planes,
+ * off from the q-space offsets, wp = ws, s = 1). */
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
                         const int *off, int cout, int ntaps, int ho, int wo);
 
