@@ -23,8 +23,9 @@
  *     fallback; plain C GEMM if built without OpenBLAS).
  *   Why: single-thread OpenBLAS sgemm reaches 57-98 GFLOP/s on these GEMM
  *   shapes (16x1024x144: 57, 64x64x576: 93; 103 on 2048^3), but im2col costs
- *   30-40% on top, so im2col+GEMM ran at 0.5-0.65x PyTorch's oneDNN on the
- *   ResNet-20 3x3 layers; the direct kernels run at 80-105 GFLOP/s there.
+ *   30-40% on top, so im2col+GEMM ran at 0.4-0.75x PyTorch's oneDNN (one
+ *   thread) in forward and weight gradient of the ResNet-20 3x3 layers; the
+ *   direct kernels run at 70-105 GFLOP/s there (0.9-1.3x).
  *   All paths: OpenMP over the batch (each thread whole samples; OpenBLAS
  *   single-threaded inside), weight/bias gradients in per-thread partials in
  *   the workspace, reduced at the end (race-free, no atomics).
