@@ -44,6 +44,7 @@
  */
 #include "kernels.h"
 
+#include <limits.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -225,6 +226,15 @@ static eenet_status check_sizes(int N, int C, int H, int W, int K, int kh, int k
     }
     *Ho = eenet_conv_out_size(H, kh, stride, pad);
     *Wo = eenet_conv_out_size(W, kw, stride, pad);
+    /* every per-sample extent must fit the int sizes of the kernels and BLAS */
+    size_t ckk = (size_t)C * kh * kw;
+    if ((size_t)H * W > INT_MAX / 4 || (size_t)*Ho * *Wo > INT_MAX / 4 ||
+        ckk > INT_MAX / 4 || (size_t)K * ckk > INT_MAX / 4 || (size_t)C * H * W > INT_MAX / 4 ||
+        (size_t)K * *Ho * *Wo > INT_MAX / 4 || (size_t)stride * (H + 2 * (size_t)pad) > INT_MAX / 4) {
+        return eenet_set_error(EENET_ERR_VALUE,
+                               "conv2d: sizes too large (C=%d H=%d W=%d K=%d kernel %dx%d)", C,
+                               H, W, K, kh, kw);
+    }
     return EENET_OK;
 }
 
