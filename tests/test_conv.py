@@ -266,7 +266,7 @@ def _p(a):
 
 
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[10], SHAPES[11],
-                                   SHAPES[-1]])
+                                   (3, 16, 7, 7, 16, 3, 1, 1), SHAPES[-1]])
 def test_c_backward_accumulates(rng, shape):
     """eenet_conv2d_backward(_ex) and the naive twin ADD into dinp/dw/dbias
     (the binding passes zeros; the engine relies on accumulation)."""

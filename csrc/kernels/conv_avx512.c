@@ -281,6 +281,41 @@ DEFINE_KF(2, 8)
 DEFINE_KF(2, 7)
 DEFINE_KF(2, 4)
 
+/* The same over two output rows of PR columns each (the second row's
+ * input starts rs floats after the first's): 2*PR accumulators, for narrow
+ * rows (7 columns) where one row alone would leave the FMA units idle. */
+#define DEFINE_KF2(KV, PR)                                                                  \
+    static EENET_AVX512 void kf2_##KV##x##PR(float *tile, const float *xrow, int s,          \
+                                              size_t rs, const int *off, const float *wk,    \
+                                              int ntaps) {                                   \
+        __m512 acc[2 * PR][KV];                                                             \
+        for (int p = 0; p < 2 * PR; p++) {                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                acc[p][v] = _mm512_setzero_ps();                                            \
+            }                                                                               \
+        }                                                                                   \
+        for (int t = 0; t < ntaps; t++) {                                                   \
+            const float *xt = xrow + off[t];                                                \
+            __m512 wv[KV];                                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                    \
+            }                                                                               \
+            for (int p = 0; p < 2 * PR; p++) {                                              \
+                __m512 xb = _mm512_set1_ps(xt[(p / PR) * rs + (size_t)(p % PR) * s]);       \
+                for (int v = 0; v < KV; v++) {                                              \
+                    acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                      \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int p = 0; p < 2 * PR; p++) {                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                _mm512_storeu_ps(tile + ((size_t)p * KV + v) * 16, acc[p][v]);              \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEFINE_KF2(1, 7)
+
 typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, int);
 
 /* Store 8 positions x 16 channels from a tile (rows t + p*ldt, p < 8, 16
@@ -337,6 +372,20 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
     for (int k0 = 0; k0 < cout; k0 += kb) {
         const float *wkb = wk + (size_t)k0 * ntaps;
         for (int oy = 0; oy < ho; oy++) {
+            if (kv == 1 && P == 7 && wo == 7 && oy + 1 < ho) {
+                /* rows oy and oy+1 in one 14-position tile */
+                kf2_1x7(tile, xp + (size_t)oy * s * wp, s, (size_t)s * wp, off, wkb, ntaps);
+                float *o = out + (size_t)k0 * hw + (size_t)oy * wo;
+                for (int kk = 0; kk < kb; kk++) {
+                    float *ok = o + (size_t)kk * hw;
+                    float b = (!accumulate && bias) ? bias[k0 + kk] : 0.0f;
+                    for (int p = 0; p < 14; p++) {
+                        ok[p] = (accumulate ? ok[p] : b) + tile[(size_t)p * kb + kk];
+                    }
+                }
+                oy++;
+                continue;
+            }
             for (int ox0 = 0; ox0 < wo; ox0 += P) {
                 fn(tile, xp + (size_t)oy * s * wp + (size_t)ox0 * s, s, off, wkb, ntaps);
                 /* tile (P, kb) -> out[k0+kk][oy][ox0+p] */
