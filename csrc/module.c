@@ -1986,6 +1986,7 @@ static struct PyModuleDef core_module = {
 
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
+    eenet_core_init();
     PyObject *module = PyModule_Create(&core_module);
     if (!module) {
         return NULL;
