@@ -345,7 +345,8 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kwa
         bias = CFDATA(b);
     }
     npy_intp odims[4] = {g.N, g.K, g.Ho, g.Wo};
-    out = new_float_array(4, odims);
+    /* not zero-filled: the forward kernels overwrite every element */
+    out = (PyArrayObject *)PyArray_EMPTY(4, odims, NPY_FLOAT32, 0);
     if (!out) {
         goto cleanup;
     }
@@ -379,16 +380,16 @@ cleanup:
 
 static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"dy", "x", "w", "stride", "padding", "with_bias", "need_dx",
-                             "naive", NULL};
+                             "naive", "need_dw", NULL};
     PyObject *dy_obj, *x_obj, *w_obj;
     long stride, padding;
-    int with_bias, need_dx = 1, naive = 0;
+    int with_bias, need_dx = 1, naive = 0, need_dw = 1;
     PyArrayObject *dx = NULL, *dw = NULL, *db = NULL;
     float *ws = NULL;
     PyObject *result = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOllp|pp:conv2d_backward", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOllp|ppp:conv2d_backward", kwlist,
                                      &dy_obj, &x_obj, &w_obj, &stride, &padding, &with_bias,
-                                     &need_dx, &naive)) {
+                                     &need_dx, &naive, &need_dw)) {
         return NULL;
     }
     PyArrayObject *x = check_float_array(x_obj, "x", 4);
@@ -408,9 +409,11 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     if (!dy) {
         goto cleanup;
     }
-    dw = new_float_array(4, PyArray_DIMS(w));
-    if (!dw) {
-        goto cleanup;
+    if (need_dw) {
+        dw = new_float_array(4, PyArray_DIMS(w));
+        if (!dw) {
+            goto cleanup;
+        }
     }
     if (need_dx) {
         dx = new_float_array(4, PyArray_DIMS(x));
@@ -433,13 +436,14 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     }
     float *pdx = dx ? FDATA(dx) : NULL;
     float *pdb = db ? FDATA(db) : NULL;
+    float *pdw = dw ? FDATA(dw) : NULL;
     eenet_status st;
     Py_BEGIN_ALLOW_THREADS;
     if (naive) {
-        st = eenet_conv2d_backward_naive(pdx, FDATA(dw), pdb, CFDATA(dy), CFDATA(x), CFDATA(w),
+        st = eenet_conv2d_backward_naive(pdx, pdw, pdb, CFDATA(dy), CFDATA(x), CFDATA(w),
                                          g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.stride, g.pad);
     } else {
-        st = eenet_conv2d_backward(pdx, FDATA(dw), pdb, CFDATA(dy), CFDATA(x), CFDATA(w), ws,
+        st = eenet_conv2d_backward(pdx, pdw, pdb, CFDATA(dy), CFDATA(x), CFDATA(w), ws,
                                    g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.stride, g.pad);
     }
     Py_END_ALLOW_THREADS;
@@ -447,7 +451,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
         raise_status(st);
         goto cleanup;
     }
-    result = Py_BuildValue("(OOO)", dx ? (PyObject *)dx : Py_None, (PyObject *)dw,
+    result = Py_BuildValue("(OOO)", dx ? (PyObject *)dx : Py_None, dw ? (PyObject *)dw : Py_None,
                            db ? (PyObject *)db : Py_None);
 cleanup:
     PyMem_Free(ws);
@@ -467,8 +471,9 @@ static PyMethodDef conv_methods[] = {
      "reference (double accumulation).  Returns a new array."},
     {"conv2d_backward", (PyCFunction)(void (*)(void))py_conv2d_backward,
      METH_VARARGS | METH_KEYWORDS,
-     "conv2d_backward(dy, x, w, stride, padding, with_bias, need_dx=True, naive=False)\n--\n\n"
-     "Gradients of conv2d_forward: returns (dx (N,C,H,W) or None, dw (K,C,kh,kw),\n"
+     "conv2d_backward(dy, x, w, stride, padding, with_bias, need_dx=True, naive=False,\n"
+     "                need_dw=True)\n--\n\n"
+     "Gradients of conv2d_forward: returns (dx (N,C,H,W) or None, dw (K,C,kh,kw) or None,\n"
      "db (K,) or None) given dy (N,K,Ho,Wo).  The C kernels accumulate; this binding\n"
      "passes fresh zero-filled arrays, so the results are the gradients themselves."},
     /* END conv methods */
@@ -948,7 +953,7 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject 
     }
     PyArrayObject *dy = ops_check_nchw(ody, "dy");
     if (!dy || !check_int_min(H, "H", 1) || !check_int_min(W, "W", 1) ||
-        !ops_fits_int(H * W, "H*W")) {
+        !ops_fits_int(H, "H") || !ops_fits_int(W, "W") || !ops_fits_int(H * W, "H*W")) {
         return NULL;
     }
     if (!PyArray_Check(oam) || PyArray_TYPE((PyArrayObject *)oam) != NPY_INT32) {
@@ -1028,7 +1033,8 @@ static PyObject *py_global_avgpool_backward(PyObject *self, PyObject *args, PyOb
     }
     PyArrayObject *dy = check_float_array(ody, "dy", 2);
     if (!dy || !ops_require_nonempty(dy, "dy") || !check_int_min(H, "H", 1) ||
-        !check_int_min(W, "W", 1) || !ops_fits_int(H * W, "H*W") ||
+        !check_int_min(W, "W", 1) || !ops_fits_int(H, "H") || !ops_fits_int(W, "W") ||
+        !ops_fits_int(H * W, "H*W") ||
         !ops_fits_int(PyArray_DIM(dy, 0), "dy") || !ops_fits_int(PyArray_DIM(dy, 1), "dy")) {
         return NULL;
     }
@@ -1258,11 +1264,12 @@ static PyObject *py_ee_loss(PyObject *self, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     const npy_intp E1 = PyArray_DIM(p, 0), Nn = PyArray_DIM(p, 1), Kk = PyArray_DIM(p, 2);
-    if (E1 > 64 || !ops_fits_int(Nn, "probs") || !ops_fits_int(Kk, "probs")) {
-        if (E1 > 64) {
-            PyErr_Format(PyExc_ValueError, "probs: expected at most 64 exits, got %ld",
-                         (long)E1);
-        }
+    if (E1 > 64) { /* eeloss.c keeps per-sample state for up to 64 exits on the stack */
+        PyErr_Format(PyExc_ValueError, "probs: expected at most 64 exits (axis 0), got %ld",
+                     (long)E1);
+        return NULL;
+    }
+    if (!ops_fits_int(Nn, "probs") || !ops_fits_int(Kk, "probs")) {
         return NULL;
     }
     const npy_intp cdims[2] = {E1, Nn};
@@ -1979,6 +1986,7 @@ static struct PyModuleDef core_module = {
 
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
+    eenet_core_init();
     PyObject *module = PyModule_Create(&core_module);
     if (!module) {
         return NULL;

@@ -111,6 +111,14 @@ def _batches(data: Any, labels: Any) -> Iterable[tuple[np.ndarray, np.ndarray | 
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
         yield data[0], np.asarray(data[1])
         return
+    if all(hasattr(data, a) for a in ("images", "labels", "mean", "std")) and \
+            np.asarray(data.images).dtype == np.uint8:
+        # an eenet.datasets.Dataset: uint8 images, normalised here chunk by chunk
+        from .data import preprocess
+        images, labs = np.asarray(data.images), np.asarray(data.labels)
+        for s in range(0, images.shape[0], 2048):
+            yield preprocess(images[s:s + 2048], data), labs[s:s + 2048]
+        return
     for xa, ya in (("images", "labels"), ("x", "y"), ("data", "targets")):
         if hasattr(data, xa) and hasattr(data, ya) and isinstance(getattr(data, xa), np.ndarray):
             yield getattr(data, xa), np.asarray(getattr(data, ya))

@@ -57,8 +57,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model: eenet8, eenet18/34/50/101/152, eenet20/32/44/56/110 or a plain "
                         "counterpart resnet18...resnet110 (default: eenet20)")
     g.add_argument("--dataset", default="cifar10", metavar="NAME",
-                   help="dataset: mnist, fashion-mnist, cifar10, svhn, tiny-imagenet "
-                        "(default: cifar10)")
+                   help="dataset: mnist, fashion-mnist, cifar10, svhn, tiny-imagenet, "
+                        "cifar10-jpeg, or imagefolder (with --data-dir DIR holding "
+                        "<split>/<class>/*.jpg|png) (default: cifar10)")
     g.add_argument("--num-ee", type=_nonneg_int, default=None, metavar="N",
                    help="number of early-exit blocks (default: 2 for EENets, 0 for resnet*; "
                         "eenet8 always has 2)")
@@ -145,7 +146,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads of the C core (default: the cores available)")
     g.add_argument("--no-progress", action="store_true",
-                   help="no progress bars, per-epoch lines or summary table")
+                   help="no progress bars or per-epoch lines (the summary table is still "
+                        "printed)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -203,8 +205,9 @@ def run_train(args: argparse.Namespace) -> int:
         res = run_training(cfg)
     except ConfigError as exc:
         parser.error(str(exc))
-    if not cfg.progress:
-        print(json.dumps({k: res[k] for k in ("accuracy", "avg_cost", "exit_counts")}))
+    if not cfg.progress:  # the summary table is printed by run_training otherwise
+        title = f"{cfg.model} on {cfg.dataset} (test set; best epoch {res['best_epoch']})"
+        print(format_summary(res, title))
     return 0
 
 
@@ -307,5 +310,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (FloatingPointError, FileNotFoundError) as exc:
+        print(f"eenet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # e.g. a corrupt dataset or checkpoint file (names the file)
         print(f"eenet {args.command}: error: {exc}", file=sys.stderr)
         return 1

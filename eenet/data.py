@@ -25,7 +25,7 @@ import numpy as np
 from .datasets import Dataset
 
 __all__ = ["AugmentParams", "augment_params", "normalize", "crop_flip", "hflip", "preprocess",
-           "BatchIterator", "train_val_split"]
+           "BatchIterator", "EpochIterator", "train_val_split", "subset"]
 
 
 @dataclass(frozen=True)
@@ -233,8 +233,8 @@ class BatchIterator:
     * idx: int64 (B,) positions of the samples in ``dataset`` (for v4's exit tags).
 
     Every sample (of ``indices``, default all) appears exactly once per epoch; the last
-    batch is short unless ``drop_last``. ``iter(it)`` runs epoch ``it.epoch`` and then
-    advances it; ``set_epoch(e)`` chooses the next epoch and ``epoch_batches(e)`` runs a
+    batch is short unless ``drop_last``. ``iter(it)`` runs epoch ``it.next_epoch`` and then
+    advances it; ``set_epoch(e)`` chooses the next epoch and ``epoch(e)`` iterates a
     given one. Epoch e with seed s always gives the same batches.
 
     A daemon thread prefetches ``prefetch`` batches (NumPy releases the GIL while
@@ -267,7 +267,7 @@ class BatchIterator:
         self._epoch = int(epoch)
 
     @property
-    def epoch(self) -> int:
+    def next_epoch(self) -> int:
         """The epoch the next ``iter()`` runs."""
         return self._epoch
 
@@ -300,8 +300,8 @@ class BatchIterator:
             out.pop()
         return out
 
-    def epoch_batches(self, epoch: int) -> EpochIterator:
-        """An iterator over epoch ``epoch`` (does not change ``self.epoch``)."""
+    def epoch(self, epoch: int) -> EpochIterator:
+        """An iterator over the batches of epoch ``epoch`` (does not change ``next_epoch``)."""
         params = augment_params(len(self.dataset), self.dataset.augmentation if self.augment else "none",
                                 self.seed, epoch)
         ds, normalise = self.dataset, self.normalise
@@ -314,7 +314,7 @@ class BatchIterator:
         return EpochIterator(self.batches(epoch), make, self.prefetch, epoch)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        it = self.epoch_batches(self._epoch)
+        it = self.epoch(self._epoch)
         self._epoch += 1
         return it
 
@@ -358,3 +358,14 @@ def train_val_split(dataset: Dataset, val_fraction: float | None = None, val_siz
     mask[val_idx] = False
     train_idx = np.flatnonzero(mask)
     return dataset.subset(train_idx), dataset.subset(val_idx, split="val")
+
+
+def subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """A view on ``n`` samples of ``dataset`` chosen at random with ``seed`` (kept in
+    dataset order); all of it when ``n`` is None or at least ``len(dataset)``."""
+    if n is None or int(n) >= len(dataset):
+        return dataset
+    if int(n) < 1:
+        raise ValueError(f"n: expected >= 1, got {n}")
+    rng = np.random.default_rng([int(seed), 0x5B5E7])
+    return dataset.subset(np.sort(rng.permutation(len(dataset))[:int(n)]))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -54,12 +55,12 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 __all__ = [
-    "Dataset", "DatasetError", "DatasetNotFoundError", "Resource", "RESOURCES",
+    "Dataset", "DatasetInfo", "NAMES", "info", "DatasetError", "DatasetNotFoundError", "Resource", "RESOURCES",
     "load", "download", "download_file", "verify", "read_idx", "data_roots",
     "user_cache_dir", "decoded_cache_dir", "names",
 ]
@@ -185,6 +186,8 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W)."""
         return tuple(int(s) for s in self._images.shape[1:])  # type: ignore[return-value]
+
+    input_shape = image_shape  # the name models use for (C, H, W)
 
     def __repr__(self) -> str:
         c, h, w = self.image_shape
@@ -345,8 +348,8 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
     """Download ``resource`` into ``folder`` and return its path.
 
     Data go to ``<file>.part`` first (resumed if present), are checked against the MD5 and
-    renamed into place. A checksum mismatch deletes the part file and raises
-    :class:`DatasetError`; a network failure raises :class:`DatasetNotFoundError` naming
+    renamed into place. A checksum mismatch deletes the part file and tries the next
+    URL, raising :class:`DatasetError` if none serves the right file; a network failure raises :class:`DatasetNotFoundError` naming
     the file, its MD5 and URLs (the part file is kept for resuming).
     """
     folder = Path(folder)
@@ -355,22 +358,26 @@ def download_file(resource: Resource, folder: str | os.PathLike, *, progress: bo
         return dest
     part = folder / (resource.filename + ".part")
     failures: list[str] = []
+    mismatches: list[str] = []
     for url in resource.urls:
         try:
             _fetch(url, part, resource.size, progress, timeout)
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+            # The part file stays for the next attempt to resume.
             failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
             continue
         digest = _md5(part)
         if digest != resource.md5:
             got = part.stat().st_size
             part.unlink()
-            raise DatasetError(
+            mismatches.append(
                 f"{dest}: downloaded from {url}: MD5 {digest} ({got} bytes), expected "
-                f"{resource.md5}" + (f" ({resource.size} bytes)" if resource.size else "")
-                + "; the partial file was deleted, try again")
+                f"{resource.md5}" + (f" ({resource.size} bytes)" if resource.size else ""))
+            continue  # another mirror may serve the right file
         os.replace(part, dest)
         return dest
+    if mismatches:
+        raise DatasetError("; ".join(mismatches) + "; the partial file was deleted, try again")
     raise DatasetNotFoundError(
         f"could not download {resource.filename} (MD5 {resource.md5}) into {folder}:\n  "
         + "\n  ".join(failures))
@@ -947,9 +954,48 @@ _ALIASES = {
 }
 
 
+#: Canonical dataset names accepted by :func:`load`.
+NAMES = ("mnist", "fashion-mnist", "cifar10", "svhn", "tiny-imagenet", "cifar10-jpeg", "imagefolder")
+
+
 def names() -> list[str]:
     """Canonical dataset names accepted by :func:`load`."""
-    return ["mnist", "fashion-mnist", "cifar10", "svhn", "tiny-imagenet", "cifar10-jpeg", "imagefolder"]
+    return list(NAMES)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset without reading its files."""
+    name: str
+    input_shape: tuple[int, int, int]   # (C, H, W)
+    num_classes: int
+    splits: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augmentation: str
+
+
+_INFO = {
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, ("train", "test"), MNIST_MEAN, MNIST_STD, "none"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, ("train", "test"), FASHION_MEAN,
+                                 FASHION_STD, "none"),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, ("train", "test"), CIFAR10_MEAN, CIFAR10_STD,
+                           "crop-flip"),
+    "svhn": DatasetInfo("svhn", (3, 32, 32), 10, ("train", "test", "extra"), HALF3, HALF3, "none"),
+    "tiny-imagenet": DatasetInfo("tiny-imagenet", (3, 64, 64), 200, ("train", "val", "test"), HALF3,
+                                 HALF3, "flip"),
+    "cifar10-jpeg": DatasetInfo("cifar10-jpeg", (3, 32, 32), 10, ("train", "test"), CIFAR10_MEAN,
+                                CIFAR10_STD, "crop-flip"),
+}
+
+
+def info(name: str) -> DatasetInfo:
+    """Shape, classes, splits and preprocessing of dataset ``name`` without reading files.
+    Raises KeyError for ``imagefolder`` (known only once read) and unknown names."""
+    key = _ALIASES.get(name.strip().lower().replace("_", "-"))
+    if key not in _INFO:
+        raise KeyError(f"dataset {name!r}: shape unknown before loading; known: {', '.join(_INFO)}")
+    return _INFO[key]
 
 
 def canonical_name(name: str) -> str:

@@ -245,7 +245,11 @@ def exit_assignment(conf: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     out = np.full((thresholds.size, N), E, dtype=np.int64)
     if E == 0 or N == 0:
         return out
-    early = conf[:E].astype(np.float64)
+    # the engine compares float32 confidences with the threshold cast to float32
+    # (csrc/net.c exit_of): compare in the confidences' own precision to match it exactly
+    ftype = conf.dtype if conf.dtype in (np.float32, np.float64) else np.float64
+    early = conf[:E].astype(ftype, copy=False)
+    thresholds = thresholds.astype(ftype)
     # chunk the thresholds so that the (t, E, N) comparison stays ~16M booleans
     step = max(1, int(16_000_000 // max(1, E * N)))
     for s in range(0, thresholds.size, step):

@@ -55,15 +55,6 @@ DISTRIBUTIONS = ("gold_ratio", "pareto", "fine", "linear")
 EXIT_TYPES = ("plain", "pool", "bnpool")
 LOSSES = ("v0", "v1", "v2", "v3", "v4")
 OPTIMIZERS = ("SGD", "Adam")
-# (input shape, classes) of the datasets eenet.datasets knows, used to validate a
-# configuration before any data is read.
-DATASET_SHAPES = {
-    "mnist": ((1, 28, 28), 10),
-    "fashion-mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "svhn": ((3, 32, 32), 10),
-    "tiny-imagenet": ((3, 64, 64), 200),
-}
 TWO_STAGE_EPOCHS = 25          # v0 for epochs 1..25, then v1 (authors)
 CHECKPOINT = "checkpoint.eenet"  # written after every epoch
 BEST_MODEL = "model.eenet"       # best validation loss so far
@@ -165,32 +156,33 @@ class TrainConfig:
 
 
 def _known_datasets() -> tuple:
-    """Dataset names: those of eenet.datasets when it lists them, else DATASET_SHAPES."""
-    try:
-        from . import datasets
-        names = getattr(datasets, "DATASETS", None) or getattr(datasets, "NAMES", None)
-        if names:
-            return tuple(names)
-    except ImportError:
-        pass
-    return tuple(DATASET_SHAPES)
+    """Dataset names :func:`eenet.datasets.load` accepts."""
+    from . import datasets
+    return tuple(datasets.names())
 
 
-def dataset_shape(name: str) -> tuple:
-    """``((C, H, W), num_classes)`` of dataset ``name`` without reading its files."""
+def _canonical_dataset(name: str) -> Optional[str]:
+    """The canonical dataset name, or None if unknown."""
+    from . import datasets
     try:
-        from . import datasets
-        info = getattr(datasets, "info", None)
-        if info is not None:
-            meta = info(name)
-            shape = getattr(meta, "input_shape", None) or meta["input_shape"]
-            classes = getattr(meta, "num_classes", None) or meta["num_classes"]
-            return tuple(shape), int(classes)
-    except (ImportError, KeyError, TypeError, AttributeError):
-        pass
-    if name not in DATASET_SHAPES:
-        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_SHAPES)}")
-    return DATASET_SHAPES[name]
+        return datasets.canonical_name(name)
+    except ValueError:
+        return None
+
+
+def dataset_shape(name: str) -> Optional[tuple]:
+    """``((C, H, W), num_classes)`` of dataset ``name`` without reading its files
+    (None for an image folder, known only once read)."""
+    from . import datasets
+    key = _canonical_dataset(name)
+    if key is None:
+        raise ConfigError(f"unknown dataset {name!r}; expected one of "
+                          f"{', '.join(_known_datasets())}")
+    try:
+        meta = datasets.info(key)
+    except KeyError:
+        return None
+    return tuple(meta.input_shape), int(meta.num_classes)
 
 
 def validate_config(cfg: TrainConfig, *, check_model: bool = True) -> None:
@@ -213,10 +205,8 @@ def validate_config(cfg: TrainConfig, *, check_model: bool = True) -> None:
          f"unknown loss {cfg.loss_func!r}; expected one of {', '.join(LOSSES)}")
     need(cfg.optimizer in OPTIMIZERS,
          f"unknown optimizer {cfg.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if cfg.load_model is None or not cfg.resume:
-        known = _known_datasets()
-        need(cfg.dataset in known or os.path.isdir(str(cfg.dataset)),
-             f"unknown dataset {cfg.dataset!r}; expected one of {', '.join(known)}")
+    need(_canonical_dataset(cfg.dataset) is not None,
+         f"unknown dataset {cfg.dataset!r}; expected one of {', '.join(_known_datasets())}")
     need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
     need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
     need(cfg.test_batch >= 1, f"--test-batch must be >= 1, got {cfg.test_batch}")
@@ -272,9 +262,10 @@ def check_architecture(cfg: TrainConfig):
     Returns the :class:`eenet.spec.ModelSpec`; raises :class:`ConfigError` with
     the model builder's message (e.g. how many exits fit).
     """
-    if os.path.isdir(str(cfg.dataset)):
+    known = dataset_shape(cfg.dataset)
+    if known is None:
         return None  # an image folder: shape known only once read
-    input_shape, num_classes = dataset_shape(cfg.dataset)
+    input_shape, num_classes = known
     from . import models
     try:
         return models.build_spec(cfg.model, num_classes=num_classes, input_shape=input_shape,
@@ -327,35 +318,39 @@ class _Splits:
 
 
 def _cap(ds, n: Optional[int], seed: int):
-    """The first ``n`` samples of ``ds`` after a shuffle seeded by ``seed`` (all if None)."""
+    """``n`` samples of ``ds`` chosen at random with ``seed`` (all if None)."""
     from . import data
-    return ds if n is None else data.subset(ds, n, seed=seed)
+    return data.subset(ds, n, seed=seed)
 
 
 def _load_splits(cfg: TrainConfig, need_train: bool = True) -> _Splits:
+    """Test set, and the training set split into train and validation (seeded), with the
+    size caps applied."""
     from . import data, datasets
-    test = datasets.load(cfg.dataset, split="test", data_dir=cfg.data_dir)
+    test = datasets.load(cfg.dataset, split="test", data_dir=cfg.data_dir, progress=cfg.progress)
     test = _cap(test, cfg.test_size, cfg.seed + 2)
     train = val = None
     if need_train:
-        full = datasets.load(cfg.dataset, split="train", data_dir=cfg.data_dir)
+        full = datasets.load(cfg.dataset, split="train", data_dir=cfg.data_dir,
+                             progress=cfg.progress)
         if cfg.val_fraction > 0:
-            train, val = data.train_val_split(full, cfg.val_fraction, seed=cfg.seed)
+            train, val = data.train_val_split(full, val_fraction=cfg.val_fraction, seed=cfg.seed)
+            val = _cap(val, cfg.val_size, cfg.seed + 1)
         else:
             train, val = full, test
         train = _cap(train, cfg.train_size, cfg.seed)
-        if cfg.val_fraction > 0:
-            val = _cap(val, cfg.val_size, cfg.seed + 1)
-    return _Splits(train, val, test, int(test.num_classes), tuple(test.input_shape))
+    return _Splits(train, val, test, int(test.num_classes), tuple(test.image_shape))
 
 
 def _batches(ds, batch_size: int, *, epoch: int, seed: int, train: bool) -> Iterator:
     """Yield ``(x, y, idx)``: x float32 (B, C, H, W), y int64 (B,), idx int64 (B,) sample
-    indices into ``ds``.  Training batches are shuffled and augmented from
-    ``(seed, epoch)``; evaluation batches are in order and not augmented."""
+    positions in ``ds``.  Training batches are shuffled and augmented (the dataset's
+    augmentation) as a pure function of ``(seed, epoch)``; evaluation batches are in
+    order and not augmented."""
     from . import data
     it = data.BatchIterator(ds, batch_size, shuffle=train, augment=train, seed=seed)
-    yield from it.epoch(epoch)
+    with it.epoch(epoch) as batches:
+        yield from batches
 
 
 def _num_batches(n: int, batch_size: int) -> int:
@@ -744,7 +739,7 @@ def evaluate(model_path: str, dataset: Optional[str] = None, *, threshold: Optio
     "labels": (N,)}`` of the eval-mode forward of every exit.
     """
     import eenet
-    from . import data, datasets
+    from . import datasets
     if threshold is not None and target_cost is not None:
         raise ConfigError("give either threshold or target_cost, not both")
     if threads is not None:
@@ -763,9 +758,8 @@ def evaluate(model_path: str, dataset: Optional[str] = None, *, threshold: Optio
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"model file {model_path} does not exist")
     net = eenet.load(model_path)
-    ds = datasets.load(dataset, split=split, data_dir=data_dir)
-    if test_size is not None:
-        ds = data.subset(ds, test_size, seed=seed + 2)
+    ds = datasets.load(dataset, split=split, data_dir=data_dir, progress=progress)
+    ds = _cap(ds, test_size, seed + 2)
     if threshold is None and target_cost is None:
         loss = saved_cfg.get("loss_func") or "v2"
         n_ee = int(net.num_exits) - 1

@@ -109,7 +109,7 @@ def test_iterator_covers_every_sample_once():
             sizes.append(len(idx))
         assert sizes == [8, 8, 8, 8, 5]
         np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(37))
-    assert it.epoch == 2
+    assert it.next_epoch == 2
 
 
 def test_iterator_values_are_the_preprocessed_samples():
@@ -188,7 +188,7 @@ def test_prefetch_thread_terminates():
         if i == 2:
             break
     gc.collect()
-    with data.BatchIterator(ds, 4).epoch_batches(0) as ep:
+    with data.BatchIterator(ds, 4).epoch(0) as ep:
         next(ep)
     ep2 = iter(it)
     next(ep2)
@@ -199,7 +199,7 @@ def test_prefetch_thread_terminates():
 def test_prefetch_error_propagates():
     ds = make_dataset(n=20)
     it = data.BatchIterator(ds, 4)
-    ep = it.epoch_batches(0)
+    ep = it.epoch(0)
 
     def boom(idx):
         raise RuntimeError("boom in the prefetch thread")
@@ -246,3 +246,17 @@ def test_train_val_split():
         data.train_val_split(ds)
     with pytest.raises(ValueError, match="val_size"):
         data.train_val_split(ds, val_size=100)
+
+
+def test_subset():
+    ds = make_dataset(n=50)
+    a = data.subset(ds, 20, seed=1)
+    assert len(a) == 20 and np.all(np.diff(a.base_index) > 0)
+    np.testing.assert_array_equal(a.base_index, data.subset(ds, 20, seed=1).base_index)
+    assert not np.array_equal(a.base_index, data.subset(ds, 20, seed=2).base_index)
+    assert data.subset(ds, None) is ds and data.subset(ds, 80) is ds
+    b = data.subset(a, 5, seed=0)  # a view of a view indexes the original arrays
+    np.testing.assert_array_equal(b.images, ds.images[b.base_index])
+    assert set(b.base_index) <= set(a.base_index)
+    x, y, idx = next(iter(data.BatchIterator(b, 5, shuffle=False)))
+    np.testing.assert_array_equal(y, ds.labels[b.base_index])

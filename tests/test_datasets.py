@@ -364,7 +364,6 @@ def test_svhn_corrupt(tmp_path, case):
         write_svhn(folder, y=np.ones((8, 1), np.uint8))
         match = r"train_32x32.mat: 9 images but 8 labels"
     elif case == "nox":
-        write_svhn(folder, X=None) if False else None
         scipy_io = pytest.importorskip("scipy.io")
         folder.mkdir(parents=True)
         scipy_io.savemat(p, {"y": np.ones((3, 1))})
@@ -709,6 +708,10 @@ def test_download_file_checks_md5(tmp_path, server):
                                              r"\(300000 bytes\), expected 0{32}"):
         D.download_file(bad, tmp_path / "dl", progress=False)
     assert not (tmp_path / "dl" / "bad.bin").exists() and not (tmp_path / "dl" / "bad.bin.part").exists()
+    # A mirror serving a wrong file is skipped for the next one.
+    server.files["/wrong.bin"] = b"x" * 1000
+    r2 = D.Resource("good.bin", r.md5, (server.url + "/wrong.bin", server.url + "/blob.bin"))
+    assert D.download_file(r2, tmp_path / "dl", progress=False).read_bytes() == body
 
 
 @pytest.mark.parametrize("honour_range", [True, False])
@@ -809,3 +812,60 @@ def test_import_eenet_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "[]"
+
+
+def test_info_matches_loaded_data(tmp_path):
+    write_idx_set(tmp_path / "mnist")
+    d = D.load("mnist", "train", tmp_path, download=False)
+    i = D.info("MNIST")
+    assert i.input_shape == d.input_shape == (1, 28, 28) and i.num_classes == d.num_classes
+    assert (i.mean, i.std, i.augmentation) == (d.mean, d.std, d.augmentation)
+    assert D.info("tiny_imagenet").num_classes == 200 and D.info("cifar10").input_shape == (3, 32, 32)
+    assert set(D.NAMES) >= {"mnist", "fashion-mnist", "cifar10", "svhn", "tiny-imagenet"}
+    with pytest.raises(KeyError):
+        D.info("imagefolder")
+    with pytest.raises(KeyError):
+        D.info("cifar100")
+
+
+def test_interrupted_download_keeps_part_for_resume(tmp_path, monkeypatch):
+    import http.client
+    body = os.urandom(50_000)
+
+    class Dropped(io.BytesIO):
+        status, headers = 200, {"Content-Length": str(len(body))}
+
+        def read(self, n=-1):
+            if self.tell() >= 20_000:
+                raise http.client.IncompleteRead(b"")
+            return super().read(min(n, 20_000 - self.tell()))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(D, "_urlopen", lambda req, timeout: Dropped(body))
+    r = D.Resource("cut.bin", hashlib.md5(body).hexdigest(), ("http://example.invalid/cut.bin",))
+    with pytest.raises(D.DatasetNotFoundError, match=r"could not download cut.bin \(MD5 [0-9a-f]{32}\)"):
+        D.download_file(r, tmp_path, progress=False)
+    assert (tmp_path / "cut.bin.part").read_bytes() == body[:20_000]
+    seen = []
+
+    class Rest(io.BytesIO):
+        status, headers = 206, {"Content-Length": str(len(body) - 20_000)}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    def resume(req, timeout):
+        seen.append(req.get_header("Range"))
+        return Rest(body[20_000:])
+
+    monkeypatch.setattr(D, "_urlopen", resume)
+    assert D.download_file(r, tmp_path, progress=False).read_bytes() == body
+    assert seen == ["bytes=20000-"]

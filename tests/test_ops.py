@@ -109,6 +109,16 @@ def test_bn_train_forward_backward(rng, shape):
     grad_close(db, numgrad(lambda v: np.sum(bn_ref(x.astype(np.float64), g, v)[0] * d64), b))
 
 
+def test_bn_large_mean_precise(rng):
+    # |mean| / std = 1e4: statistics and output must not cancel catastrophically
+    x = f32(1e4 + rng.normal(size=(16, 2, 8, 8)))
+    g, b = np.ones(2, np.float32), np.zeros(2, np.float32)
+    y, sm, si = ops.batch_norm2d(x, g, b, np.zeros(2, np.float32), np.ones(2, np.float32))
+    yr, mean, var = bn_ref(x.astype(np.float64), g.astype(np.float64), b.astype(np.float64))
+    close(y, yr, rtol=1e-3, atol=1e-3)
+    close(1 / si.astype(np.float64) ** 2, var + 1e-5, rtol=1e-4)
+
+
 def test_bn_eval(rng):
     x = f32(rng.normal(size=(3, 4, 5, 6)))
     g, b = f32(rng.normal(size=4)), f32(rng.normal(size=4))
@@ -247,6 +257,33 @@ def test_softmax_sigmoid_torch(rng):
     close(ops.sigmoid(z), st.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_elementwise_bad_input(rng):
+    x = f32(rng.normal(size=(4, 6)))
+    with pytest.raises(ValueError, match="x: expected a C-contiguous"):
+        ops.relu(x[:, ::2])
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        ops.sigmoid(x.astype(np.float64))
+    with pytest.raises(TypeError, match="x"):
+        ops.relu([1.0, 2.0])
+    with pytest.raises(ValueError, match="x: expected a non-empty"):
+        ops.relu(np.zeros((0, 3), np.float32))
+    with pytest.raises(ValueError, match="y: expected shape"):
+        ops.relu_backward(x, x[:3].copy())
+    with pytest.raises(ValueError, match="b: expected shape"):
+        ops.add(x, x.T.copy())
+    with pytest.raises(ValueError, match="logits: expected a 2-d"):
+        ops.softmax(x.reshape(-1))
+    with pytest.raises(ValueError, match="dprob"):
+        ops.softmax_backward(x[:, :5].copy(), ops.softmax(x))
+    dy = f32(rng.normal(size=(2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="dy: expected shape"):
+        ops.batch_norm2d_backward(dy, dy[:, :2].copy(), np.ones(3, np.float32),
+                                  np.zeros(3, np.float32), np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="save_invstd"):
+        ops.batch_norm2d_backward(dy, dy, np.ones(3, np.float32), np.zeros(3, np.float32),
+                                  np.ones(2, np.float32))
+
+
 # ---- pooling -----------------------------------------------------------------------------
 
 POOL_CASES = [((2, 3, 9, 9), 3, 2, 1), ((1, 1, 8, 8), 3, 2, 1), ((2, 2, 7, 10), 3, 2, 1),
@@ -275,6 +312,42 @@ def test_maxpool_ties_first_wins():
     np.testing.assert_array_equal(am[0, 0], [[0, 1], [4, 5]])
     dx = ops.max_pool2d_backward(np.ones_like(y), am, (4, 4))
     assert dx.sum() == 4.0 and dx[0, 0, 0, 0] == 1.0
+
+
+def test_maxpool_nan_propagates():
+    x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 0, 2, 2] = np.nan
+    y, am = ops.max_pool2d(x, 3, 2, 1)
+    # torch's rule: an element wins if greater or NaN, so the window's last NaN wins
+    assert np.isnan(y[0, 0, 0, 0]) and am[0, 0, 0, 0] == 6
+    assert np.isnan(y[0, 0, 1, 1]) and am[0, 0, 1, 1] == 12
+    assert y[0, 0, 2, 2] == 24
+
+
+@requires_torch
+def test_maxpool_neg_inf_torch():
+    import torch
+    import torch.nn.functional as F
+    x = np.full((1, 2, 5, 6), -np.inf, np.float32)
+    x[0, 1, 4, 5] = 1.0
+    yt, it = F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)
+    y, am = ops.max_pool2d(x)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(am, it.numpy())
+
+
+@requires_torch
+def test_maxpool_nan_torch():
+    import torch
+    import torch.nn.functional as F
+    x = np.arange(49, dtype=np.float32).reshape(1, 1, 7, 7)[:, :, ::-1].copy()
+    x[0, 0, 2, 3] = np.nan
+    x[0, 0, 3, 3] = np.nan
+    yt, it = F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)
+    y, am = ops.max_pool2d(x)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(am, it.numpy())
 
 
 @requires_torch
@@ -599,6 +672,12 @@ def test_no_refcount_growth(rng):
     w = f32(rng.normal(size=(4, 3)))
     b4 = np.zeros(4, np.float32)
     y = np.zeros(2, np.int64)
+    probs = np.full((2, 2, 3), 1 / 3, np.float32)
+    conf = np.full((2, 2), 0.5, np.float32)
+    costs = np.array([0.5, 1.0], np.float32)
+    tags = np.array([0, 1], np.int32)
+    pv, gv = np.zeros(50, np.float32), np.ones(50, np.float32)
+    buf, buf2 = np.zeros(50, np.float32), np.zeros(50, np.float32)
 
     def calls():
         yb, sm, si = ops.batch_norm2d(x, g, b, rm, rv)
@@ -608,19 +687,27 @@ def test_no_refcount_growth(rng):
         x2 = x[:, :, 0, 0].copy()
         ops.linear_backward(ops.linear(x2, w, b4), x2, w)
         ops.nll_prob(ops.softmax(w[:2].copy()), y)
-        try:
-            ops.linear(x, w)
-        except ValueError:
-            pass
+        ops.ee_loss(probs, conf, costs, y, 2, 1.0)
+        ops.ee_loss(probs, conf, costs, y, 4, 1.0, tags)
+        ops.sgd_step(pv, buf, gv, 0.1, 0.9)
+        ops.adam_step(pv, buf, buf2, gv, 0.1)
+        for bad in (lambda: ops.linear(x, w), lambda: ops.ee_loss(probs, conf, costs, y, 4, 1.0),
+                    lambda: ops.max_pool2d(x, 3, 2, 5), lambda: ops.relu(x.astype(np.float64))):
+            try:
+                bad()
+            except (ValueError, TypeError):
+                pass
 
     calls()
     gc.collect()
-    refs = [sys.getrefcount(a) for a in (x, g, b, b4, rm, rv, w, y)]
+    refs = [sys.getrefcount(a) for a in (x, g, b, b4, rm, rv, w, y, probs, conf, costs, tags, pv,
+                                             gv, buf)]
     total = sys.gettotalrefcount() if hasattr(sys, "gettotalrefcount") else None
     for _ in range(300):
         calls()
     gc.collect()
-    assert [sys.getrefcount(a) for a in (x, g, b, b4, rm, rv, w, y)] == refs
+    assert [sys.getrefcount(a) for a in (x, g, b, b4, rm, rv, w, y, probs, conf, costs, tags, pv,
+                                             gv, buf)] == refs
     if total is not None:
         assert sys.gettotalrefcount() - total < 100
 
@@ -646,3 +733,48 @@ def test_conv2d_wrappers(rng):
     assert ops.conv2d_backward(dy, x, w, 2, 1, with_bias=False)[2] is None
     with pytest.raises(TypeError, match="x"):
         ops.conv2d(x.astype(np.float64), w)
+
+
+def test_inputs_not_modified(rng):
+    x = f32(rng.normal(size=(3, 4, 7, 7)))
+    dy4 = f32(rng.normal(size=x.shape))
+    g, b = f32(rng.normal(size=4)), f32(rng.normal(size=4))
+    z = f32(rng.normal(size=(5, 6)))
+    w = f32(rng.normal(size=(3, 6)))
+    y = rng.integers(0, 6, 5).astype(np.int64)
+    arrays = [x, dy4, g, b, z, w, y]
+    saved = [a.copy() for a in arrays]
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    yb, sm, si = ops.batch_norm2d(x, g, b, rm, rv)
+    ops.batch_norm2d(x, g, b, rm, rv, training=False)
+    ops.batch_norm2d_backward(dy4, x, g, sm, si)
+    ops.relu_backward(dy4, ops.relu(x))
+    ops.sigmoid_backward(dy4, ops.sigmoid(x))
+    ops.add(x, dy4)
+    ops.add_backward(dy4)
+    ops.softmax_backward(z, ops.softmax(z))
+    yp, am = ops.max_pool2d(x)
+    ops.max_pool2d_backward(f32(np.ones(yp.shape)), am, (7, 7))
+    ops.global_avg_pool_backward(ops.global_avg_pool(x), (7, 7))
+    ops.linear_backward(ops.linear(z, w, b[:3].copy()), z, w)
+    p = ops.softmax(z)
+    ops.nll_prob(p, y)
+    ops.nll_prob_backward(p, y)
+    for a, s in zip(arrays, saved):
+        np.testing.assert_array_equal(a, s)
+
+
+@requires_torch
+def test_relu_gap_add_torch(rng):
+    import torch
+    import torch.nn.functional as F
+    x = f32(rng.normal(size=(4, 5, 6, 7)))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = F.adaptive_avg_pool2d(F.relu(xt), 1).flatten(1)
+    dy = f32(rng.normal(size=(4, 5)))
+    yt.backward(torch.tensor(dy))
+    r = ops.relu(x)
+    close(ops.global_avg_pool(r), yt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    dx = ops.relu_backward(ops.global_avg_pool_backward(dy, (6, 7)), r)
+    close(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(ops.add(x, r), (torch.tensor(x) + torch.tensor(r)).numpy())

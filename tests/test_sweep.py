@@ -180,6 +180,11 @@ def test_grid_on_two_workers_survives_a_failing_trial_and_a_killed_worker(tmp_pa
     # (a finished trial whose result was still on the dying worker is recomputed by Dask)
     assert 1 <= runs[trial_key(1, 2.0)] <= 2 and 1 <= runs[trial_key(2, 0.5)] <= 2
     assert (markers / f"died-{trial_key(2, 2.0)}").exists()
+    # the retry of the killed trial resumed from its checkpoint; first attempts did not
+    flags = sorted(p.read_text().split()[1] for p in markers.glob(f"exec-{trial_key(2, 2.0)}-*"))
+    assert flags == ["resume=False", "resume=True"]
+    assert all("resume=False" in p.read_text()
+               for p in markers.glob(f"exec-{trial_key(1, 2.0)}-*"))
     failed_dir = res / "trials" / by_key.loc[trial_key(1, 0.5), "trial"]
     assert "failed on purpose" in (failed_dir / "error.txt").read_text()
     for _, r in df[df["status"] == "done"].iterrows():
@@ -259,6 +264,9 @@ def test_interrupted_client_restarts_without_rerunning_finished_trials(tmp_path)
             assert runs_after[key] == runs_before[key] == 1  # never run twice
         else:
             assert runs_after[key] == runs_before.get(key, 0) + 1
+            if runs_before.get(key):  # interrupted mid-trial: continued from its checkpoint
+                assert any("resume=True" in p.read_text()
+                           for p in markers.glob(f"exec-{key}-*"))
 
 
 # --------------------------------------------------------------------------- analysis
@@ -314,3 +322,172 @@ def test_threshold_for_cost_meets_the_budget(rng):
         assert cal.cost >= ok["avg_cost"].max() - 1e-12
     with pytest.raises(ValueError, match="first exit's cost"):
         calibrate_outputs(probs, conf, costs, 0.05, labels)
+
+
+# --------------------------------------------------------------------------- with eenet.train
+
+def _fashion_ready() -> str | None:
+    if not FASHION_MNIST.is_dir():
+        return "Fashion-MNIST is not installed"
+    return None
+
+
+needs_fashion = pytest.mark.skipif(_fashion_ready() is not None,
+                                   reason=str(_fashion_ready()))
+
+TINY = {"model": "eenet8", "dataset": "fashion-mnist", "epochs": 1, "train_size": 300,
+        "val_size": 100, "test_size": 200, "batch_size": 32, "test_batch": 256}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One EENet-8 trained for an epoch on 600 Fashion-MNIST images, and two disjoint
+    held-out sets of normalised test images: (net, (xa, ya), (xb, yb))."""
+    import eenet
+    from eenet import data, datasets
+    rd = tmp_path_factory.mktemp("trained")
+    res = eenet.train(**{**TINY, "train_size": 600, "lambda_coef": 1.0, "filters": 4},
+                      results_dir=str(rd), progress=False)
+    net = eenet.load(os.path.join(res["results_dir"], "model.eenet"))
+    test = datasets.load("fashion-mnist", split="test", progress=False)
+    x = data.preprocess(test.images[:1200], test)
+    y = np.asarray(test.labels[:1200], np.int64)
+    return net, (x[:600], y[:600]), (x[600:], y[600:])
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_threshold_curve_equals_explicit_reevaluation(trained):
+    net, (x, y), _ = trained
+    parts = [net.predict_all(x[s:s + net.max_batch]) for s in range(0, len(x), net.max_batch)]
+    probs = np.concatenate([p for p, _ in parts], axis=1)
+    conf = np.concatenate([c for _, c in parts], axis=1)
+    ts = np.array([0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0])
+    ts = np.concatenate([ts, np.quantile(conf[:-1], [0.25, 0.5, 0.75])])  # where exits split
+    curve = threshold_curve(probs, conf, y, net.exit_costs, ts)
+    for t, (_, row) in zip(ts, curve.iterrows()):
+        exits, labels = [], []
+        for s in range(0, len(x), net.max_batch):
+            pred = net.predict(x[s:s + net.max_batch], threshold=float(t))
+            exits.append(pred.exit)
+            labels.append(pred.labels)
+        exits, labels = np.concatenate(exits), np.concatenate(labels)
+        assert row["avg_cost"] == pytest.approx(net.exit_costs[exits].mean(), rel=1e-12)
+        assert row["accuracy"] == pytest.approx((labels == y).mean(), abs=1.5 / len(y))
+        assert [row[f"exit_{i}"] for i in range(net.num_exits)] == \
+            np.bincount(exits, minlength=net.num_exits).tolist()
+    # the curve is not degenerate: the thresholds move samples between exits
+    assert curve["avg_cost"].nunique() > 3
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_calibration_meets_its_budget_on_held_out_data(trained):
+    import eenet
+    net, (xa, ya), (xb, yb) = trained
+    costs = np.asarray(net.exit_costs)
+    for budget in (costs[0], 0.2, 0.4, 0.7):
+        cal = eenet.calibrate(net, xa, budget, labels=ya)
+        assert cal.cost <= budget + 1e-12
+        exits = np.concatenate([net.predict(xa[s:s + net.max_batch], cal.threshold).exit
+                                for s in range(0, len(xa), net.max_batch)])
+        assert costs[exits].mean() == pytest.approx(cal.cost, rel=1e-12)  # as net.predict
+        # and on other held-out data the budget holds up to sampling noise
+        exits_b = np.concatenate([net.predict(xb[s:s + net.max_batch], cal.threshold).exit
+                                  for s in range(0, len(xb), net.max_batch)])
+        assert costs[exits_b].mean() <= budget + 0.1
+    # the (images, labels) pair form gives the same answer; the accuracy is net.predict's
+    cal = eenet.calibrate(net, (xa, ya), 0.3)
+    pred = np.concatenate([net.predict(xa[s:s + net.max_batch], cal.threshold).labels
+                           for s in range(0, len(xa), net.max_batch)])
+    assert cal.accuracy == pytest.approx((pred == ya).mean(), abs=1.5 / len(ya))
+    with pytest.raises(ValueError, match="first exit's cost"):
+        eenet.calibrate(net, xa, costs[0] * 0.9)
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_real_sweep_on_two_worker_local_cluster(tmp_path):
+    """A 2 x 2 grid of real eenet.train trials on a two-worker LocalCluster; re-running it
+    starts no trial."""
+    res = tmp_path / "res"
+    spec = {"fixed": TINY, "grid": {"lambda_coef": [0.5, 2.0], "filters": [2, 4]}}
+    df = sweep.run(spec, res, workers=2, progress=False)
+    assert len(df) == 4 and (df["status"] == "done").all(), df[["status", "error"]]
+    for _, r in df.iterrows():
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.08 - 1e-9 <= r["avg_cost"] <= 1.0 + 1e-9
+        assert sum(r["exit_counts"]) == TINY["test_size"] and len(r["exit_counts"]) == 3
+        d = res / "trials" / r["trial"]
+        result = json.loads((d / "result.json").read_text())
+        assert result["accuracy"] == r["accuracy"] and result["_threads"] == 1
+        assert (d / "run" / "checkpoint.eenet").is_file()
+        out = sweep.load_outputs(res, r["trial"])
+        assert out["probs"].shape == (3, TINY["val_size"], 10)
+        assert out["conf"].shape == (3, TINY["val_size"])
+        np.testing.assert_allclose(out["costs"], [0.08, 0.26, 1.0])
+    stamps = {p: p.stat().st_mtime_ns for p in res.glob("trials/*/result.json")}
+    df2 = sweep.run(spec, res, workers=2, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in res.glob("trials/*/result.json")} == stamps
+    assert list(df2["attempts"]) == [1, 1, 1, 1]
+    assert (res / "pareto.png").stat().st_size > 0
+
+
+CLI_SPEC = """
+[fixed]
+model = "eenet8"
+dataset = "fashion-mnist"
+epochs = 1
+train_size = 300
+val_size = 100
+test_size = 200
+test_batch = 256
+[grid]
+lambda_coef = [{lambdas}]
+filters = [2, 4]
+"""
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    return subprocess.run([sys.executable, "-m", "eenet", "sweep", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_refuses_a_bad_spec(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(CLI_SPEC.format(lambdas="0.5, 2.0").replace("epochs = 1", "epoch = 1"))
+    r = _cli(str(spec), "--results-dir", str(tmp_path / "res"), "--workers", "2")
+    assert r.returncode == 2, r.stderr
+    assert "fixed.epoch" in r.stderr and "epochs" in r.stderr
+    assert not (tmp_path / "res" / "sweep.csv").exists()
+    r = _cli(str(spec), "--results-dir", str(tmp_path / "res"), "--workers", "2",
+             "--scheduler", "tcp://127.0.0.1:1")
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_cli_sweep_with_workers_then_with_a_scheduler(tmp_path):
+    """`python -m eenet sweep` on a 2 x 2 grid with --workers 2; then the grid grown by one
+    lambda on a running Dask scheduler (--scheduler): only the two new trials run."""
+    from distributed import LocalCluster
+    spec, res = tmp_path / "spec.toml", tmp_path / "res"
+    spec.write_text(CLI_SPEC.format(lambdas="0.5, 2.0"))
+    r = _cli(str(spec), "--results-dir", str(res), "--workers", "2", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "4 trials: 4 done, 0 failed" in r.stdout
+    df = sweep.load(res)
+    assert len(df) == 4 and (df["status"] == "done").all()
+    assert (res / "pareto.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in res.glob("trials/*/result.json")}
+    spec.write_text(CLI_SPEC.format(lambdas="0.5, 2.0, 1.0"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        r = _cli(str(spec), "--results-dir", str(res), "--scheduler",
+                 cluster.scheduler_address, "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    df = sweep.load(res)
+    assert len(df) == 6 and (df["status"] == "done").all()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished trials not rerun
+    assert len(list(res.glob("trials/*/result.json"))) == 6

@@ -1,7 +1,6 @@
 """eenet.training: schedules, tag updates, validation of settings (pure logic), and small
 real training runs on Fashion-MNIST with the C engine (results folder, best model,
 resume, v4 tags, evaluate)."""
-import importlib.util
 import json
 import math
 import os
@@ -99,7 +98,6 @@ def test_validate_config_refuses(kwargs, message):
         T.validate_config(T.TrainConfig(**kwargs), check_model=False)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("eenet.models") is None, reason="TEMPORARY")
 def test_validate_config_checks_architecture_early():
     """More exits than the model can place fails before any data is read."""
     with pytest.raises(T.ConfigError, match="eenet20"):
@@ -148,12 +146,8 @@ def test_plots_write_pngs(tmp_path):
 # ---- real training runs (C engine, real Fashion-MNIST) ----------------------------------
 
 
-# TEMPORARY until the engine, models and data modules land on main (removed then).
-_PENDING = [m for m in ("eenet.net", "eenet.models", "eenet.datasets", "eenet.data")
-            if importlib.util.find_spec(m) is None]
-needs_fashion = pytest.mark.skipif(bool(_PENDING) or
-                                   not (FASHION_MNIST / "train-labels-idx1-ubyte.gz").exists(),
-                                   reason=f"Fashion-MNIST is not installed or not landed: {_PENDING}")
+needs_fashion = pytest.mark.skipif(not (FASHION_MNIST / "train-labels-idx1-ubyte.gz").exists(),
+                                   reason="Fashion-MNIST is not installed")
 
 SMALL = dict(model="eenet8", dataset="fashion-mnist", epochs=2, batch_size=32, test_batch=64,
              train_size=640, val_size=256, test_size=256, seed=3, threads=2, progress=False)

@@ -3,55 +3,190 @@
  *   out[n,k,oy,ox] = bias[k] + sum_{c,i,j} w[k,c,i,j] * inp[n,c,oy*s+i-p,ox*s+j-p]
  *
  * (taps outside the input read 0; symmetric padding p, stride s).
+ * Backward: dinp += conv^T(dout) (the full correlation with the flipped
+ * kernel for stride 1), dw[k,c,i,j] += sum_{n,oy,ox} dout * inp(tap),
+ * dbias[k] += sum_{n,oy,ox} dout.  All paths share the contract of kernels.h.
  *
- * Paths (all share one contract, see kernels.h):
- *   - GEMM path: per sample, im2col (C*kh*kw, Ho*Wo) then
- *       out_n (K, HoWo)      = w (K, CKK) @ col                 forward
- *       dw    (K, CKK)      += dout_n (K, HoWo) @ col^T          backward-weight
- *       dcol  (CKK, HoWo)    = w^T @ dout_n, col2im += into dinp backward-data
- *     (1x1, stride 1, pad 0 skips im2col: col is the input itself).
- *     OpenMP over the batch with OpenBLAS single-threaded inside each thread.
+ * Paths, chosen per call by plan_choose() from measurements on the 2-core
+ * AMD EPYC (Zen 4, AVX-512) build machine:
+ *   - K-vectorised direct (conv_avx512.c, 16*kv output channels in zmm lanes,
+ *     P output columns per tile): forward and backward-data (a forward of
+ *     dout with the flipped kernel) of layers with 32+ channels, or 16 on
+ *     7/14-wide rows; weight gradient of 32+ channels (on the padded input)
+ *     and of 16 channels with >= 64 taps (on the q-space planes);
+ *   - q-space direct (conv_avx512.c, conv_direct.h: positions in zmm lanes over
+ *     zero-padded phase planes, so stride s becomes contiguous reads): every
+ *     other 3x3/7x7 layer, i.e. the small-channel EENet-8 layers;
+ *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
+ *     backward-data of strided layers (dcol = w^T dout, col2im), and every
+ *     layer on CPUs without AVX-512 or other architectures (the portable
+ *     fallback; plain C GEMM if built without OpenBLAS).
+ *   Why: single-thread OpenBLAS sgemm reaches 57-98 GFLOP/s on these GEMM
+ *   shapes (16x1024x144: 57, 64x64x576: 93; 103 on 2048^3), but im2col costs
+ *   30-40% on top, so im2col+GEMM ran at 0.4-0.75x PyTorch's oneDNN (one
+ *   thread) in forward and weight gradient of the ResNet-20 3x3 layers; the
+ *   direct kernels run at 70-105 GFLOP/s there (0.9-1.3x).
+ *   All paths: OpenMP over the batch (each thread whole samples; OpenBLAS
+ *   single-threaded inside), weight/bias gradients in per-thread partials in
+ *   the workspace, reduced at the end (race-free, no atomics).
  *   - the naive references: direct loops with double accumulation.
  *
- * Threads and workspace: the workspace holds one slot per thread (the im2col
- * columns and the thread's partial dw/dbias).  eenet_conv2d_forward/backward
- * use eenet_get_num_threads() threads, so their workspace must be sized for
- * at least that many; callers whose thread count may grow after sizing (the
- * engine sizes once at build time) call the *_ex forms with the count they
- * sized for: the kernels then use min(that, eenet_get_num_threads()) threads
- * and never touch memory beyond the workspace.
+ * Threads and workspace: the workspace holds a shared part (packed weights,
+ * tap offsets) and one slot per thread (planes, im2col columns, the thread's
+ * partial dw/dbias).  Its layout depends on the sizes only (not on the CPU,
+ * the chosen path or the thread count), so a workspace sized once always
+ * fits.  eenet_conv2d_forward/backward use eenet_get_num_threads() threads, so
+ * their workspace must be sized for at least that many; callers whose thread
+ * count may grow after sizing (the engine sizes once at build time) call the
+ * *_ex forms with the count they sized for: the kernels then use
+ * min(that, eenet_get_num_threads(), N, work/2M MACs) threads and never touch
+ * memory beyond the workspace.
  */
 #include "kernels.h"
 
+#include <limits.h>
 #include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "conv_direct.h"
 #include "gemm.h"
 
-/* ---- sizes ------------------------------------------------------------- */
+/* ---- sizes and the per-call plan --------------------------------------- */
 
 int eenet_conv_out_size(int in, int k, int stride, int pad) {
-    if (stride < 1 || k < 1 || in + 2 * pad < k) {
+    if (stride < 1 || k < 1 || pad < 0 || in + 2 * pad < k) {
         return 0;
     }
     return (in + 2 * pad - k) / stride + 1;
 }
 
-/* Round a float count up to a multiple of 16 (64 bytes) so that every slot
- * starts cache-line aligned relative to the workspace base. */
+/* Round a float count up to a multiple of 16 (64 bytes). */
 static size_t round16(size_t n) {
     return (n + 15u) & ~(size_t)15u;
 }
 
-/* Floats one thread's slot needs: im2col columns, partial dw, partial dbias. */
-static size_t slot_floats(int C, int H, int W, int K, int kh, int kw, int stride, int pad) {
-    int Ho = eenet_conv_out_size(H, kh, stride, pad);
-    int Wo = eenet_conv_out_size(W, kw, stride, pad);
-    size_t ckk = (size_t)C * kh * kw;
-    return round16(ckk * (size_t)Ho * Wo) + round16((size_t)K * ckk) + round16((size_t)K);
+/* 0: automatic, 1: im2col+GEMM everywhere, 2: q-space direct wherever
+ * possible, 3: as 2 with the weight gradient K-vectorised on q-space planes. */
+static int conv_impl = 0;
+
+int eenet_conv2d_set_impl(int impl) {
+    int old = conv_impl;
+    conv_impl = (impl >= 0 && impl <= 3) ? impl : 0;
+    return old;
+}
+
+/* Geometry of a direct (q-space) convolution, see conv_direct.h. */
+typedef struct {
+    int cin, h, w;      /* source (cin, h, w) */
+    int s, ph, pw;      /* stride, padding rows/columns */
+    int kh, kw;
+    int hs, ws;         /* phase plane size */
+    size_t plane;       /* floats per phase plane, zero tail included */
+    size_t src;         /* floats of one sample's planes: cin*s*s*plane */
+    int cout, ho, wo;
+    int ntaps, nq;      /* cin*kh*kw taps; q vectors of 16 covering ho*ws */
+    size_t ldq;         /* nq*16 */
+} dgeom;
+
+static void dgeom_init(dgeom *g, int cin, int h, int w, int cout, int kh, int kw, int s,
+                       int ph, int pw) {
+    g->cin = cin, g->h = h, g->w = w, g->s = s, g->ph = ph, g->pw = pw, g->kh = kh, g->kw = kw;
+    g->hs = (h + 2 * ph + s - 1) / s;
+    g->ws = (w + 2 * pw + s - 1) / s;
+    g->cout = cout;
+    g->ho = (h + 2 * ph - kh) / s + 1;
+    g->wo = (w + 2 * pw - kw) / s + 1;
+    g->ntaps = cin * kh * kw;
+    g->nq = (int)(((size_t)g->ho * g->ws + 15) / 16);
+    g->ldq = (size_t)g->nq * 16;
+    size_t need = (size_t)g->hs * g->ws;
+    size_t reach = (size_t)((kh - 1) / s) * g->ws + (size_t)((kw - 1) / s) + g->ldq;
+    g->plane = round16(need > reach ? need : reach);
+    g->src = (size_t)cin * s * s * g->plane;
+}
+
+/* Everything one call needs to know: sizes, chosen paths, workspace layout.
+ * The layout depends on the sizes only (never on the CPU, the thread count
+ * or the implementation switch), so a workspace sized once always fits. */
+typedef struct {
+    int N, C, H, W, K, kh, kw, s, p, Ho, Wo, ckk;
+    int direct_ok;   /* q-space offsets fit in int: direct regions reserved */
+    int bd_ok;       /* stride 1 and p <= k-1: backward-data as a direct conv */
+    int use_fwd, use_bw, use_bd; /* q-space direct paths chosen for this call */
+    int use_kf, use_kw, use_kd;  /* K-vectorised paths chosen for this call */
+    int use_kwq;                 /* K-vectorised backward-weight on q-space planes */
+    int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
+    int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
+    int nb;          /* samples per backward-weight group */
+    dgeom g, gd;     /* forward geometry; backward-data geometry (dout planes) */
+    /* shared region: packed weights and tap offsets (forward, backward-data) */
+    size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, shared;
+    /* per-thread slot */
+    size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, slot;
+} conv_plan;
+
+static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, int kw, int s,
+                      int p) {
+    memset(pl, 0, sizeof *pl);
+    pl->N = N, pl->C = C, pl->H = H, pl->W = W, pl->K = K, pl->kh = kh, pl->kw = kw;
+    pl->s = s, pl->p = p;
+    pl->Ho = eenet_conv_out_size(H, kh, s, p);
+    pl->Wo = eenet_conv_out_size(W, kw, s, p);
+    pl->ckk = C * kh * kw;
+    dgeom_init(&pl->g, C, H, W, K, kh, kw, s, p, p);
+    pl->bd_ok = (s == 1 && p <= kh - 1 && p <= kw - 1);
+    pl->hp = H + 2 * p, pl->wp = W + 2 * p;
+    pl->hpd = pl->Ho + 2 * (kh - 1 - p), pl->wpd = pl->Wo + 2 * (kw - 1 - p);
+    if (pl->bd_ok) {
+        dgeom_init(&pl->gd, K, pl->Ho, pl->Wo, C, kh, kw, 1, kh - 1 - p, kw - 1 - p);
+    }
+    pl->direct_ok = pl->g.src < (size_t)1 << 30 && (!pl->bd_ok || pl->gd.src < (size_t)1 << 30) &&
+                    (size_t)C * (H + 2 * p) * (W + 2 * p) < (size_t)1 << 30 &&
+                    (size_t)K * (pl->Ho + 2 * kh) * (pl->Wo + 2 * kw) < (size_t)1 << 30;
+    pl->nb = 1;
+    if (pl->direct_ok) {
+        int nb = (64 + pl->g.nq - 1) / pl->g.nq;
+        pl->nb = nb < 1 ? 1 : nb > 8 ? 8 : nb;
+    }
+    size_t ntaps = (size_t)pl->ckk;
+    size_t at = 0;
+    if (pl->direct_ok) {
+        pl->o_wp = at, at += round16((size_t)K * ntaps);
+        pl->o_off = at, at += round16(ntaps);
+        if (pl->bd_ok) {
+            pl->o_wp2 = at, at += round16((size_t)C * pl->gd.ntaps);
+            pl->o_off2 = at, at += round16((size_t)pl->gd.ntaps);
+        }
+    }
+    if (pl->direct_ok) {
+        pl->o_wk = at, at += round16((size_t)K * ntaps);
+        pl->o_offk = at, at += round16(ntaps);
+        if (pl->bd_ok) {
+            pl->o_wk2 = at, at += round16((size_t)C * K * kh * kw);
+            pl->o_offk2 = at, at += round16((size_t)K * kh * kw);
+        }
+    }
+    pl->shared = at;
+    at = 0;
+    if (pl->direct_ok) {
+        pl->s_src = at, at += (size_t)pl->nb * pl->g.src;
+        pl->s_dq = at, at += (size_t)pl->nb * round16((size_t)K * pl->g.ldq);
+        if (pl->bd_ok) {
+            pl->s_src2 = at, at += pl->gd.src;
+            pl->s_yq2 = at, at += round16((size_t)C * pl->gd.ldq);
+            pl->s_dp = at, at += round16((size_t)K * pl->hpd * pl->wpd);
+        }
+        pl->s_xp = at, at += round16((size_t)C * pl->hp * pl->wp);
+        pl->s_dyt = at, at += round16((size_t)K * pl->Ho * pl->Wo);
+        pl->s_tile = at, at += 16 * 16 * 2;
+    }
+    pl->s_pdw = at, at += round16((size_t)K * ntaps);
+    pl->s_pdb = at, at += round16((size_t)K);
+    pl->s_col = at, at += round16(ntaps * (size_t)pl->Ho * pl->Wo);
+    pl->slot = at;
 }
 
 size_t eenet_conv2d_workspace_floats(int N, int C, int H, int W, int K, int kh, int kw,
@@ -59,10 +194,14 @@ size_t eenet_conv2d_workspace_floats(int N, int C, int H, int W, int K, int kh, 
     if (nthreads < 1) {
         nthreads = 1;
     }
-    if (eenet_conv_out_size(H, kh, stride, pad) < 1 || eenet_conv_out_size(W, kw, stride, pad) < 1) {
+    if (C < 1 || H < 1 || W < 1 || K < 1 || kh < 1 || kw < 1 || stride < 1 || pad < 0 ||
+        eenet_conv_out_size(H, kh, stride, pad) < 1 ||
+        eenet_conv_out_size(W, kw, stride, pad) < 1) {
         return 0;
     }
-    return (size_t)nthreads * slot_floats(C, H, W, K, kh, kw, stride, pad);
+    conv_plan pl;
+    plan_init(&pl, N < 1 ? 1 : N, C, H, W, K, kh, kw, stride, pad);
+    return pl.shared + (size_t)nthreads * pl.slot;
 }
 
 /* Validate sizes shared by every entry point; sets Ho, Wo. */
@@ -87,19 +226,81 @@ static eenet_status check_sizes(int N, int C, int H, int W, int K, int kh, int k
     }
     *Ho = eenet_conv_out_size(H, kh, stride, pad);
     *Wo = eenet_conv_out_size(W, kw, stride, pad);
+    /* every per-sample extent must fit the int sizes of the kernels and BLAS */
+    size_t ckk = (size_t)C * kh * kw;
+    if ((size_t)H * W > INT_MAX / 4 || (size_t)*Ho * *Wo > INT_MAX / 4 ||
+        ckk > INT_MAX / 4 || (size_t)K * ckk > INT_MAX / 4 || (size_t)C * H * W > INT_MAX / 4 ||
+        (size_t)K * *Ho * *Wo > INT_MAX / 4 || (size_t)stride * (H + 2 * (size_t)pad) > INT_MAX / 4) {
+        return eenet_set_error(EENET_ERR_VALUE,
+                               "conv2d: sizes too large (C=%d H=%d W=%d K=%d kernel %dx%d)", C,
+                               H, W, K, kh, kw);
+    }
     return EENET_OK;
 }
 
-/* Threads to use: the caller's bound, the global setting and the batch. */
-static int pick_threads(int nthreads_ws, int N) {
+/* Threads to use: the caller's bound (the workspace's slots), the global
+ * setting, the batch, and the work: at least ~2M multiply-adds per thread,
+ * since waking a worker costs microseconds (milliseconds on a loaded machine)
+ * and tiny convolutions are faster on one thread. */
+static int pick_threads(int nthreads_ws, const conv_plan *pl) {
     int t = eenet_get_num_threads();
     if (nthreads_ws >= 1 && t > nthreads_ws) {
         t = nthreads_ws;
     }
-    if (t > N) {
-        t = N;
+    if (t > pl->N) {
+        t = pl->N;
+    }
+    double macs = (double)pl->N * pl->K * pl->Ho * pl->Wo * (double)pl->ckk;
+    double by_work = 1.0 + macs / 2e6;
+    if ((double)t > by_work) {
+        t = (int)by_work;
     }
     return t < 1 ? 1 : t;
+}
+
+static int is_pointwise(int kh, int kw, int stride, int pad) {
+    return kh == 1 && kw == 1 && stride == 1 && pad == 0;
+}
+
+/* Choose the paths of this call (measured on Zen 4, see the file header). */
+/* Largest column tile P <= pmax among the kernels' 16, 14, 8, 7, 4 that
+ * divides wo, or 0. */
+static int pick_cols(int wo, int pmax) {
+    static const int cand[5] = {16, 14, 8, 7, 4};
+    for (int i = 0; i < 5; i++) {
+        if (cand[i] <= pmax && wo % cand[i] == 0) {
+            return cand[i];
+        }
+    }
+    return 0;
+}
+
+static void plan_choose(conv_plan *pl) {
+    int avail = pl->direct_ok && conv_impl != 1 && eenet_conv_direct_available();
+    int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
+    int prefer = avail && (conv_impl != 0 || !one);
+    int kvec = prefer && conv_impl == 0;
+    pl->kvf = pl->K % 32 == 0 ? 2 : 1;
+    pl->pf = pick_cols(pl->Wo, 16 / pl->kvf);
+    pl->kvd = pl->C % 32 == 0 ? 2 : 1;
+    pl->pd = pick_cols(pl->W, 16 / pl->kvd);
+    /* Measured (1 thread, Zen 4, GFLOP/s): from 32 channels the K-vectorised
+     * kernels win (32->32 16x16: 93 vs 85; 64->64 8x8: 102 vs 84); with 16
+     * channels the q-space ones win on rows that are multiples of 8 wide
+     * (16->16 32x32: 81 vs 72) and lose on 7/14-wide ones (16->16 7x7: 86 vs
+     * 69 forward, 85 vs 58 backward-data). */
+    pl->use_kf = kvec && pl->K % 16 == 0 && pl->pf > 0 && (pl->K % 32 == 0 || pl->Wo % 8 != 0);
+    pl->use_kw = kvec && pl->K % 32 == 0;
+    pl->use_kd = kvec && pl->bd_ok && pl->C % 16 == 0 && pl->pd > 0 &&
+                 (pl->C % 32 == 0 || pl->W % 8 != 0);
+    /* 16 channels: the q-space forward wins, but the weight gradient is
+     * faster K-vectorised on the q-space planes once there are >= 64 taps
+     * (measured: 16->16 7x7 71 vs 55, 8->16 14x14 s2 42 vs 37 GFLOP/s). */
+    pl->use_kwq = avail && !one && !pl->use_kw && pl->K % 16 == 0 &&
+                  (conv_impl == 3 || (conv_impl == 0 && pl->ckk >= 64));
+    pl->use_fwd = prefer && !pl->use_kf;
+    pl->use_bw = prefer && !pl->use_kw && !pl->use_kwq;
+    pl->use_bd = prefer && pl->bd_ok && !pl->use_kd;
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -192,20 +393,186 @@ static void col2im_add(float *dinp, const float *col, int C, int H, int W, int k
     }
 }
 
-/* ---- GEMM path ---------------------------------------------------------- */
+/* ---- direct path helpers (plain C; the micro-kernels are in conv_avx512.c) */
 
-static int is_pointwise(int kh, int kw, int stride, int pad) {
-    return kh == 1 && kw == 1 && stride == 1 && pad == 0;
+/* Tap offsets off[t], t = (c*kh + i)*kw + j, into a sample's phase planes. */
+static void direct_offsets(int *off, const dgeom *g) {
+    int s = g->s;
+    for (int c = 0; c < g->cin; c++) {
+        for (int i = 0; i < g->kh; i++) {
+            for (int j = 0; j < g->kw; j++) {
+                size_t plane = ((size_t)c * s + (size_t)(i % s)) * s + (size_t)(j % s);
+                off[((size_t)c * g->kh + i) * g->kw + j] =
+                    (int)(plane * g->plane + (size_t)(i / s) * g->ws + (size_t)(j / s));
+            }
+        }
+    }
 }
 
-static void forward_gemm(float *out, const float *inp, const float *w, const float *bias,
-                         float *workspace, int nt, int N, int C, int H, int W, int K, int kh,
-                         int kw, int stride, int pad, int Ho, int Wo) {
-    size_t slot = slot_floats(C, H, W, K, kh, kw, stride, pad);
-    int ckk = C * kh * kw;
-    int howo = Ho * Wo;
-    int pointwise = is_pointwise(kh, kw, stride, pad);
-    eenet_blas_set_threads(1);
+/* Forward weights wq (cout, ntaps) packed per output-channel block:
+ * block [k0, k0+kb) at wp + k0*ntaps, laid out [t][kk]. */
+static void direct_pack(float *wp, const float *wq, int cout, int ntaps, int fixed_kb) {
+    for (int k0 = 0; k0 < cout;) {
+        int kb = fixed_kb ? fixed_kb : eenet_conv_fwd_kblock(cout - k0);
+        float *blk = wp + (size_t)k0 * ntaps;
+        for (int t = 0; t < ntaps; t++) {
+            for (int a = 0; a < kb; a++) {
+                blk[(size_t)t * kb + a] = wq[(size_t)(k0 + a) * ntaps + t];
+            }
+        }
+        k0 += kb;
+    }
+}
+
+/* Backward-data weights: w' (C, K*kh*kw) with
+ * w'[c][(k*kh + i)*kw + j] = w[k][c][kh-1-i][kw-1-j], packed like direct_pack. */
+static void direct_pack_flipped(float *wp, const float *w, int C, int K, int kh, int kw,
+                                int fixed_kb) {
+    int ntaps = K * kh * kw;
+    for (int c0 = 0; c0 < C;) {
+        int cb = fixed_kb ? fixed_kb : eenet_conv_fwd_kblock(C - c0);
+        float *blk = wp + (size_t)c0 * ntaps;
+        for (int k = 0; k < K; k++) {
+            for (int i = 0; i < kh; i++) {
+                for (int j = 0; j < kw; j++) {
+                    int t = (k * kh + i) * kw + j;
+                    for (int a = 0; a < cb; a++) {
+                        blk[(size_t)t * cb + a] =
+                            w[(((size_t)k * C + c0 + a) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+                    }
+                }
+            }
+        }
+        c0 += cb;
+    }
+}
+
+/* Copy one sample x (cin, h, w) into its phase planes (the padding and tail
+ * positions are zero already and never written).  Input pixel (iy, ix) goes
+ * to plane (c, (iy+ph)%s, (ix+pw)%s) at row (iy+ph)/s, column (ix+pw)/s. */
+static void direct_fill(float *src, const float *x, const dgeom *g) {
+    int s = g->s;
+    for (int c = 0; c < g->cin; c++) {
+        const float *xc = x + (size_t)c * g->h * g->w;
+        for (int iy = 0; iy < g->h; iy++) {
+            int yy = iy + g->ph;
+            const float *xr = xc + (size_t)iy * g->w;
+            float *P0 = src + ((size_t)c * s + (size_t)(yy % s)) * s * g->plane +
+                        (size_t)(yy / s) * g->ws;
+            if (s == 1) {
+                eenet_conv_row_copy(P0 + g->pw, xr, g->w);
+            } else if (s == 2) {
+                /* even ix -> column phase pw%2, odd ix -> the other one */
+                int be = g->pw % 2;
+                eenet_conv_row_deint2(P0 + (size_t)be * g->plane + g->pw / 2,
+                                      P0 + (size_t)(1 - be) * g->plane + (g->pw + 1) / 2, xr,
+                                      g->w);
+            } else {
+                for (int ix = 0; ix < g->w; ix++) {
+                    int xx = ix + g->pw;
+                    P0[(size_t)(xx % s) * g->plane + (size_t)(xx / s)] = xr[ix];
+                }
+            }
+        }
+    }
+}
+
+/* out (K, Ho, Wo) = yq (K, ldq) compacted from q-space, + bias. */
+static void direct_store(float *out, const float *yq, const float *bias, const dgeom *g) {
+    for (int k = 0; k < g->cout; k++) {
+        float bk = bias ? bias[k] : 0.0f;
+        const float *yk = yq + (size_t)k * g->ldq;
+        float *ok = out + (size_t)k * g->ho * g->wo;
+        for (int oy = 0; oy < g->ho; oy++) {
+            eenet_conv_row_store(ok + (size_t)oy * g->wo, yk + (size_t)oy * g->ws, g->wo, bk, 0);
+        }
+    }
+}
+
+/* dinp (C, H, W) += yq (C, ldq) compacted from q-space. */
+static void direct_store_add(float *dx, const float *yq, const dgeom *g) {
+    for (int c = 0; c < g->cout; c++) {
+        const float *yc = yq + (size_t)c * g->ldq;
+        float *dc = dx + (size_t)c * g->ho * g->wo;
+        for (int y = 0; y < g->ho; y++) {
+            eenet_conv_row_store(dc + (size_t)y * g->wo, yc + (size_t)y * g->ws, g->wo, 0.0f, 1);
+        }
+    }
+}
+
+/* dq (K, ldq) in q-space from dout (K, Ho, Wo); garbage positions stay 0.
+ * Adds the per-channel sums of dout into pdb (NULL to skip). */
+static void direct_fill_dq(float *dq, float *pdb, const float *dy, const dgeom *g) {
+    for (int k = 0; k < g->cout; k++) {
+        const float *dk = dy + (size_t)k * g->ho * g->wo;
+        float *qk = dq + (size_t)k * g->ldq;
+        float acc = 0.0f;
+        for (int oy = 0; oy < g->ho; oy++) {
+            acc += eenet_conv_row_copy_sum(qk + (size_t)oy * g->ws, dk + (size_t)oy * g->wo,
+                                           g->wo);
+        }
+        if (pdb) {
+            pdb[k] += acc;
+        }
+    }
+}
+
+/* K-vectorised path: offsets c*hp*wp + i*wp + j of the padded input. */
+static void kvec_offsets(int *off, int cin, int kh, int kw, int hp, int wp) {
+    for (int c = 0; c < cin; c++) {
+        for (int i = 0; i < kh; i++) {
+            for (int j = 0; j < kw; j++) {
+                off[((size_t)c * kh + i) * kw + j] = (int)(((size_t)c * hp + i) * wp + j);
+            }
+        }
+    }
+}
+
+/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
+static void pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw) {
+    int hp = h + 2 * ph, wp = w + 2 * pw;
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < h; y++) {
+            eenet_conv_row_copy(xp + ((size_t)c * hp + y + ph) * wp + pw,
+                                x + ((size_t)c * h + y) * w, w);
+        }
+    }
+}
+
+/* dyt (HoWo, K) = dy (K, HoWo)^T; adds channel sums into pdb (NULL: skip). */
+static void transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo) {
+    for (int k = 0; k < K; k++) {
+        const float *dk = dy + (size_t)k * howo;
+        float acc = 0.0f;
+        for (int q = 0; q < howo; q++) {
+            dyt[(size_t)q * K + k] = dk[q];
+            acc += dk[q];
+        }
+        if (pdb) {
+            pdb[k] += acc;
+        }
+    }
+}
+
+/* ---- forward ------------------------------------------------------------ */
+
+static void conv_forward_run(float *out, const float *inp, const float *w, const float *bias,
+                             float *workspace, int nt, const conv_plan *pl) {
+    int N = pl->N, C = pl->C, H = pl->H, W = pl->W, K = pl->K;
+    int howo = pl->Ho * pl->Wo, ckk = pl->ckk;
+    int pointwise = is_pointwise(pl->kh, pl->kw, pl->s, pl->p);
+    const dgeom *g = &pl->g;
+    float *shared = workspace;
+    float *slots = workspace + pl->shared;
+    if (pl->use_fwd) {
+        direct_offsets((int *)(shared + pl->o_off), g);
+        direct_pack(shared + pl->o_wp, w, K, ckk, 0);
+    } else if (pl->use_kf) {
+        kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
+        direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
+    } else {
+        eenet_blas_set_threads(1);
+    }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -214,18 +581,42 @@ static void forward_gemm(float *out, const float *inp, const float *w, const flo
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *col = workspace + (size_t)tid * slot;
+        float *slot = slots + (size_t)tid * pl->slot;
+        if (pl->use_fwd) {
+            memset(slot + pl->s_src, 0, sizeof(float) * g->src);
+        }
+        if (pl->use_kf) {
+            memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)C * pl->hp * pl->wp);
+        }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int n = 0; n < N; n++) {
             const float *x = inp + (size_t)n * C * H * W;
             float *y = out + (size_t)n * K * howo;
+            if (pl->use_fwd) {
+                float *src = slot + pl->s_src, *yq = slot + pl->s_dq;
+                direct_fill(src, x, g);
+                eenet_conv_direct_fwd(yq, g->ldq, src, (const int *)(shared + pl->o_off),
+                                      shared + pl->o_wp, K, ckk, g->nq);
+                direct_store(y, yq, bias, g);
+                continue;
+            }
+            if (pl->use_kf) {
+                float *xp = slot + pl->s_xp;
+                pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                eenet_conv_kvec_fwd(y, 0, bias, xp, pl->wp, pl->s,
+                                    (const int *)(shared + pl->o_offk), shared + pl->o_wk, K,
+                                    ckk, pl->Ho, pl->Wo, pl->kvf, pl->pf, slot + pl->s_tile);
+                continue;
+            }
             const float *b = x;
             if (!pointwise) {
-                im2col(col, x, C, H, W, kh, kw, stride, pad, Ho, Wo);
+                float *col = slot + pl->s_col;
+                im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
                 b = col;
             }
+            /* y (K, HoWo) = w (K, CKK) @ col (CKK, HoWo) */
             eenet_sgemm(0, 0, K, howo, ckk, 1.0f, w, ckk, b, howo, 0.0f, y, howo);
             if (bias) {
                 for (int k = 0; k < K; k++) {
@@ -238,19 +629,45 @@ static void forward_gemm(float *out, const float *inp, const float *w, const flo
             }
         }
     }
-    eenet_blas_set_threads(eenet_get_num_threads());
+    if (!pl->use_fwd && !pl->use_kf) {
+        eenet_blas_set_threads(eenet_get_num_threads());
+    }
 }
 
-static void backward_gemm(float *dinp, float *dw, float *dbias, const float *dout,
-                          const float *inp, const float *w, float *workspace, int nt, int N,
-                          int C, int H, int W, int K, int kh, int kw, int stride, int pad,
-                          int Ho, int Wo) {
-    size_t slot = slot_floats(C, H, W, K, kh, kw, stride, pad);
-    int ckk = C * kh * kw;
-    int howo = Ho * Wo;
-    size_t ncol = round16((size_t)ckk * howo);
-    size_t ndw = round16((size_t)K * ckk);
-    int pointwise = is_pointwise(kh, kw, stride, pad);
+/* ---- backward ----------------------------------------------------------- */
+
+static void conv_backward_run(float *dinp, float *dw, float *dbias, const float *dout,
+                              const float *inp, const float *w, float *workspace, int nt,
+                              const conv_plan *pl) {
+    int N = pl->N, C = pl->C, H = pl->H, W = pl->W, K = pl->K;
+    int howo = pl->Ho * pl->Wo, ckk = pl->ckk;
+    int pointwise = is_pointwise(pl->kh, pl->kw, pl->s, pl->p);
+    const dgeom *g = &pl->g, *gd = &pl->gd;
+    int use_bd = dinp && pl->use_bd;
+    int use_kd = dinp && pl->use_kd;
+    int do_bw = dw && pl->use_bw; /* dw through q-space, K-vectorised or GEMM */
+    int do_kw = dw && pl->use_kw;
+    int do_kwq = dw && pl->use_kwq;
+    int do_gw = dw && !pl->use_bw && !pl->use_kw && !pl->use_kwq;
+    float *shared = workspace;
+    float *slots = workspace + pl->shared;
+    if (do_bw) {
+        direct_offsets((int *)(shared + pl->o_off), g);
+    }
+    if (use_bd) {
+        direct_offsets((int *)(shared + pl->o_off2), gd);
+        direct_pack_flipped(shared + pl->o_wp2, w, C, K, pl->kh, pl->kw, 0);
+    }
+    if (do_kw) {
+        kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
+    }
+    if (do_kwq) {
+        direct_offsets((int *)(shared + pl->o_off), g);
+    }
+    if (use_kd) {
+        kvec_offsets((int *)(shared + pl->o_offk2), K, pl->kh, pl->kw, pl->hpd, pl->wpd);
+        direct_pack_flipped(shared + pl->o_wk2, w, C, K, pl->kh, pl->kw, 16 * pl->kvd);
+    }
     eenet_blas_set_threads(1);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -260,53 +677,131 @@ static void backward_gemm(float *dinp, float *dw, float *dbias, const float *dou
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *col = workspace + (size_t)tid * slot;
-        float *pdw = col + ncol;   /* this thread's partial dw (K, CKK) */
-        float *pdb = pdw + ndw;    /* this thread's partial dbias (K) */
+        float *slot = slots + (size_t)tid * pl->slot;
+        float *pdw = slot + pl->s_pdw; /* this thread's partial dw (K, CKK) */
+        float *pdb = slot + pl->s_pdb; /* this thread's partial dbias (K) */
+        float *col = slot + pl->s_col;
         memset(pdw, 0, sizeof(float) * (size_t)K * ckk);
         memset(pdb, 0, sizeof(float) * (size_t)K);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int n = 0; n < N; n++) {
-            const float *x = inp + (size_t)n * C * H * W;
-            const float *dy = dout + (size_t)n * K * howo;
-            const float *b = x;
-            if (!pointwise) {
-                im2col(col, x, C, H, W, kh, kw, stride, pad, Ho, Wo);
-                b = col;
-            }
-            /* dw (K, CKK) += dy (K, HoWo) @ col^T */
-            eenet_sgemm(0, 1, K, ckk, howo, 1.0f, dy, howo, b, howo, 1.0f, pdw, ckk);
-            if (dbias) {
-                for (int k = 0; k < K; k++) {
-                    const float *dyk = dy + (size_t)k * howo;
-                    float acc = 0.0f;
-                    for (int q = 0; q < howo; q++) {
-                        acc += dyk[q];
-                    }
-                    pdb[k] += acc;
+        size_t dq_stride = round16((size_t)K * g->ldq);
+        if (do_bw) {
+            memset(slot + pl->s_src, 0, sizeof(float) * (size_t)pl->nb * g->src);
+            memset(slot + pl->s_dq, 0, sizeof(float) * (size_t)pl->nb * dq_stride);
+        }
+        if (use_bd) {
+            memset(slot + pl->s_src2, 0, sizeof(float) * gd->src);
+        }
+        if (do_kw) {
+            memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)C * pl->hp * pl->wp);
+        }
+        if (do_kwq) {
+            memset(slot + pl->s_src, 0, sizeof(float) * g->src);
+        }
+        if (use_kd) {
+            memset(slot + pl->s_dp, 0, sizeof(float) * (size_t)K * pl->hpd * pl->wpd);
+        }
+        /* contiguous share of the batch: [n0, n1) */
+        int n0 = (int)((long long)N * tid / nt), n1 = (int)((long long)N * (tid + 1) / nt);
+        for (int g0 = n0; g0 < n1; g0 += pl->nb) {
+            int nb = n1 - g0 < pl->nb ? n1 - g0 : pl->nb;
+            if (do_bw) {
+                /* dw (K, CKK) += sum over the group of dq (K, q) . planes (taps, q) */
+                for (int b = 0; b < nb; b++) {
+                    int n = g0 + b;
+                    direct_fill(slot + pl->s_src + (size_t)b * g->src,
+                                inp + (size_t)n * C * H * W, g);
+                    direct_fill_dq(slot + pl->s_dq + (size_t)b * dq_stride,
+                                   dbias ? pdb : NULL, dout + (size_t)n * K * howo, g);
                 }
+                eenet_conv_direct_bw(pdw, slot + pl->s_dq, g->ldq, dq_stride,
+                                     slot + pl->s_src, g->src,
+                                     (const int *)(shared + pl->o_off), K, ckk, g->nq, nb);
             }
-            if (dinp) {
+            for (int n = g0; n < g0 + nb; n++) {
+                const float *x = inp + (size_t)n * C * H * W;
+                const float *dy = dout + (size_t)n * K * howo;
+                const float *b = x;
+                if (do_kw) {
+                    /* dw^T (CKK, K) += sum_pos x(tap, pos) dy^T (pos, K) */
+                    float *xp = slot + pl->s_xp, *dyt = slot + pl->s_dyt;
+                    pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                    transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
+                    eenet_conv_kvec_bw(pdw, dyt, xp, pl->wp, pl->s,
+                                       (const int *)(shared + pl->o_offk), K, ckk, pl->Ho,
+                                       pl->Wo);
+                } else if (do_kwq) {
+                    /* the same on q-space planes: positions q = oy*ws + ox, stride 1 */
+                    float *src = slot + pl->s_src, *dyt = slot + pl->s_dyt;
+                    direct_fill(src, x, g);
+                    transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
+                    eenet_conv_kvec_bw(pdw, dyt, src, g->ws, 1,
+                                       (const int *)(shared + pl->o_off), K, ckk, pl->Ho,
+                                       pl->Wo);
+                } else if (do_gw) {
+                    if (!pointwise) {
+                        im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
+                        b = col;
+                    }
+                    /* dw (K, CKK) += dy (K, HoWo) @ col^T */
+                    eenet_sgemm(0, 1, K, ckk, howo, 1.0f, dy, howo, b, howo, 1.0f, pdw, ckk);
+                    if (dbias) {
+                        for (int k = 0; k < K; k++) {
+                            const float *dyk = dy + (size_t)k * howo;
+                            float acc = 0.0f;
+                            for (int q = 0; q < howo; q++) {
+                                acc += dyk[q];
+                            }
+                            pdb[k] += acc;
+                        }
+                    }
+                } else if (!dw && dbias) {
+                    for (int k = 0; k < K; k++) {
+                        const float *dyk = dy + (size_t)k * howo;
+                        float acc = 0.0f;
+                        for (int q = 0; q < howo; q++) {
+                            acc += dyk[q];
+                        }
+                        pdb[k] += acc;
+                    }
+                }
+                if (!dinp) {
+                    continue;
+                }
                 float *dx = dinp + (size_t)n * C * H * W;
-                if (pointwise) {
+                if (use_kd) {
+                    float *dp = slot + pl->s_dp;
+                    pad_fill(dp, dy, K, pl->Ho, pl->Wo, pl->kh - 1 - pl->p, pl->kw - 1 - pl->p);
+                    eenet_conv_kvec_fwd(dx, 1, NULL, dp, pl->wpd, 1,
+                                        (const int *)(shared + pl->o_offk2), shared + pl->o_wk2,
+                                        C, K * pl->kh * pl->kw, H, W, pl->kvd, pl->pd,
+                                        slot + pl->s_tile);
+                } else if (use_bd) {
+                    /* dx (C, H, W) += full correlation of dy with the flipped kernel */
+                    float *src2 = slot + pl->s_src2, *yq2 = slot + pl->s_yq2;
+                    direct_fill(src2, dy, gd);
+                    eenet_conv_direct_fwd(yq2, gd->ldq, src2, (const int *)(shared + pl->o_off2),
+                                          shared + pl->o_wp2, C, gd->ntaps, gd->nq);
+                    direct_store_add(dx, yq2, gd);
+                } else if (pointwise) {
                     /* dx (C, HW) += w^T (C, K) @ dy (K, HW) */
                     eenet_sgemm(1, 0, ckk, howo, K, 1.0f, w, ckk, dy, howo, 1.0f, dx, howo);
                 } else {
+                    /* dcol (CKK, HoWo) = w^T @ dy, scattered back into dx */
                     eenet_sgemm(1, 0, ckk, howo, K, 1.0f, w, ckk, dy, howo, 0.0f, col, howo);
-                    col2im_add(dx, col, C, H, W, kh, kw, stride, pad, Ho, Wo);
+                    col2im_add(dx, col, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
                 }
             }
         }
-        /* implicit barrier of omp for: every partial is complete here */
 #ifdef _OPENMP
+#pragma omp barrier
 #pragma omp for schedule(static)
 #endif
-        for (int e = 0; e < K * ckk; e++) {
+        for (int e = 0; e < (dw ? K * ckk : 0); e++) {
+            /* the K-vectorised partials are stored transposed, (CKK, K) */
+            size_t src_e = (do_kw || do_kwq) ? (size_t)(e % ckk) * K + (size_t)(e / ckk) : (size_t)e;
             float acc = 0.0f;
             for (int t = 0; t < nt; t++) {
-                acc += workspace[(size_t)t * slot + ncol + e];
+                acc += slots[(size_t)t * pl->slot + pl->s_pdw + src_e];
             }
             dw[e] += acc;
         }
@@ -317,7 +812,7 @@ static void backward_gemm(float *dinp, float *dw, float *dbias, const float *dou
             for (int k = 0; k < K; k++) {
                 float acc = 0.0f;
                 for (int t = 0; t < nt; t++) {
-                    acc += workspace[(size_t)t * slot + ncol + ndw + k];
+                    acc += slots[(size_t)t * pl->slot + pl->s_pdb + k];
                 }
                 dbias[k] += acc;
             }
@@ -340,8 +835,10 @@ eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *
     if (!out || !inp || !w || !workspace) {
         return eenet_set_error(EENET_ERR_VALUE, "conv2d_forward: NULL buffer");
     }
-    int nt = pick_threads(nthreads, N);
-    forward_gemm(out, inp, w, bias, workspace, nt, N, C, H, W, K, kh, kw, stride, pad, Ho, Wo);
+    conv_plan pl;
+    plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
+    plan_choose(&pl);
+    conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, &pl), &pl);
     return EENET_OK;
 }
 
@@ -361,12 +858,14 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
     if (st != EENET_OK) {
         return st;
     }
-    if (!dw || !dout || !inp || !w || !workspace) {
+    if (!dout || !inp || !w || !workspace) {
         return eenet_set_error(EENET_ERR_VALUE, "conv2d_backward: NULL buffer");
     }
-    int nt = pick_threads(nthreads, N);
-    backward_gemm(dinp, dw, dbias, dout, inp, w, workspace, nt, N, C, H, W, K, kh, kw, stride,
-                  pad, Ho, Wo);
+    conv_plan pl;
+    plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
+    plan_choose(&pl);
+    conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, &pl),
+                      &pl);
     return EENET_OK;
 }
 
@@ -440,7 +939,7 @@ eenet_status eenet_conv2d_backward_naive(float *dinp, float *dw, float *dbias,
         }
     }
     /* dw[k,c,i,j] += sum_{n,oy,ox} dout[n,k,oy,ox] * inp[n,c,oy*s+i-p,ox*s+j-p] */
-    for (int k = 0; k < K; k++) {
+    for (int k = 0; k < (dw ? K : 0); k++) {
         for (int c = 0; c < C; c++) {
             for (int i = 0; i < kh; i++) {
                 for (int j = 0; j < kw; j++) {

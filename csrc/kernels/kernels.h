@@ -39,7 +39,8 @@ eenet_status eenet_conv2d_forward(float *out, const float *inp, const float *w,
                                   int W, int K, int kh, int kw, int stride, int pad);
 
 /* Backward, ACCUMULATES into dinp (N,C,H,W; NULL to skip), dw (K,C,kh,kw) and
- * dbias (K; NULL to skip).  dout (N,K,Ho,Wo); inp, w as in forward. */
+ * dbias (K; NULL to skip).  dout (N,K,Ho,Wo); inp, w as in forward.
+ * (The fast kernels also accept dw = NULL to skip the weight gradient.) */
 eenet_status eenet_conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout,
                                    const float *inp, const float *w, float *workspace, int N,
                                    int C, int H, int W, int K, int kh, int kw, int stride,
@@ -59,6 +60,12 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                                       const float *inp, const float *w, float *workspace,
                                       int N, int C, int H, int W, int K, int kh, int kw,
                                       int stride, int pad, int nthreads);
+
+/* Implementation switch for tests and benchmarks (process-wide, not thread-safe
+ * against running kernels): 0 automatic (default), 1 im2col+GEMM everywhere,
+ * 2 the direct path wherever the CPU and shape allow.  Returns the previous
+ * value.  Never changes results beyond float rounding, nor workspace sizes. */
+int eenet_conv2d_set_impl(int impl);
 
 /* Naive direct-loop references (double accumulation), same contracts. */
 eenet_status eenet_conv2d_forward_naive(float *out, const float *inp, const float *w,

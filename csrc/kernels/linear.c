@@ -1,10 +1,15 @@
 /* linear.c: fully connected layer, out = inp @ w^T + bias (torch.nn.functional.linear).
  *
  * out (N,Fo); inp (N,Fi); w (Fo,Fi); bias (Fo) or NULL.
- * Large products go to OpenBLAS's sgemm (scipy-openblas32); the exit heads of an
- * EENet are tiny (Fo = 1 or K classes, Fi = a few channels), where a call into BLAS
- * costs more than the arithmetic, so below LINEAR_BLAS_MIN multiply-adds plain
- * loops run instead (threshold measured, see benchmarks).
+ * Products go to OpenBLAS's sgemm (scipy-openblas32).  Measured on this machine
+ * (1 thread; forward / backward in microseconds; sgemm vs the plain loops below):
+ *   N=1   Fi=64  Fo=10 :  0.11 / 0.17  vs   0.47 / 0.93
+ *   N=32  Fi=8   Fo=10 :  0.51 / 0.74  vs   1.39 / 2.30
+ *   N=128 Fi=16  Fo=1  :  1.38 / 0.87  vs   1.09 / 4.18
+ *   N=128 Fi=64  Fo=10 :  9.19 / 6.78  vs  23.4  / 45.3
+ *   N=128 Fi=512 Fo=200:   456 / 803   vs  1689  / 3811
+ * so sgemm is used from LINEAR_BLAS_MIN = 0 multiply-adds on, i.e. always, even for
+ * the one-output confidence heads; the loops serve a build without OpenBLAS.
  */
 #include <string.h>
 
@@ -15,7 +20,9 @@
 #endif
 
 /* Multiply-adds (N*Fi*Fo) from which sgemm is used. */
-#define LINEAR_BLAS_MIN 32768
+#ifndef LINEAR_BLAS_MIN
+#define LINEAR_BLAS_MIN 0
+#endif
 
 static eenet_status check_sizes(const char *fn, int N, int Fi, int Fo) {
     if (N < 1 || Fi < 1 || Fo < 1) {
@@ -25,14 +32,11 @@ static eenet_status check_sizes(const char *fn, int N, int Fi, int Fo) {
     return EENET_OK;
 }
 
-static int use_blas(int N, int Fi, int Fo) {
 #ifdef EENET_HAVE_OPENBLAS
+static int use_blas(int N, int Fi, int Fo) {
     return (double)N * Fi * Fo >= LINEAR_BLAS_MIN;
-#else
-    (void)N, (void)Fi, (void)Fo;
-    return 0;
-#endif
 }
+#endif
 
 /* Forward, overwrites out: out[n,o] = sum_i inp[n,i] * w[o,i] + bias[o]. */
 eenet_status eenet_linear_forward(float *out, const float *inp, const float *w,
@@ -62,9 +66,20 @@ eenet_status eenet_linear_forward(float *out, const float *inp, const float *w,
         float *y = out + (size_t)n * Fo;
         for (int o = 0; o < Fo; o++) {
             const float *wo = w + (size_t)o * Fi;
+            /* 8 independent partial sums: a vectorisable dot product */
+            float acc[8] = {0};
+            int i = 0;
+            for (; i + 8 <= Fi; i += 8) {
+                for (int l = 0; l < 8; l++) {
+                    acc[l] += x[i + l] * wo[i + l];
+                }
+            }
             float s = 0.0f;
-            for (int i = 0; i < Fi; i++) {
+            for (; i < Fi; i++) {
                 s += x[i] * wo[i];
+            }
+            for (int l = 0; l < 8; l++) {
+                s += acc[l];
             }
             y[o] = s + (bias ? bias[o] : 0.0f);
         }
@@ -104,6 +119,7 @@ eenet_status eenet_linear_backward(float *dinp, float *dw, float *dbias, const f
     }
 #endif
     const int par = (double)N * Fi * Fo > 8192;
+    (void)par; /* unused without OpenMP */
     if (dinp) {
 #pragma omp parallel for schedule(static) num_threads(eenet_get_num_threads()) if (par)
         for (int n = 0; n < N; n++) {

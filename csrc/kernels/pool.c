@@ -8,12 +8,93 @@ static int pool_out_size(int in, int k, int stride, int pad) {
     return (in + 2 * pad - k) / stride + 1;
 }
 
+/* 1 if the plane x (n) holds a NaN (a vectorisable scan, no early exit). */
+static int plane_has_nan(const float *x, int n) {
+    int any = 0;
+    for (int i = 0; i < n; i++) {
+        any |= x[i] != x[i];
+    }
+    return any;
+}
+
+/* One (H, W) plane without NaN, an output row at a time: the window elements are
+ * visited in row-major order (rows h, then column offsets u), and for each
+ * element the whole output row j = 0..Wo-1 is updated.  The inner loop over j
+ * has no dependency between iterations, so it runs as vector compares and
+ * blends instead of one long compare chain per window; a strict > keeps the
+ * first maximum on ties, as PyTorch does. */
+static void maxpool_plane(float *restrict y, int32_t *restrict am, const float *restrict x,
+                          int H, int W, int Ho, int Wo, int k, int stride, int pad) {
+    for (int i = 0; i < Ho; i++) {
+        const int h0 = i * stride - pad;
+        const int hs = h0 < 0 ? 0 : h0;
+        const int he = h0 + k > H ? H : h0 + k;
+        float *restrict best = y + (size_t)i * Wo;
+        int32_t *restrict besti = am + (size_t)i * Wo;
+        for (int j = 0; j < Wo; j++) {
+            const int w0 = j * stride - pad;
+            best[j] = -INFINITY;
+            besti[j] = hs * W + (w0 < 0 ? 0 : w0); /* first in-bounds element */
+        }
+        for (int h = hs; h < he; h++) {
+            const float *row = x + (size_t)h * W;
+            for (int u = 0; u < k; u++) {
+                /* output columns j whose column w = j*stride - pad + u is inside [0, W) */
+                const int off = u - pad;
+                int jlo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+                int jhi = (W - 1 - off) >= 0 ? (W - 1 - off) / stride + 1 : 0;
+                jhi = jhi < Wo ? jhi : Wo;
+                const float *src = row + off;
+                const int32_t base = h * W + off;
+                for (int j = jlo; j < jhi; j++) {
+                    const float v = src[j * stride];
+                    const float b = best[j];
+                    const int32_t bi = besti[j];
+                    const int32_t cand = base + j * stride;
+                    const int32_t m = -(int32_t)(v > b); /* all ones where v wins */
+                    best[j] = v > b ? v : b;
+                    besti[j] = (cand & m) | (bi & ~m);
+                }
+            }
+        }
+    }
+}
+
+/* The same on a plane holding NaN, with PyTorch's rule: an element replaces the
+ * running maximum if it is greater or NaN (so the last NaN of a window wins). */
+static void maxpool_plane_nan(float *y, int32_t *am, const float *x, int H, int W, int Ho,
+                              int Wo, int k, int stride, int pad) {
+    for (int i = 0; i < Ho; i++) {
+        const int h0 = i * stride - pad;
+        const int hs = h0 < 0 ? 0 : h0;
+        const int he = h0 + k > H ? H : h0 + k;
+        for (int j = 0; j < Wo; j++) {
+            const int w0 = j * stride - pad;
+            const int ws = w0 < 0 ? 0 : w0;
+            const int we = w0 + k > W ? W : w0 + k;
+            float best = -INFINITY;
+            int32_t besti = hs * W + ws;
+            for (int h = hs; h < he; h++) {
+                for (int w = ws; w < we; w++) {
+                    const float v = x[(size_t)h * W + w];
+                    if (v > best || isnan(v)) {
+                        best = v;
+                        besti = h * W + w;
+                    }
+                }
+            }
+            y[i * Wo + j] = best;
+            am[i * Wo + j] = besti;
+        }
+    }
+}
+
 /* Max pool forward, overwrites out and argmax.
  * out, argmax (N,C,Ho,Wo); inp (N,C,H,W); Ho = (H + 2 pad - k) / stride + 1.
  * out[n,c,i,j] = max over the window rows i*stride-pad .. +k-1, cols j*stride-pad .. +k-1
  * of inp[n,c] with padding treated as -inf (never chosen); argmax = h*W + w of the
- * chosen element, the first one in row-major order on ties, and a NaN wins (both as
- * PyTorch).  Requires pad <= k/2 (PyTorch's rule), so no window is all padding. */
+ * chosen element, the first one in row-major order on ties, and a NaN wins (the last
+ * NaN of the window; both as PyTorch).  Requires pad <= k/2 (PyTorch's rule), so no window is all padding. */
 eenet_status eenet_maxpool2d_forward(float *out, int32_t *argmax, const float *inp, int N,
                                      int C, int H, int W, int k, int stride, int pad) {
     if (N < 1 || C < 1 || H < 1 || W < 1 || k < 1 || stride < 1 || pad < 0 || 2 * pad > k) {
@@ -37,32 +118,10 @@ eenet_status eenet_maxpool2d_forward(float *out, int32_t *argmax, const float *i
         const float *x = inp + (size_t)p * H * W;
         float *y = out + (size_t)p * Ho * Wo;
         int32_t *am = argmax + (size_t)p * Ho * Wo;
-        for (int i = 0; i < Ho; i++) {
-            const int h0 = i * stride - pad;
-            const int hs = h0 < 0 ? 0 : h0;
-            const int he = h0 + k > H ? H : h0 + k;
-            for (int j = 0; j < Wo; j++) {
-                const int w0 = j * stride - pad;
-                const int ws = w0 < 0 ? 0 : w0;
-                const int we = w0 + k > W ? W : w0 + k;
-                float best = -INFINITY;
-                int32_t besti = hs * W + ws;
-                for (int h = hs; h < he; h++) {
-                    for (int w = ws; w < we; w++) {
-                        const float v = x[h * W + w];
-                        if (v > best || isnan(v)) {
-                            best = v;
-                            besti = h * W + w;
-                            if (isnan(v)) {
-                                goto done;
-                            }
-                        }
-                    }
-                }
-            done:
-                y[i * Wo + j] = best;
-                am[i * Wo + j] = besti;
-            }
+        if (plane_has_nan(x, H * W)) {
+            maxpool_plane_nan(y, am, x, H, W, Ho, Wo, k, stride, pad);
+        } else {
+            maxpool_plane(y, am, x, H, W, Ho, Wo, k, stride, pad);
         }
     }
     return EENET_OK;
@@ -103,6 +162,27 @@ eenet_status eenet_maxpool2d_backward(float *dinp, const float *dout, const int3
     return EENET_OK;
 }
 
+/* sum_i x[i] with LANES float accumulators (vectorisable without reordering
+ * licences), combined in double. */
+#define LANES 16
+static double plane_sum(const float *x, int n) {
+    float acc[LANES] = {0};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        for (int l = 0; l < LANES; l++) {
+            acc[l] += x[i + l];
+        }
+    }
+    double s = 0.0;
+    for (; i < n; i++) {
+        s += x[i];
+    }
+    for (int l = 0; l < LANES; l++) {
+        s += acc[l];
+    }
+    return s;
+}
+
 /* Global average pool forward, overwrites: out[n,c] = sum_i inp[n,c,i] / HW.
  * out (N,C); inp (N,C,HW). */
 eenet_status eenet_global_avgpool_forward(float *out, const float *inp, int N, int C, int HW) {
@@ -116,12 +196,7 @@ eenet_status eenet_global_avgpool_forward(float *out, const float *inp, int N, i
 #pragma omp parallel for schedule(static) num_threads(eenet_get_num_threads()) \
     if ((size_t)planes * HW > 32768)
     for (int p = 0; p < planes; p++) {
-        const float *x = inp + (size_t)p * HW;
-        float s = 0.0f;
-        for (int i = 0; i < HW; i++) {
-            s += x[i];
-        }
-        out[p] = s / (float)HW;
+        out[p] = (float)(plane_sum(inp + (size_t)p * HW, HW) / HW);
     }
     return EENET_OK;
 }

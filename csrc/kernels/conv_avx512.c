@@ -1,0 +1,544 @@
+/* conv_avx512.c: AVX-512 micro-kernels of the direct convolution path
+ * (conv_direct.h explains q-space).  Compiled for the portable baseline with
+ * per-function target("avx512f") attributes; conv.c calls them only when
+ * eenet_conv_direct_available() says the CPU has AVX-512F.  On other
+ * architectures this file provides stubs and conv.c uses im2col+GEMM.
+ *
+ * Register blocking (Zen 4 / Skylake-X have 32 zmm registers):
+ *   forward  acc[KB][QV]: KB output channels x QV*16 q positions; per tap
+ *            QV unaligned loads, KB broadcasts, KB*QV FMAs (8x3 = 24 acc);
+ *   backward-weight acc[KB][TB]: KB output channels x TB taps, each a
+ *            16-lane partial sum over q; per q vector KB + TB loads and
+ *            KB*TB FMAs (4x6 = 24 acc), reduced horizontally at the end.
+ * No -ffast-math: FMAs are explicit intrinsics.
+ */
+#include "conv_direct.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define EENET_AVX512 __attribute__((target("avx512f")))
+
+int eenet_conv_direct_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 1 : 0;
+}
+
+/* yq rows kk < KB, columns [0, 16*QV) of one tile. */
+#define DEFINE_FWD(KB, QV)                                                            \
+    static EENET_AVX512 void fwd_##KB##x##QV(float *yq, size_t ldy, const float *src, \
+                                              const int *off, const float *wpb,       \
+                                              int ntaps) {                            \
+        __m512 acc[KB][QV];                                                           \
+        for (int a = 0; a < KB; a++) {                                                \
+            for (int v = 0; v < QV; v++) {                                            \
+                acc[a][v] = _mm512_setzero_ps();                                      \
+            }                                                                         \
+        }                                                                             \
+        for (int t = 0; t < ntaps; t++) {                                             \
+            const float *s = src + off[t];                                            \
+            __m512 x[QV];                                                             \
+            for (int v = 0; v < QV; v++) {                                            \
+                x[v] = _mm512_loadu_ps(s + 16 * v);                                   \
+            }                                                                         \
+            const float *wt = wpb + (size_t)t * KB;                                   \
+            for (int a = 0; a < KB; a++) {                                            \
+                __m512 wv = _mm512_set1_ps(wt[a]);                                    \
+                for (int v = 0; v < QV; v++) {                                        \
+                    acc[a][v] = _mm512_fmadd_ps(wv, x[v], acc[a][v]);                 \
+                }                                                                     \
+            }                                                                         \
+        }                                                                             \
+        for (int a = 0; a < KB; a++) {                                                \
+            for (int v = 0; v < QV; v++) {                                            \
+                _mm512_storeu_ps(yq + (size_t)a * ldy + 16 * v, acc[a][v]);           \
+            }                                                                         \
+        }                                                                             \
+    }
+
+DEFINE_FWD(8, 3)
+DEFINE_FWD(8, 2)
+DEFINE_FWD(8, 1)
+DEFINE_FWD(4, 4)
+DEFINE_FWD(4, 2)
+DEFINE_FWD(4, 1)
+DEFINE_FWD(2, 8)
+DEFINE_FWD(2, 4)
+DEFINE_FWD(2, 2)
+DEFINE_FWD(2, 1)
+DEFINE_FWD(1, 8)
+DEFINE_FWD(1, 4)
+DEFINE_FWD(1, 2)
+DEFINE_FWD(1, 1)
+
+typedef void (*fwd_fn)(float *, size_t, const float *, const int *, const float *, int);
+
+/* Tiles of one output-channel block: as many QVmax-vector tiles as fit,
+ * then the tail in halving sizes; for KB = 8 a tail of 1 after a 3 becomes
+ * 2 + 2 (16 accumulators each rather than 24 + 8). */
+EENET_AVX512 void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src,
+                                        const int *off, const float *wp, int cout, int ntaps,
+                                        int nq) {
+    static const fwd_fn t8[4] = {0, fwd_8x1, fwd_8x2, fwd_8x3};
+    static const fwd_fn t4[5] = {0, fwd_4x1, fwd_4x2, 0, fwd_4x4};
+    static const fwd_fn t2[9] = {0, fwd_2x1, fwd_2x2, 0, fwd_2x4, 0, 0, 0, fwd_2x8};
+    static const fwd_fn t1[9] = {0, fwd_1x1, fwd_1x2, 0, fwd_1x4, 0, 0, 0, fwd_1x8};
+    for (int k0 = 0; k0 < cout;) {
+        int kb = eenet_conv_fwd_kblock(cout - k0);
+        const fwd_fn *tab = kb == 8 ? t8 : kb == 4 ? t4 : kb == 2 ? t2 : t1;
+        int qmax = kb == 8 ? 3 : kb == 4 ? 4 : 8;
+        const float *wpb = wp + (size_t)k0 * ntaps;
+        float *y = yq + (size_t)k0 * ldy;
+        int q = 0;
+        int rem = nq;
+        if (kb == 8 && nq % 3 == 1 && nq >= 4) {
+            rem = nq - 4; /* leave 4 vectors for two 2-vector tiles */
+        }
+        for (; rem >= qmax; rem -= qmax, q += qmax) {
+            tab[qmax](y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+        }
+        while (q < nq) {
+            int v = qmax;
+            while (v > nq - q || !tab[v]) {
+                v--;
+            }
+            if (kb == 8 && nq - q == 4) {
+                v = 2;
+            }
+            tab[v](y + 16 * q, ldy, src + 16 * q, off, wpb, ntaps);
+            q += v;
+        }
+        k0 += kb;
+    }
+}
+
+/* dw rows a < KB (ldw apart), taps b < TB of one block. */
+#define DEFINE_BW(KB, TB)                                                                  \
+    static EENET_AVX512 void bw_##KB##x##TB(float *dw, size_t ldw, const float *dq,        \
+                                             size_t ldq, size_t dq_stride, const float *src, \
+                                             size_t src_stride, const int *off, int nq,    \
+                                             int nb) {                                     \
+        __m512 acc[KB][TB];                                                                \
+        for (int a = 0; a < KB; a++) {                                                     \
+            for (int b = 0; b < TB; b++) {                                                 \
+                acc[a][b] = _mm512_setzero_ps();                                           \
+            }                                                                              \
+        }                                                                                  \
+        for (int n = 0; n < nb; n++) {                                                     \
+            const float *d0 = dq + (size_t)n * dq_stride;                                  \
+            const float *s0 = src + (size_t)n * src_stride;                                \
+            for (int q = 0; q < nq; q++) {                                                 \
+                __m512 d[KB];                                                              \
+                for (int a = 0; a < KB; a++) {                                             \
+                    d[a] = _mm512_loadu_ps(d0 + (size_t)a * ldq + 16 * q);                 \
+                }                                                                          \
+                for (int b = 0; b < TB; b++) {                                             \
+                    __m512 x = _mm512_loadu_ps(s0 + off[b] + 16 * q);                      \
+                    for (int a = 0; a < KB; a++) {                                         \
+                        acc[a][b] = _mm512_fmadd_ps(d[a], x, acc[a][b]);                   \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        for (int a = 0; a < KB; a++) {                                                     \
+            for (int b = 0; b < TB; b++) {                                                 \
+                dw[(size_t)a * ldw + b] += _mm512_reduce_add_ps(acc[a][b]);                \
+            }                                                                              \
+        }                                                                                  \
+    }
+
+DEFINE_BW(4, 6)
+DEFINE_BW(4, 3)
+DEFINE_BW(4, 1)
+DEFINE_BW(2, 6)
+DEFINE_BW(2, 3)
+DEFINE_BW(2, 1)
+DEFINE_BW(1, 6)
+DEFINE_BW(1, 3)
+DEFINE_BW(1, 1)
+
+typedef void (*bw_fn)(float *, size_t, const float *, size_t, size_t, const float *, size_t,
+                      const int *, int, int);
+
+EENET_AVX512 void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq,
+                                       size_t dq_stride, const float *src, size_t src_stride,
+                                       const int *off, int cout, int ntaps, int nq, int nb) {
+    static const bw_fn table[3][3] = {{bw_4x6, bw_4x3, bw_4x1},
+                                      {bw_2x6, bw_2x3, bw_2x1},
+                                      {bw_1x6, bw_1x3, bw_1x1}};
+    for (int k0 = 0; k0 < cout;) {
+        int rem = cout - k0;
+        int ka = rem >= 4 ? 0 : rem >= 2 ? 1 : 2;
+        int kb = 4 >> ka;
+        for (int t0 = 0; t0 < ntaps;) {
+            int trem = ntaps - t0;
+            int ta = trem >= 6 ? 0 : trem >= 3 ? 1 : 2;
+            int tb = ta == 0 ? 6 : ta == 1 ? 3 : 1;
+            table[ka][ta](dw + (size_t)k0 * ntaps + t0, (size_t)ntaps, dq + (size_t)k0 * ldq,
+                          ldq, dq_stride, src, src_stride, off + t0, nq, nb);
+            t0 += tb;
+        }
+        k0 += kb;
+    }
+}
+
+/* ---- row helpers for q-space filling and compaction (masked, any n) ---- */
+
+static EENET_AVX512 inline __mmask16 tail_mask(int n) {
+    return (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+}
+
+/* dst[0..n) = src[0..n). */
+EENET_AVX512 void eenet_conv_row_copy(float *dst, const float *src, int n) {
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+    }
+}
+
+/* dst[0..n) = src[0..n); returns the sum of the row (lane-wise, then reduced). */
+EENET_AVX512 float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+        _mm512_mask_storeu_ps(dst + i, m, v);
+        acc = _mm512_add_ps(acc, v);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* ev[m] = x[2m] for m < ceil(n/2); od[m] = x[2m+1] for m < floor(n/2). */
+EENET_AVX512 void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int i = 0; i < n; i += 32) {
+        int r = n - i;
+        __m512 lo = _mm512_maskz_loadu_ps(tail_mask(r), x + i);
+        __m512 hi = _mm512_maskz_loadu_ps(tail_mask(r - 16 > 0 ? r - 16 : 0), x + i + 16);
+        int ne = (r + 1) / 2, no = r / 2;
+        _mm512_mask_storeu_ps(ev + i / 2, tail_mask(ne), _mm512_permutex2var_ps(lo, ie, hi));
+        _mm512_mask_storeu_ps(od + i / 2, tail_mask(no), _mm512_permutex2var_ps(lo, io, hi));
+    }
+}
+
+/* accumulate: dst[i] += src[i]; else dst[i] = src[i] + bias, for i < n. */
+EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, float bias,
+                                       int accumulate) {
+    __m512 b = _mm512_set1_ps(bias);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+        if (accumulate) {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i));
+        } else {
+            v = _mm512_add_ps(v, b);
+        }
+        _mm512_mask_storeu_ps(dst + i, m, v);
+    }
+}
+
+/* ---- K-vectorised kernels: 16 output channels per zmm lane group ------
+ * Forward tile: acc[P][KV] for P consecutive output columns of one row and
+ * 16*KV output channels; per tap KV weight loads, P broadcasts of input
+ * scalars, P*KV FMAs.  No q-space garbage, so it suits the 8x8..32x32 planes
+ * with 16/32/64 channels of the ResNets. */
+#define DEFINE_KF(KV, P)                                                                \
+    static EENET_AVX512 void kf_##KV##x##P(float *tile, const float *xrow, int s,       \
+                                            const int *off, const float *wk, int ntaps) { \
+        __m512 acc[P][KV];                                                              \
+        for (int p = 0; p < P; p++) {                                                   \
+            for (int v = 0; v < KV; v++) {                                              \
+                acc[p][v] = _mm512_setzero_ps();                                        \
+            }                                                                           \
+        }                                                                               \
+        for (int t = 0; t < ntaps; t++) {                                               \
+            const float *xt = xrow + off[t];                                            \
+            __m512 wv[KV];                                                              \
+            for (int v = 0; v < KV; v++) {                                              \
+                wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                \
+            }                                                                           \
+            for (int p = 0; p < P; p++) {                                               \
+                __m512 xb = _mm512_set1_ps(xt[p * s]);                                  \
+                for (int v = 0; v < KV; v++) {                                          \
+                    acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                  \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        for (int p = 0; p < P; p++) {                                                   \
+            for (int v = 0; v < KV; v++) {                                              \
+                _mm512_storeu_ps(tile + ((size_t)p * KV + v) * 16, acc[p][v]);          \
+            }                                                                           \
+        }                                                                               \
+    }
+
+DEFINE_KF(1, 16)
+DEFINE_KF(1, 14)
+DEFINE_KF(1, 8)
+DEFINE_KF(1, 7)
+DEFINE_KF(1, 4)
+DEFINE_KF(2, 8)
+DEFINE_KF(2, 7)
+DEFINE_KF(2, 4)
+
+/* The same over two output rows of PR columns each (the second row's
+ * input starts rs floats after the first's): 2*PR accumulators, for narrow
+ * rows (7 columns) where one row alone would leave the FMA units idle. */
+#define DEFINE_KF2(KV, PR)                                                                  \
+    static EENET_AVX512 void kf2_##KV##x##PR(float *tile, const float *xrow, int s,          \
+                                              size_t rs, const int *off, const float *wk,    \
+                                              int ntaps) {                                   \
+        __m512 acc[2 * PR][KV];                                                             \
+        for (int p = 0; p < 2 * PR; p++) {                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                acc[p][v] = _mm512_setzero_ps();                                            \
+            }                                                                               \
+        }                                                                                   \
+        for (int t = 0; t < ntaps; t++) {                                                   \
+            const float *xt = xrow + off[t];                                                \
+            __m512 wv[KV];                                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                    \
+            }                                                                               \
+            for (int p = 0; p < 2 * PR; p++) {                                              \
+                __m512 xb = _mm512_set1_ps(xt[(p / PR) * rs + (size_t)(p % PR) * s]);       \
+                for (int v = 0; v < KV; v++) {                                              \
+                    acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                      \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int p = 0; p < 2 * PR; p++) {                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                _mm512_storeu_ps(tile + ((size_t)p * KV + v) * 16, acc[p][v]);              \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEFINE_KF2(1, 7)
+
+typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, int);
+
+/* Store 8 positions x 16 channels from a tile (rows t + p*ldt, p < 8, 16
+ * channels each) transposed into out rows o + c*hw (c < 16, 8 floats each):
+ * an 8x8 transpose on each 256-bit half (channels 0-7 and 8-15 at once).
+ * accumulate: o += tile; else o = tile + bias (b16: 16 biases or NULL). */
+static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t ldt,
+                                     const float *b16, int accumulate) {
+    __m512 r[8], u[8];
+    for (int p = 0; p < 8; p++) {
+        r[p] = _mm512_loadu_ps(t + (size_t)p * ldt);
+    }
+    /* within 128-bit lanes, exactly as the classic AVX 8x8 transpose */
+    __m512 t0 = _mm512_unpacklo_ps(r[0], r[1]), t1 = _mm512_unpackhi_ps(r[0], r[1]);
+    __m512 t2 = _mm512_unpacklo_ps(r[2], r[3]), t3 = _mm512_unpackhi_ps(r[2], r[3]);
+    __m512 t4 = _mm512_unpacklo_ps(r[4], r[5]), t5 = _mm512_unpackhi_ps(r[4], r[5]);
+    __m512 t6 = _mm512_unpacklo_ps(r[6], r[7]), t7 = _mm512_unpackhi_ps(r[6], r[7]);
+    u[0] = _mm512_shuffle_ps(t0, t2, 0x44), u[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
+    u[2] = _mm512_shuffle_ps(t1, t3, 0x44), u[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
+    u[4] = _mm512_shuffle_ps(t4, t6, 0x44), u[5] = _mm512_shuffle_ps(t4, t6, 0xEE);
+    u[6] = _mm512_shuffle_ps(t5, t7, 0x44), u[7] = _mm512_shuffle_ps(t5, t7, 0xEE);
+    /* the AVX permute2f128 0x20 / 0x31 step, on each 256-bit half */
+    const __m512i lo = _mm512_set_epi32(27, 26, 25, 24, 11, 10, 9, 8, 19, 18, 17, 16, 3, 2, 1, 0);
+    const __m512i hi = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 23, 22, 21, 20, 7, 6, 5, 4);
+    for (int c = 0; c < 4; c++) {
+        for (int h = 0; h < 2; h++) {
+            int ch = c + 4 * h; /* output row: channel ch (low half), ch + 8 (high half) */
+            __m512 v = _mm512_permutex2var_ps(u[c], h ? hi : lo, u[c + 4]);
+            __m256 vl = _mm512_castps512_ps256(v);
+            __m256 vh = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+            float *ol = o + (size_t)ch * hw, *oh = o + (size_t)(ch + 8) * hw;
+            if (accumulate) {
+                vl = _mm256_add_ps(vl, _mm256_loadu_ps(ol));
+                vh = _mm256_add_ps(vh, _mm256_loadu_ps(oh));
+            } else if (b16) {
+                vl = _mm256_add_ps(vl, _mm256_set1_ps(b16[ch]));
+                vh = _mm256_add_ps(vh, _mm256_set1_ps(b16[ch + 8]));
+            }
+            _mm256_storeu_ps(ol, vl);
+            _mm256_storeu_ps(oh, vh);
+        }
+    }
+}
+
+EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias,
+                                      const float *xp, int wp, int s, const int *off,
+                                      const float *wk, int cout, int ntaps, int ho, int wo,
+                                      int kv, int P, float *tile) {
+    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
+                       : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
+                          : P == 7 ? kf_1x7 : kf_1x4);
+    int kb = 16 * kv;
+    size_t hw = (size_t)ho * wo;
+    for (int k0 = 0; k0 < cout; k0 += kb) {
+        const float *wkb = wk + (size_t)k0 * ntaps;
+        for (int oy = 0; oy < ho; oy++) {
+            if (kv == 1 && P == 7 && wo == 7 && oy + 1 < ho) {
+                /* rows oy and oy+1 in one 14-position tile */
+                kf2_1x7(tile, xp + (size_t)oy * s * wp, s, (size_t)s * wp, off, wkb, ntaps);
+                float *o = out + (size_t)k0 * hw + (size_t)oy * wo;
+                for (int kk = 0; kk < kb; kk++) {
+                    float *ok = o + (size_t)kk * hw;
+                    float b = (!accumulate && bias) ? bias[k0 + kk] : 0.0f;
+                    for (int p = 0; p < 14; p++) {
+                        ok[p] = (accumulate ? ok[p] : b) + tile[(size_t)p * kb + kk];
+                    }
+                }
+                oy++;
+                continue;
+            }
+            for (int ox0 = 0; ox0 < wo; ox0 += P) {
+                fn(tile, xp + (size_t)oy * s * wp + (size_t)ox0 * s, s, off, wkb, ntaps);
+                /* tile (P, kb) -> out[k0+kk][oy][ox0+p] */
+                float *o = out + (size_t)k0 * hw + (size_t)oy * wo + ox0;
+                if (P % 8 == 0) {
+                    for (int p0 = 0; p0 < P; p0 += 8) {
+                        for (int v = 0; v < kv; v++) {
+                            store_t8x16(o + (size_t)16 * v * hw + p0, hw,
+                                        tile + (size_t)p0 * kb + 16 * v, (size_t)kb,
+                                        bias ? bias + k0 + 16 * v : NULL, accumulate);
+                        }
+                    }
+                    continue;
+                }
+                for (int kk = 0; kk < kb; kk++) {
+                    float *ok = o + (size_t)kk * hw;
+                    const float *tk = tile + kk;
+                    if (accumulate) {
+                        for (int p = 0; p < P; p++) {
+                            ok[p] += tk[(size_t)p * kb];
+                        }
+                    } else {
+                        float b = bias ? bias[k0 + kk] : 0.0f;
+                        for (int p = 0; p < P; p++) {
+                            ok[p] = tk[(size_t)p * kb] + b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Backward-weight: acc[TB][KV] over every output position of a sample,
+ * dwt[t][k] += sum_pos x[tap t at pos] * dyt[pos][k]; lanes are channels,
+ * so no horizontal reduction is needed. */
+#define DEFINE_KW(KV, TB)                                                                    \
+    static EENET_AVX512 void kw_##KV##x##TB(float *dwt, int ldk, const float *dyt,           \
+                                             const float *xp, int wp, int s, const int *off, \
+                                             int ho, int wo) {                               \
+        __m512 acc[TB][KV];                                                                  \
+        const float *sp[TB];                                                                 \
+        for (int b = 0; b < TB; b++) {                                                       \
+            sp[b] = xp + off[b];                                                             \
+            for (int v = 0; v < KV; v++) {                                                   \
+                acc[b][v] = _mm512_setzero_ps();                                             \
+            }                                                                                \
+        }                                                                                    \
+        for (int oy = 0; oy < ho; oy++) {                                                    \
+            const float *dr = dyt + (size_t)oy * wo * ldk;                                   \
+            size_t base = (size_t)oy * s * wp;                                               \
+            for (int ox = 0; ox < wo; ox++, base += s) {                                     \
+                __m512 d[KV];                                                                \
+                for (int v = 0; v < KV; v++) {                                               \
+                    d[v] = _mm512_loadu_ps(dr + (size_t)ox * ldk + 16 * v);                  \
+                }                                                                            \
+                for (int b = 0; b < TB; b++) {                                               \
+                    __m512 xb = _mm512_set1_ps(sp[b][base]);                                 \
+                    for (int v = 0; v < KV; v++) {                                           \
+                        acc[b][v] = _mm512_fmadd_ps(xb, d[v], acc[b][v]);                    \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        for (int b = 0; b < TB; b++) {                                                       \
+            for (int v = 0; v < KV; v++) {                                                   \
+                float *dst = dwt + (size_t)b * ldk + 16 * v;                                 \
+                _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), acc[b][v]));      \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_KW(4, 6)
+DEFINE_KW(4, 3)
+DEFINE_KW(4, 1)
+DEFINE_KW(2, 12)
+DEFINE_KW(2, 3)
+DEFINE_KW(2, 1)
+DEFINE_KW(1, 12)
+DEFINE_KW(1, 3)
+DEFINE_KW(1, 1)
+
+typedef void (*kw_fn)(float *, int, const float *, const float *, int, int, const int *, int,
+                      int);
+
+EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp,
+                                     int s, const int *off, int cout, int ntaps, int ho,
+                                     int wo) {
+    int kv = cout % 64 == 0 ? 4 : cout % 32 == 0 ? 2 : 1;
+    kw_fn big = kv == 4 ? kw_4x6 : kv == 2 ? kw_2x12 : kw_1x12;
+    kw_fn three = kv == 4 ? kw_4x3 : kv == 2 ? kw_2x3 : kw_1x3;
+    kw_fn one = kv == 4 ? kw_4x1 : kv == 2 ? kw_2x1 : kw_1x1;
+    int tb = kv == 4 ? 6 : 12;
+    for (int k0 = 0; k0 < cout; k0 += 16 * kv) {
+        int t0 = 0;
+        for (; t0 + tb <= ntaps; t0 += tb) {
+            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+        for (; t0 + 3 <= ntaps; t0 += 3) {
+            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+        for (; t0 < ntaps; t0++) {
+            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+        }
+    }
+}
+
+#else /* not x86-64 GCC/Clang: no direct path, conv.c uses im2col+GEMM */
+
+int eenet_conv_direct_available(void) {
+    return 0;
+}
+
+void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src, const int *off,
+                           const float *wp, int cout, int ntaps, int nq) {
+    (void)yq, (void)ldy, (void)src, (void)off, (void)wp, (void)cout, (void)ntaps, (void)nq;
+}
+
+void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stride,
+                          const float *src, size_t src_stride, const int *off, int cout,
+                          int ntaps, int nq, int nb) {
+    (void)dw, (void)dq, (void)ldq, (void)dq_stride, (void)src, (void)src_stride, (void)off;
+    (void)cout, (void)ntaps, (void)nq, (void)nb;
+}
+
+void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
+                         int s, const int *off, const float *wk, int cout, int ntaps, int ho,
+                         int wo, int kv, int P, float *tile) {
+    (void)out, (void)accumulate, (void)bias, (void)xp, (void)wp, (void)s, (void)off, (void)wk;
+    (void)cout, (void)ntaps, (void)ho, (void)wo, (void)kv, (void)P, (void)tile;
+}
+
+void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
+                        const int *off, int cout, int ntaps, int ho, int wo) {
+    (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
+    (void)ho, (void)wo;
+}
+
+void eenet_conv_row_copy(float *dst, const float *src, int n) {
+    (void)dst, (void)src, (void)n;
+}
+
+float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
+    (void)dst, (void)src, (void)n;
+    return 0.0f;
+}
+
+void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
+    (void)ev, (void)od, (void)x, (void)n;
+}
+
+void eenet_conv_row_store(float *dst, const float *src, int n, float bias, int accumulate) {
+    (void)dst, (void)src, (void)n, (void)bias, (void)accumulate;
+}
+
+#endif

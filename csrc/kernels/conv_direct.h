@@ -1,0 +1,64 @@
+/* conv_direct.h: internal interface between conv.c and the vectorised
+ * direct-convolution micro-kernels (conv_avx512.c).
+ *
+ * The direct path works in "q-space": a sample's input is copied, zero-padded
+ * and split into s*s phase planes P[c,a,b][y][x] = xpad[c][s*y+a][s*x+b]
+ * (each plane hs x ws, stored with `plane` floats including a zero tail), so
+ * that a tap (c,i,j) of a stride-s convolution becomes a contiguous shifted
+ * read: out_q[k][q] += w[k,c,i,j] * src[off(c,i,j) + q], q = oy*ws + ox,
+ * off(c,i,j) = (c*s*s + (i%s)*s + j%s)*plane + (i/s)*ws + j/s.
+ * Columns ox >= Wo of q-space are garbage (computed, then dropped).
+ */
+#ifndef EENET_CONV_DIRECT_H
+#define EENET_CONV_DIRECT_H
+
+#include <stddef.h>
+
+/* Output channels per register block of the forward micro-kernel for
+ * `remaining` channels (the weight packing in conv.c uses the same rule). */
+static inline int eenet_conv_fwd_kblock(int remaining) {
+    return remaining >= 8 ? 8 : remaining >= 4 ? 4 : remaining >= 2 ? 2 : 1;
+}
+
+/* 1 if the AVX-512 micro-kernels can run on this CPU (x86-64 with AVX-512F,
+ * checked at run time), else 0 (other CPUs use the im2col+GEMM path). */
+int eenet_conv_direct_available(void);
+
+/* yq (cout, ldy) = sum_t wp[t] * src[off[t] + q] for q < nq*16 (overwrites).
+ * wp: for each output-channel block [k0, k0+kb) (kb = eenet_conv_fwd_kblock),
+ * ntaps*kb floats at wp + k0*ntaps laid out [t][kk]. */
+void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src, const int *off,
+                           const float *wp, int cout, int ntaps, int nq);
+
+/* dw (cout, ntaps) += sum_{b<nb} sum_{q<nq*16} dq[b][k][q] * src[b][off[t] + q]
+ * (accumulates); dq sample b at dq + b*dq_stride with rows ldq apart; src
+ * sample b at src + b*src_stride. */
+void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stride,
+                          const float *src, size_t src_stride, const int *off, int cout,
+                          int ntaps, int nq, int nb);
+
+/* K-vectorised path (16*kv output channels per register block; cout a
+ * multiple of 16*kv).  xp (cin, hp, wp): the zero-padded input; off[t] =
+ * c*hp*wp + i*wp + j.  wk packed like the forward q-space weights with
+ * blocks of 16*kv channels.  Forward writes out (cout, ho, wo) = result + bias
+ * (accumulate = 0) or adds the result (accumulate = 1); P (16, 14, 8, 7 or 4;
+ * 8, 7 or 4 when kv = 2) divides wo; tile holds P*16*kv floats. */
+void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
+                         int s, const int *off, const float *wk, int cout, int ntaps, int ho,
+                         int wo, int kv, int P, float *tile);
+
+/* dwt (ntaps, cout) += sum over positions of x(tap) * dyt (ho*wo, cout);
+ * cout a multiple of 16.  Also runs on q-space planes (xp = phase planes,
+ * off from the q-space offsets, wp = ws, s = 1). */
+void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
+                        const int *off, int cout, int ntaps, int ho, int wo);
+
+/* Row helpers of the direct path (AVX-512, masked tails; any n >= 0):
+ * copy; copy returning the row's sum; even/odd split ev[m] = x[2m],
+ * od[m] = x[2m+1]; store dst = src + bias or dst += src (accumulate). */
+void eenet_conv_row_copy(float *dst, const float *src, int n);
+float eenet_conv_row_copy_sum(float *dst, const float *src, int n);
+void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n);
+void eenet_conv_row_store(float *dst, const float *src, int n, float bias, int accumulate);
+
+#endif /* EENET_CONV_DIRECT_H */
