@@ -16,11 +16,18 @@ Wo * C * kh * kw for each of the three.  Times are the median (--stat) of
 --repeats runs of about 5 ms each, after a warm-up, with eenet and torch runs
 alternating so that both see the same load from other processes.
 
-Peak: measured once at start as the best of several 2048x2048x2048 float32
-matrix products (torch.mm, i.e. oneDNN/MKL-class GEMM) with the same thread
-count; it is an achievable peak, not the data-sheet number.
+Peak: measured once at start as the best rate of a 2048x2048x2048 float32
+torch.mm and of a compute-bound 128->128 3x3 torch conv2d (several runs
+each), with the same thread count and clock; an achievable peak, not the
+data-sheet number.
+
+On a machine shared with other work, wall-clock runs with several threads
+mostly measure the scheduler (a worker thread that waits for a core stalls the
+whole parallel region, for torch and eenet alike); compare kernels there with
+`--threads 1 --clock cpu`.
 
 Usage:  python benchmarks/kernels.py [--threads T] [--repeats R] [--batches 32,128]
+                                     [--stat median|min] [--clock wall|cpu]
 Run from the repository root after `python setup.py build_ext --inplace`.
 """
 from __future__ import annotations
@@ -92,12 +99,20 @@ def resnet20_shapes() -> list[ConvShape]:
     ]
 
 
+# Clock for every timing: wall time (time.perf_counter) by default; with
+# --clock cpu the process's CPU time (time.process_time), which does not count
+# time the process waits for a core, so one-thread runs stay comparable on a
+# machine loaded by other work (with several threads it also counts threads
+# spinning in barriers, so use it with --threads 1).
+_clock = time.perf_counter
+
+
 def _inner_count(fn) -> int:
     """Calls of fn per timed run so that one run lasts about 5 ms."""
     fn()
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn()
-    one = max(time.perf_counter() - t0, 1e-6)
+    one = max(_clock() - t0, 1e-6)
     return max(1, int(0.005 / one))
 
 
@@ -108,25 +123,34 @@ def time_pair(fa, fb, repeats: int, stat: str) -> tuple[float, float]:
     ta, tb = [], []
     for _ in range(repeats):
         for fn, n, out in ((fa, na, ta), (fb, nb, tb)):
-            t0 = time.perf_counter()
+            t0 = _clock()
             for _ in range(n):
                 fn()
-            out.append((time.perf_counter() - t0) / n)
+            out.append((_clock() - t0) / n)
     pick = statistics.median if stat == "median" else min
     return pick(ta), pick(tb)
 
 
 def measure_peak(torch, repeats: int) -> float:
-    """Best GFLOP/s of a 2048^3 float32 torch.mm (same thread count)."""
+    """Achievable FP32 peak (GFLOP/s) with the current thread count: the best
+    of a 2048^3 torch.mm and a compute-bound torch conv2d (N=32, 128->128
+    channels, 3x3, 32x32), each best of several runs.  On Zen 4 oneDNN's
+    direct convolution gets closer to the FMA limit than its GEMM does."""
     n = 2048
     a = torch.randn(n, n)
     b = torch.randn(n, n)
-    torch.mm(a, b)
+    x = torch.randn(32, 128, 32, 32)
+    w = torch.randn(128, 128, 3, 3)
+    conv_flops = 2.0 * 32 * 128 * 32 * 32 * 128 * 9
     best = 0.0
-    for _ in range(max(3, repeats)):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2.0 * n**3 / (time.perf_counter() - t0) / 1e9)
+    with torch.no_grad():
+        for fn, flops in ((lambda: torch.mm(a, b), 2.0 * n**3),
+                          (lambda: torch.nn.functional.conv2d(x, w, padding=1), conv_flops)):
+            fn()
+            for _ in range(max(3, repeats)):
+                t0 = _clock()
+                fn()
+                best = max(best, flops / max(_clock() - t0, 1e-9) / 1e9)
     return best
 
 
@@ -139,7 +163,12 @@ def main() -> None:
     ap.add_argument("--nets", default="eenet8,resnet20", help="eenet8 and/or resnet20")
     ap.add_argument("--stat", choices=("median", "min"), default="median",
                     help="statistic over the repeats (min resists load from other processes)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or process CPU time (robust to machine load with "
+                         "--threads 1)")
     args = ap.parse_args()
+    global _clock
+    _clock = time.perf_counter if args.clock == "wall" else time.process_time
 
     import torch
 
@@ -148,9 +177,10 @@ def main() -> None:
     peak = measure_peak(torch, args.repeats)
     print(f"threads: {args.threads} (eenet {eenet.get_num_threads()}, torch "
           f"{torch.get_num_threads()}), torch {torch.__version__}")
-    print(f"peak FP32: {peak:.1f} GFLOP/s (best 2048^3 torch.mm, {args.threads} threads)")
+    print(f"peak FP32: {peak:.1f} GFLOP/s (best of a 2048^3 torch.mm and a 128->128 3x3 "
+          f"torch conv2d, {args.threads} threads)")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          f"statistic: {args.stat} of {args.repeats}")
+          f"statistic: {args.stat} of {args.repeats}; clock: {args.clock}")
     print("GF/s = GFLOP/s; ratio = eenet / torch (higher is better); %pk = eenet's share of peak")
 
     shapes: list[ConvShape] = []

@@ -31,9 +31,12 @@ eenet_status eenet_set_error(eenet_status status, const char *fmt, ...)
     ;
 const char *eenet_last_error(void);
 
-/* Threads used by every OpenMP region of the core (and by OpenBLAS calls made
- * outside parallel regions).  Default: the cores available to the process. */
+/* Threads used by every OpenMP region of the core (OpenBLAS itself always runs
+ * single-threaded, see eenet_core_init).  Default: the cores available. */
 void eenet_set_num_threads(int n);
 int eenet_get_num_threads(void);
+
+/* One-time set-up when the extension loads (OpenBLAS single-threaded). */
+void eenet_core_init(void);
 
 #endif /* EENET_H */

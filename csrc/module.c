@@ -345,7 +345,8 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kwa
         bias = CFDATA(b);
     }
     npy_intp odims[4] = {g.N, g.K, g.Ho, g.Wo};
-    out = new_float_array(4, odims);
+    /* not zero-filled: the forward kernels overwrite every element */
+    out = (PyArrayObject *)PyArray_EMPTY(4, odims, NPY_FLOAT32, 0);
     if (!out) {
         goto cleanup;
     }
@@ -1985,6 +1986,7 @@ static struct PyModuleDef core_module = {
 
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
+    eenet_core_init();
     PyObject *module = PyModule_Create(&core_module);
     if (!module) {
         return NULL;

@@ -593,7 +593,7 @@ def _execute_trial(trial_fn: Callable | None, config: dict, run_dir: str,
     history = result.get("history")
     out["history_csv"] = history.to_csv(index=False) if hasattr(history, "to_csv") else None
     outputs = result.get("outputs")
-    if outputs is None and trial_fn is None:
+    if outputs is None and _is_eenet_train(fn):
         try:
             outputs = _validation_outputs(result, config)
         except Exception as e:  # the trial itself succeeded; keep its metrics

@@ -29,6 +29,9 @@ def fake_train(model: str = "eenet8", dataset: str = "fashion-mnist", *, num_ee:
         os.makedirs(marker_dir, exist_ok=True)
         with open(os.path.join(marker_dir, f"exec-{key}-{uuid.uuid4().hex}"), "w") as f:
             f.write(f"{os.getpid()} resume={resume} threads={threads}\n")
+        if results_dir is not None:  # a "checkpoint" from the first moment on
+            with open(os.path.join(results_dir, "checkpoint.eenet"), "w") as f:
+                f.write("fake")
         if die_key == key:
             flag = os.path.join(marker_dir, f"died-{key}")
             if not os.path.exists(flag):
@@ -39,9 +42,6 @@ def fake_train(model: str = "eenet8", dataset: str = "fashion-mnist", *, num_ee:
         time.sleep(sleep)
     if fail_key == key:
         raise RuntimeError(f"trial {key} failed on purpose")
-    if results_dir is not None:
-        with open(os.path.join(results_dir, "checkpoint.eenet"), "w") as f:
-            f.write("fake")
     rng = np.random.default_rng(seed)
     E1 = num_ee + 1
     costs = np.linspace(1.0 / E1, 1.0, E1)

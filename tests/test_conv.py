@@ -40,6 +40,7 @@ SHAPES = [
     (3, 16, 7, 7, 16, 3, 1, 1),    # EENet-8 f=4 last block: 7-column tiles
     (2, 8, 14, 14, 16, 3, 2, 1),   # EENet-8 f=4 16-channel stride 2
     (2, 32, 14, 14, 32, 3, 1, 1),  # 14-column tiles, 32 channels
+    (2, 32, 8, 8, 16, 3, 1, 1),    # backward-data K-vectorised with 8-column tiles
 ]
 
 # conv2d implementation switch of the C core (kernels.h eenet_conv2d_set_impl):
@@ -264,7 +265,8 @@ def _p(a):
     return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
 
-@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[10]])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[10], SHAPES[11],
+                                   (3, 16, 7, 7, 16, 3, 1, 1), SHAPES[-1]])
 def test_c_backward_accumulates(rng, shape):
     """eenet_conv2d_backward(_ex) and the naive twin ADD into dinp/dw/dbias
     (the binding passes zeros; the engine relies on accumulation)."""

@@ -180,6 +180,11 @@ def test_grid_on_two_workers_survives_a_failing_trial_and_a_killed_worker(tmp_pa
     # (a finished trial whose result was still on the dying worker is recomputed by Dask)
     assert 1 <= runs[trial_key(1, 2.0)] <= 2 and 1 <= runs[trial_key(2, 0.5)] <= 2
     assert (markers / f"died-{trial_key(2, 2.0)}").exists()
+    # the retry of the killed trial resumed from its checkpoint; first attempts did not
+    flags = sorted(p.read_text().split()[1] for p in markers.glob(f"exec-{trial_key(2, 2.0)}-*"))
+    assert flags == ["resume=False", "resume=True"]
+    assert all("resume=False" in p.read_text()
+               for p in markers.glob(f"exec-{trial_key(1, 2.0)}-*"))
     failed_dir = res / "trials" / by_key.loc[trial_key(1, 0.5), "trial"]
     assert "failed on purpose" in (failed_dir / "error.txt").read_text()
     for _, r in df[df["status"] == "done"].iterrows():
@@ -259,6 +264,9 @@ def test_interrupted_client_restarts_without_rerunning_finished_trials(tmp_path)
             assert runs_after[key] == runs_before[key] == 1  # never run twice
         else:
             assert runs_after[key] == runs_before.get(key, 0) + 1
+            if runs_before.get(key):  # interrupted mid-trial: continued from its checkpoint
+                assert any("resume=True" in p.read_text()
+                           for p in markers.glob(f"exec-{key}-*"))
 
 
 # --------------------------------------------------------------------------- analysis

@@ -3,26 +3,48 @@
  *   out[n,k,oy,ox] = bias[k] + sum_{c,i,j} w[k,c,i,j] * inp[n,c,oy*s+i-p,ox*s+j-p]
  *
  * (taps outside the input read 0; symmetric padding p, stride s).
+ * Backward: dinp += conv^T(dout) (the full correlation with the flipped
+ * kernel for stride 1), dw[k,c,i,j] += sum_{n,oy,ox} dout * inp(tap),
+ * dbias[k] += sum_{n,oy,ox} dout.  All paths share the contract of kernels.h.
  *
- * Paths (all share one contract, see kernels.h):
- *   - GEMM path: per sample, im2col (C*kh*kw, Ho*Wo) then
- *       out_n (K, HoWo)      = w (K, CKK) @ col                 forward
- *       dw    (K, CKK)      += dout_n (K, HoWo) @ col^T          backward-weight
- *       dcol  (CKK, HoWo)    = w^T @ dout_n, col2im += into dinp backward-data
- *     (1x1, stride 1, pad 0 skips im2col: col is the input itself).
- *     OpenMP over the batch with OpenBLAS single-threaded inside each thread.
+ * Paths, chosen per call by plan_choose() from measurements on the 2-core
+ * AMD EPYC (Zen 4, AVX-512) build machine:
+ *   - K-vectorised direct (conv_avx512.c, 16*kv output channels in zmm lanes,
+ *     P output columns per tile): forward and backward-data (a forward of
+ *     dout with the flipped kernel) of layers with 32+ channels, or 16 on
+ *     7/14-wide rows; weight gradient of 32+ channels (on the padded input)
+ *     and of 16 channels with >= 64 taps (on the q-space planes);
+ *   - q-space direct (conv_avx512.c, conv_direct.h: positions in zmm lanes over
+ *     zero-padded phase planes, so stride s becomes contiguous reads): every
+ *     other 3x3/7x7 layer, i.e. the small-channel EENet-8 layers;
+ *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
+ *     backward-data of strided layers (dcol = w^T dout, col2im), and every
+ *     layer on CPUs without AVX-512 or other architectures (the portable
+ *     fallback; plain C GEMM if built without OpenBLAS).
+ *   Why: single-thread OpenBLAS sgemm reaches 57-98 GFLOP/s on these GEMM
+ *   shapes (16x1024x144: 57, 64x64x576: 93; 103 on 2048^3), but im2col costs
+ *   30-40% on top, so im2col+GEMM ran at 0.4-0.75x PyTorch's oneDNN (one
+ *   thread) in forward and weight gradient of the ResNet-20 3x3 layers; the
+ *   direct kernels run at 70-105 GFLOP/s there (0.9-1.3x).
+ *   All paths: OpenMP over the batch (each thread whole samples; OpenBLAS
+ *   single-threaded inside), weight/bias gradients in per-thread partials in
+ *   the workspace, reduced at the end (race-free, no atomics).
  *   - the naive references: direct loops with double accumulation.
  *
- * Threads and workspace: the workspace holds one slot per thread (the im2col
- * columns and the thread's partial dw/dbias).  eenet_conv2d_forward/backward
- * use eenet_get_num_threads() threads, so their workspace must be sized for
- * at least that many; callers whose thread count may grow after sizing (the
- * engine sizes once at build time) call the *_ex forms with the count they
- * sized for: the kernels then use min(that, eenet_get_num_threads()) threads
- * and never touch memory beyond the workspace.
+ * Threads and workspace: the workspace holds a shared part (packed weights,
+ * tap offsets) and one slot per thread (planes, im2col columns, the thread's
+ * partial dw/dbias).  Its layout depends on the sizes only (not on the CPU,
+ * the chosen path or the thread count), so a workspace sized once always
+ * fits.  eenet_conv2d_forward/backward use eenet_get_num_threads() threads, so
+ * their workspace must be sized for at least that many; callers whose thread
+ * count may grow after sizing (the engine sizes once at build time) call the
+ * *_ex forms with the count they sized for: the kernels then use
+ * min(that, eenet_get_num_threads(), N, work/2M MACs) threads and never touch
+ * memory beyond the workspace.
  */
 #include "kernels.h"
 
+#include <limits.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -204,6 +226,15 @@ static eenet_status check_sizes(int N, int C, int H, int W, int K, int kh, int k
     }
     *Ho = eenet_conv_out_size(H, kh, stride, pad);
     *Wo = eenet_conv_out_size(W, kw, stride, pad);
+    /* every per-sample extent must fit the int sizes of the kernels and BLAS */
+    size_t ckk = (size_t)C * kh * kw;
+    if ((size_t)H * W > INT_MAX / 4 || (size_t)*Ho * *Wo > INT_MAX / 4 ||
+        ckk > INT_MAX / 4 || (size_t)K * ckk > INT_MAX / 4 || (size_t)C * H * W > INT_MAX / 4 ||
+        (size_t)K * *Ho * *Wo > INT_MAX / 4 || (size_t)stride * (H + 2 * (size_t)pad) > INT_MAX / 4) {
+        return eenet_set_error(EENET_ERR_VALUE,
+                               "conv2d: sizes too large (C=%d H=%d W=%d K=%d kernel %dx%d)", C,
+                               H, W, K, kh, kw);
+    }
     return EENET_OK;
 }
 

@@ -281,7 +281,84 @@ DEFINE_KF(2, 8)
 DEFINE_KF(2, 7)
 DEFINE_KF(2, 4)
 
+/* The same over two output rows of PR columns each (the second row's
+ * input starts rs floats after the first's): 2*PR accumulators, for narrow
+ * rows (7 columns) where one row alone would leave the FMA units idle. */
+#define DEFINE_KF2(KV, PR)                                                                  \
+    static EENET_AVX512 void kf2_##KV##x##PR(float *tile, const float *xrow, int s,          \
+                                              size_t rs, const int *off, const float *wk,    \
+                                              int ntaps) {                                   \
+        __m512 acc[2 * PR][KV];                                                             \
+        for (int p = 0; p < 2 * PR; p++) {                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                acc[p][v] = _mm512_setzero_ps();                                            \
+            }                                                                               \
+        }                                                                                   \
+        for (int t = 0; t < ntaps; t++) {                                                   \
+            const float *xt = xrow + off[t];                                                \
+            __m512 wv[KV];                                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                    \
+            }                                                                               \
+            for (int p = 0; p < 2 * PR; p++) {                                              \
+                __m512 xb = _mm512_set1_ps(xt[(p / PR) * rs + (size_t)(p % PR) * s]);       \
+                for (int v = 0; v < KV; v++) {                                              \
+                    acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                      \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int p = 0; p < 2 * PR; p++) {                                                  \
+            for (int v = 0; v < KV; v++) {                                                  \
+                _mm512_storeu_ps(tile + ((size_t)p * KV + v) * 16, acc[p][v]);              \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEFINE_KF2(1, 7)
+
 typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, int);
+
+/* Store 8 positions x 16 channels from a tile (rows t + p*ldt, p < 8, 16
+ * channels each) transposed into out rows o + c*hw (c < 16, 8 floats each):
+ * an 8x8 transpose on each 256-bit half (channels 0-7 and 8-15 at once).
+ * accumulate: o += tile; else o = tile + bias (b16: 16 biases or NULL). */
+static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t ldt,
+                                     const float *b16, int accumulate) {
+    __m512 r[8], u[8];
+    for (int p = 0; p < 8; p++) {
+        r[p] = _mm512_loadu_ps(t + (size_t)p * ldt);
+    }
+    /* within 128-bit lanes, exactly as the classic AVX 8x8 transpose */
+    __m512 t0 = _mm512_unpacklo_ps(r[0], r[1]), t1 = _mm512_unpackhi_ps(r[0], r[1]);
+    __m512 t2 = _mm512_unpacklo_ps(r[2], r[3]), t3 = _mm512_unpackhi_ps(r[2], r[3]);
+    __m512 t4 = _mm512_unpacklo_ps(r[4], r[5]), t5 = _mm512_unpackhi_ps(r[4], r[5]);
+    __m512 t6 = _mm512_unpacklo_ps(r[6], r[7]), t7 = _mm512_unpackhi_ps(r[6], r[7]);
+    u[0] = _mm512_shuffle_ps(t0, t2, 0x44), u[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
+    u[2] = _mm512_shuffle_ps(t1, t3, 0x44), u[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
+    u[4] = _mm512_shuffle_ps(t4, t6, 0x44), u[5] = _mm512_shuffle_ps(t4, t6, 0xEE);
+    u[6] = _mm512_shuffle_ps(t5, t7, 0x44), u[7] = _mm512_shuffle_ps(t5, t7, 0xEE);
+    /* the AVX permute2f128 0x20 / 0x31 step, on each 256-bit half */
+    const __m512i lo = _mm512_set_epi32(27, 26, 25, 24, 11, 10, 9, 8, 19, 18, 17, 16, 3, 2, 1, 0);
+    const __m512i hi = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 23, 22, 21, 20, 7, 6, 5, 4);
+    for (int c = 0; c < 4; c++) {
+        for (int h = 0; h < 2; h++) {
+            int ch = c + 4 * h; /* output row: channel ch (low half), ch + 8 (high half) */
+            __m512 v = _mm512_permutex2var_ps(u[c], h ? hi : lo, u[c + 4]);
+            __m256 vl = _mm512_castps512_ps256(v);
+            __m256 vh = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+            float *ol = o + (size_t)ch * hw, *oh = o + (size_t)(ch + 8) * hw;
+            if (accumulate) {
+                vl = _mm256_add_ps(vl, _mm256_loadu_ps(ol));
+                vh = _mm256_add_ps(vh, _mm256_loadu_ps(oh));
+            } else if (b16) {
+                vl = _mm256_add_ps(vl, _mm256_set1_ps(b16[ch]));
+                vh = _mm256_add_ps(vh, _mm256_set1_ps(b16[ch + 8]));
+            }
+            _mm256_storeu_ps(ol, vl);
+            _mm256_storeu_ps(oh, vh);
+        }
+    }
+}
 
 EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias,
                                       const float *xp, int wp, int s, const int *off,
@@ -295,10 +372,34 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
     for (int k0 = 0; k0 < cout; k0 += kb) {
         const float *wkb = wk + (size_t)k0 * ntaps;
         for (int oy = 0; oy < ho; oy++) {
+            if (kv == 1 && P == 7 && wo == 7 && oy + 1 < ho) {
+                /* rows oy and oy+1 in one 14-position tile */
+                kf2_1x7(tile, xp + (size_t)oy * s * wp, s, (size_t)s * wp, off, wkb, ntaps);
+                float *o = out + (size_t)k0 * hw + (size_t)oy * wo;
+                for (int kk = 0; kk < kb; kk++) {
+                    float *ok = o + (size_t)kk * hw;
+                    float b = (!accumulate && bias) ? bias[k0 + kk] : 0.0f;
+                    for (int p = 0; p < 14; p++) {
+                        ok[p] = (accumulate ? ok[p] : b) + tile[(size_t)p * kb + kk];
+                    }
+                }
+                oy++;
+                continue;
+            }
             for (int ox0 = 0; ox0 < wo; ox0 += P) {
                 fn(tile, xp + (size_t)oy * s * wp + (size_t)ox0 * s, s, off, wkb, ntaps);
                 /* tile (P, kb) -> out[k0+kk][oy][ox0+p] */
                 float *o = out + (size_t)k0 * hw + (size_t)oy * wo + ox0;
+                if (P % 8 == 0) {
+                    for (int p0 = 0; p0 < P; p0 += 8) {
+                        for (int v = 0; v < kv; v++) {
+                            store_t8x16(o + (size_t)16 * v * hw + p0, hw,
+                                        tile + (size_t)p0 * kb + 16 * v, (size_t)kb,
+                                        bias ? bias + k0 + 16 * v : NULL, accumulate);
+                        }
+                    }
+                    continue;
+                }
                 for (int kk = 0; kk < kb; kk++) {
                     float *ok = o + (size_t)kk * hw;
                     const float *tk = tile + kk;

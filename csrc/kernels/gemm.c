@@ -5,13 +5,17 @@
  * always builds) this is scipy_cblas_sgemm; without it a plain loop-ordered
  * fallback keeps the core buildable (correct, not fast).
  *
- * Why OpenBLAS rather than an own micro-kernel: measured on the 2-core AMD
- * EPYC (Zen 4) build machine, scipy-openblas32's sgemm reaches about
- * 85-95 GFLOP/s per core on the ResNet-20 conv GEMM shapes (see
- * benchmarks/kernels.py and the conv.c header), which a hand-written kernel
- * written in the time available would not beat.
+ * Why OpenBLAS rather than an own GEMM micro-kernel: measured single-threaded
+ * on the 2-core AMD EPYC (Zen 4) build machine, scipy-openblas32's sgemm
+ * (SkylakeX kernels) runs at 103 GFLOP/s on 2048^3 and 57-98 GFLOP/s on the
+ * conv GEMM shapes (M x N x K = 16x1024x144: 57, 32x256x288: 91,
+ * 64x64x576: 93), close to the FMA limit; the conv work that GEMM does not do
+ * well (im2col traffic, small channels) is handled by the direct kernels of
+ * conv_avx512.c instead (see conv.c).
  */
 #include "gemm.h"
+
+#include <stddef.h>
 
 #ifdef EENET_HAVE_OPENBLAS
 #include <cblas.h>
