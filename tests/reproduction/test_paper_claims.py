@@ -10,10 +10,12 @@ sample to the final exit) and a CI-sized budget: 3,000 training images, 3 epochs
 validation and 2,000 test images, one thread (the numbers depend on the thread count).
 
 The margins come from these seeded runs (the README's "Reproduction results" table; each
-row's command is ``command(RUNS[name])``): EENet-20 measured 94.05% (MNIST) and 80.35%
-(Fashion-MNIST) at cost 0.126, ResNet-20 95.90% and 79.35%. The accuracy margin (3 points)
-is the largest measured gap plus about 1.5 standard errors of a 2,000-image accuracy; the
-cost bound 0.3 admits the second exit (0.24) but not the full network.
+row's command is ``command(RUNS[name])``): EENet-20 measured 93.75% (MNIST) and 80.30%
+(Fashion-MNIST) at cost 0.126, ResNet-20 96.05% and 77.75%. An earlier engine build (other
+summation orders) gave 94.05/80.35 and 95.90/79.35, so results move by about a point with
+the kernels. The accuracy margin (4 points) is the largest measured gap (2.3) plus about two
+standard errors of a difference of 2,000-image accuracies; the cost bound 0.3 admits the
+second exit (0.24) but not the full network.
 """
 import pytest
 
@@ -33,7 +35,7 @@ RUNS = {
     "eenet20-fashion": dict(model="eenet20", exit_type="plain", **FASHION, **COMMON),
     "resnet20-fashion": dict(model="resnet20", **FASHION, **COMMON),
 }
-ACC_MARGIN = 0.03     # EENet-20 accuracy >= ResNet-20 accuracy - margin
+ACC_MARGIN = 0.04     # EENet-20 accuracy >= ResNet-20 accuracy - margin
 MAX_COST = 0.3        # EENet-20 average cost (ResNet-20: 1)
 
 
