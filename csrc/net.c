@@ -897,6 +897,15 @@ eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
     st = train_step_inner(net, stats, exit_counts, nll, labels, tags, B, version, lambda_coef,
                           threshold, opt);
+    if (st == EENET_ERR_NONFINITE && strstr(eenet_last_error(), " at step ") == NULL) {
+        /* a kernel met NaN/Inf (e.g. batch norm statistics of an overflowed
+         * activation): say which step, as the loss check does */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", eenet_last_error());
+        st = eenet_set_error(EENET_ERR_NONFINITE,
+                             "non-finite values at step %lld (%s); the step was not applied",
+                             (long long)opt->step, msg);
+    }
     if (st != EENET_OK) {
         memcpy(net->bufs, net->bufs_snapshot, sizeof(float) * net->num_bufs);
         memcpy(net->nbt, net->nbt_snapshot, sizeof(int64_t) * (size_t)net->num_bn);

@@ -30,12 +30,15 @@ class TorchEENet(nn.Module):
         self._mods = {}
         ops = []
         for stage, ex in zip(spec.stages, spec.exits):
-            ops += list(stage) + list(ex.ops) + [ex.classifier]
+            ops += list(stage) + list(ex.ops)
             if ex.confidence is not None:
                 ops.append(ex.confidence)
+            ops.append(ex.classifier)
+        # register modules in the order of the spec's parameter list (the
+        # authors' state_dict order)
+        rank = {p.name: i for i, p in enumerate(spec.params)}
+        ops = sorted((op for op in ops if op.params), key=lambda op: rank[op.params[0]])
         for op in ops:
-            if not op.params:
-                continue
             mod = self._make(op, spec)
             path = _module_path(op.params[0])
             parent = self
