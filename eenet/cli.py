@@ -234,8 +234,8 @@ def add_evaluate_command(subparsers) -> None:
                    help="confidence threshold of early exit (default: 0.5; 1/num-ee for v3)")
     if _have_calibrate():
         p.add_argument("--target-cost", type=_probability, default=None, metavar="C",
-                       help="choose the threshold whose average cost on this data is closest "
-                            "to C (eenet.calibrate)")
+                       help="use the largest threshold whose average cost on this same data "
+                            "is at most C (eenet.calibrate; replaces --threshold)")
     p.add_argument("--batch-size", "--test-batch", dest="batch_size", type=_positive_int,
                    default=256, metavar="N", help="inference batch size (default: 256)")
     p.add_argument("--test-size", type=_positive_int, default=None, metavar="N",

@@ -737,8 +737,8 @@ def evaluate(model_path: str, dataset: Optional[str] = None, *, threshold: Optio
 
     ``dataset=None`` takes the dataset from the ``config.json`` beside the
     model.  ``split`` is ``"test"`` or ``"train"``.  ``target_cost`` (needs
-    :mod:`eenet.calibrate`) picks the threshold whose average cost on this data
-    is closest to the target.  Returns the figures of :func:`train` (no
+    :mod:`eenet.calibrate`) uses the largest threshold whose average cost on this
+    same data is at most the target (ValueError if it is below the first exit's cost).  Returns the figures of :func:`train` (no
     history) plus ``"outputs": {"probs": (E+1, N, K), "conf": (E+1, N),
     "labels": (N,)}`` of the eval-mode forward of every exit.
     """

@@ -131,6 +131,11 @@ def test_train_one_epoch_writes_results_and_reports(tmp_path):
     assert again["exit_counts"] == metrics["exit_counts"]
     assert again["accuracy"] == metrics["accuracy"]
     assert "average cost" in ev.stdout
+    # a cost budget picks the threshold (eenet.calibrate) and is met on the same data
+    run_eenet("evaluate", out / "model.eenet", "--test-size", 300, "--target-cost", 0.5,
+              "--json", tmp_path / "budget.json")
+    budget = json.loads((tmp_path / "budget.json").read_text())
+    assert budget["avg_cost"] <= 0.5 and budget["target_cost"] == 0.5
     # an existing run is not overwritten by accident
     proc = run_eenet("train", "--model", "eenet8", "--dataset", "fashion-mnist", "--epochs", 1,
                      "--results-dir", out, check=False, timeout=60)

@@ -257,3 +257,29 @@ def test_no_save_model_writes_nothing(tmp_path, monkeypatch):
     res = T.train(save_model=False, **{**SMALL, "epochs": 1})
     assert res["results_dir"] is None and os.listdir(tmp_path) == []
     assert len(res["history"]) == 1
+
+
+@needs_fashion
+def test_two_stage_sgd_adaptive_lr_schedule_in_history(tmp_path):
+    res = T.train(results_dir=str(tmp_path / "r"),
+                  **{**SMALL, "model": "eenet8", "train_size": 320, "epochs": 3, "two_stage": True,
+                     "two_stage_epochs": 2, "optimizer": "SGD", "adaptive_lr": True, "lr": 0.5})
+    hist = res["history"]
+    assert list(hist["loss_func"]) == ["v0", "v0", "v1"]
+    np.testing.assert_allclose(hist["lr"], 0.1)            # the schedule, not --lr
+    assert (hist["loss_cost"].iloc[:2] == 0).all() and hist["loss_cost"].iloc[2] > 0
+    net, opt, _ = eenet.load_checkpoint(str(tmp_path / "r" / "checkpoint.eenet"))
+    assert type(opt).__name__ == "SGD" and opt.lr == pytest.approx(0.1)
+
+
+@needs_fashion
+def test_plain_resnet_trains_with_cross_entropy(tmp_path):
+    res = T.train(results_dir=str(tmp_path / "r"),
+                  **{**SMALL, "model": "resnet20", "epochs": 1, "train_size": 96, "val_size": 32,
+                     "test_size": 32})
+    assert res["exit_counts"] == [32] and res["avg_cost"] == pytest.approx(1.0)
+    hist = res["history"]
+    assert hist["loss_func"].iloc[0] == "v0"
+    # v0 on a single exit is the cross-entropy: no cost or confidence part
+    assert hist["loss_cost"].iloc[0] == 0 and hist["loss_conf"].iloc[0] == 0
+    assert hist["train_loss"].iloc[0] == pytest.approx(hist["loss_cls"].iloc[0])
