@@ -80,7 +80,10 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
                    help="loss version (default: v2; v0 = sum of exit cross-entropies, "
                         "v4 = exit tags)")
     g.add_argument("--two-stage", action="store_true",
-                   help="train with v0 for the first 25 epochs, then v1")
+                   help="train with v0 for the first --two-stage-epochs epochs, then v1")
+    g.add_argument("--two-stage-epochs", type=_positive_int, default=25, metavar="N",
+                   help="length of the first (v0) stage of --two-stage (default: 25, as the "
+                        "authors)")
     g.add_argument("--lambda-coef", type=float, default=1.0, metavar="X",
                    help="lambda: weight of the cost term against accuracy (default: 1.0)")
     g.add_argument("--optimizer", default="Adam", choices=OPTIMIZERS,
@@ -156,7 +159,8 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         model=args.model, dataset=args.dataset, num_ee=args.num_ee,
         distribution=args.distribution, exit_type=args.exit_type, loss_func=args.loss_func,
-        two_stage=args.two_stage, lambda_coef=args.lambda_coef, optimizer=args.optimizer,
+        two_stage=args.two_stage, two_stage_epochs=args.two_stage_epochs,
+        lambda_coef=args.lambda_coef, optimizer=args.optimizer,
         lr=args.lr, adaptive_lr=args.adaptive_lr, momentum=args.momentum,
         weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
         test_batch=args.test_batch, filters=args.filters, seed=args.seed,
@@ -309,6 +313,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return 0
     except (FloatingPointError, FileNotFoundError) as exc:
         print(f"eenet {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -59,7 +59,7 @@ TWO_STAGE_EPOCHS = 25          # v0 for epochs 1..25, then v1 (authors)
 CHECKPOINT = "checkpoint.eenet"  # written after every epoch
 BEST_MODEL = "model.eenet"       # best validation loss so far
 _TRAINING_FIELDS = ("model", "dataset", "num_ee", "distribution", "exit_type", "loss_func",
-                    "two_stage", "lambda_coef", "optimizer", "lr", "adaptive_lr", "momentum",
+                    "two_stage", "two_stage_epochs", "lambda_coef", "optimizer", "lr", "adaptive_lr", "momentum",
                     "weight_decay", "batch_size", "filters", "seed", "val_fraction",
                     "train_size", "val_size", "load_model")
 
@@ -83,6 +83,7 @@ class TrainConfig:
     exit_type: str = "pool"
     loss_func: Optional[str] = None
     two_stage: bool = False
+    two_stage_epochs: int = TWO_STAGE_EPOCHS
     lambda_coef: float = 1.0
     optimizer: str = "Adam"
     lr: float = 0.001
@@ -131,8 +132,9 @@ class TrainConfig:
         return self.loss_func or "v2"
 
     def loss_for_epoch(self, epoch: int) -> str:
-        """Loss of 1-based ``epoch``: two-stage runs v0 for the first 25 epochs."""
-        if self.two_stage and not self.is_plain and epoch <= TWO_STAGE_EPOCHS:
+        """Loss of 1-based ``epoch``: two-stage runs v0 for the first ``two_stage_epochs``
+        (25, the authors' number) epochs."""
+        if self.two_stage and not self.is_plain and epoch <= self.two_stage_epochs:
             return "v0"
         return self.final_loss
 
@@ -211,6 +213,8 @@ def validate_config(cfg: TrainConfig, *, check_model: bool = True) -> None:
     need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
     need(cfg.test_batch >= 1, f"--test-batch must be >= 1, got {cfg.test_batch}")
     need(cfg.log_interval >= 1, f"--log-interval must be >= 1, got {cfg.log_interval}")
+    need(cfg.two_stage_epochs >= 1,
+         f"--two-stage-epochs must be >= 1, got {cfg.two_stage_epochs}")
     need(cfg.filters >= 1, f"--filters must be >= 1, got {cfg.filters}")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}")
     need(math.isfinite(cfg.lambda_coef) and cfg.lambda_coef >= 0,

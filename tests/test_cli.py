@@ -115,7 +115,7 @@ def test_train_one_epoch_writes_results_and_reports(tmp_path):
     out = tmp_path / "run"
     proc = run_eenet("train", "--model", "eenet8", "--dataset", "fashion-mnist", "--epochs", 1,
                      "--train-size", 1000, "--val-size", 200, "--test-size", 300,
-                     "--test-batch", 100, "--threads", 2, "--results-dir", out)
+                     "--test-batch", 100, "--threads", 1, "--results-dir", out)
     for name in ("config.json", "history.csv", "checkpoint.eenet", "model.eenet", "metrics.json",
                  "loss.png", "acc_cost.png", "acc_vs_flops.png", "exits.png"):
         assert (out / name).exists(), name
@@ -146,8 +146,8 @@ def test_kill_mid_epoch_then_resume_gives_same_weights(tmp_path):
     """SIGKILL a real run during epoch 2, resume it, and compare every weight with an
     uninterrupted run of the same settings."""
     common = ["train", "--model", "eenet8", "--dataset", "fashion-mnist", "--epochs", 3,
-              "--loss-func", "v4", "--train-size", 2000, "--val-size", 200, "--test-size", 200,
-              "--test-batch", 100, "--threads", 2, "--no-progress"]
+              "--loss-func", "v4", "--train-size", 3000, "--val-size", 200, "--test-size", 200,
+              "--test-batch", 100, "--threads", 1, "--no-progress"]
     run_eenet(*common, "--results-dir", tmp_path / "full")
 
     cut = tmp_path / "cut"
@@ -163,7 +163,7 @@ def test_kill_mid_epoch_then_resume_gives_same_weights(tmp_path):
             assert proc.poll() is None, "the run ended before it could be interrupted"
             assert time.time() < deadline
             time.sleep(0.01)
-        time.sleep(0.05)
+        time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()

@@ -19,6 +19,8 @@ from eenet import training as T
 def test_loss_schedule_two_stage_switches_after_25_epochs():
     cfg = T.TrainConfig(model="eenet20", two_stage=True)
     assert [cfg.loss_for_epoch(e) for e in (1, 25, 26, 150)] == ["v0", "v0", "v1", "v1"]
+    short = T.TrainConfig(model="eenet20", two_stage=True, two_stage_epochs=2)
+    assert [short.loss_for_epoch(e) for e in (1, 2, 3)] == ["v0", "v0", "v1"]
     assert T.TrainConfig(model="eenet20").loss_for_epoch(1) == "v2"
     assert T.TrainConfig(model="eenet20", loss_func="v4").loss_for_epoch(30) == "v4"
     # a plain ResNet trains with cross-entropy, which is v0 on its single exit
@@ -150,7 +152,7 @@ needs_fashion = pytest.mark.skipif(not (FASHION_MNIST / "train-labels-idx1-ubyte
                                    reason="Fashion-MNIST is not installed")
 
 SMALL = dict(model="eenet8", dataset="fashion-mnist", epochs=2, batch_size=32, test_batch=64,
-             train_size=640, val_size=256, test_size=256, seed=3, threads=2, progress=False)
+             train_size=640, val_size=256, test_size=256, seed=3, threads=1, progress=False)
 
 
 def _weights(path):

@@ -1,15 +1,21 @@
 """The paper's claim, measured: an EENet reaches accuracy close to its plain counterpart
 trained the same way, at an average cost well below 1.
 
-Real data only: Fashion-MNIST (Debian's dataset-fashion-mnist) and MNIST (../shared/data).
-Runs are shortened (size caps, few epochs) to fit CI; every run is seeded, and the margins
-below were set from measured runs (the README's "Reproduction results" table; each row's
-command is ``command(RUNS[name])``). Within a margin means: measured accuracies of these
-seeded runs plus room for the platform's floating-point differences, not a loose bound.
+Real data only: MNIST (../shared/data) and Fashion-MNIST (Debian's dataset-fashion-mnist).
+EENet-8 has no plain counterpart in eenet.models, so the comparison is EENet-20 against
+ResNet-20, trained with the same settings: the authors' defaults (Adam, lr 0.001, weight
+decay 1e-4, batch 32, loss v2, lambda 1, two exits placed `fine`) except `plain` exits
+(heads on the flattened feature map; with `pool` exits the short runs below send every
+sample to the final exit) and a CI-sized budget: 3,000 training images, 3 epochs, 1,000
+validation and 2,000 test images, one thread (the numbers depend on the thread count).
 
-EENet-8 has no plain counterpart (eenet.models), so the counterpart comparison is made
-with EENet-20 against ResNet-20; for EENet-8 the comparison is with the same trained
-network's final exit (every sample through the whole network, threshold 1).
+The margins come from these seeded runs (the README's "Reproduction results" table; each
+row's command is ``command(RUNS[name])``): EENet-20 measured 93.75% (MNIST) and 80.30%
+(Fashion-MNIST) at cost 0.126, ResNet-20 96.05% and 77.75%. An earlier engine build (other
+summation orders) gave 94.05/80.35 and 95.90/79.35, so results move by about a point with
+the kernels. The accuracy margin (4 points) is the largest measured gap (2.3) plus about two
+standard errors of a difference of 2,000-image accuracies; the cost bound 0.3 admits the
+second exit (0.24) but not the full network.
 """
 import pytest
 
@@ -17,35 +23,27 @@ from conftest import FASHION_MNIST, SHARED_DATA
 
 import eenet
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skip(reason="TEMPORARY: margins being measured (cli helper)")]
+pytestmark = pytest.mark.slow
 
-
-COMMON = dict(batch_size=32, test_batch=256, seed=1, threads=2, val_size=1000,
-              test_size=2000, progress=False)
+COMMON = dict(epochs=3, train_size=3000, val_size=1000, test_size=2000, test_batch=256,
+              seed=1, threads=1, progress=False)
+MNIST = dict(dataset="mnist", data_dir=str(SHARED_DATA))
+FASHION = dict(dataset="fashion-mnist")
 RUNS = {
-    "eenet8-fashion": dict(model="eenet8", dataset="fashion-mnist", filters=4, epochs=3,
-                           train_size=12000, lr=0.01, **COMMON),
-    "eenet8-mnist": dict(model="eenet8", dataset="mnist", data_dir=str(SHARED_DATA),
-                         filters=4, epochs=3, train_size=12000, lr=0.01, **COMMON),
-    "eenet20-fashion": dict(model="eenet20", dataset="fashion-mnist", epochs=2,
-                            train_size=3000, **COMMON),
-    "resnet20-fashion": dict(model="resnet20", dataset="fashion-mnist", epochs=2,
-                             train_size=3000, **COMMON),
+    "eenet20-mnist": dict(model="eenet20", exit_type="plain", **MNIST, **COMMON),
+    "resnet20-mnist": dict(model="resnet20", **MNIST, **COMMON),
+    "eenet20-fashion": dict(model="eenet20", exit_type="plain", **FASHION, **COMMON),
+    "resnet20-fashion": dict(model="resnet20", **FASHION, **COMMON),
 }
-# margins, from the measured rows of the README table
-EENET8_MAX_COST = 0.6
-EENET8_ACC_MARGIN = 0.03      # early-exit accuracy >= final-exit accuracy - margin
-EENET8_MIN_ACC = {"eenet8-fashion": 0.70, "eenet8-mnist": 0.90}
-EENET20_MAX_COST = 0.6
-EENET20_ACC_MARGIN = 0.03     # EENet-20 accuracy >= ResNet-20 accuracy - margin
+ACC_MARGIN = 0.04     # EENet-20 accuracy >= ResNet-20 accuracy - margin
+MAX_COST = 0.3        # EENet-20 average cost (ResNet-20: 1)
 
 
 def command(kwargs: dict) -> str:
     """The `python -m eenet train` command line of a run (as in the README table)."""
     parts = ["python -m eenet train"]
     for key, value in kwargs.items():
-        if key in ("progress", "threads"):
+        if key == "progress":
             continue
         if key == "data_dir":
             value = "../shared/data"
@@ -70,30 +68,19 @@ def run(name: str, tmp_path_factory) -> dict:
     if name not in _CACHE:
         out = tmp_path_factory.mktemp(name)
         res = eenet.train(results_dir=str(out), **kwargs)
-        full = eenet.evaluate(str(out / "model.eenet"), kwargs["dataset"],
-                              data_dir=kwargs.get("data_dir"), threshold=1.0,
-                              test_size=kwargs["test_size"], seed=kwargs["seed"])
-        res["full_accuracy"] = full["accuracy"]
         print(f"\n{name}: accuracy {res['accuracy']:.4f}, avg cost {res['avg_cost']:.4f}, "
-              f"flop ratio {res['flop_cost']:.4f}, exits {res['exit_counts']}, final-exit "
-              f"accuracy {full['accuracy']:.4f}\n  {command(kwargs)}")
+              f"exits {res['exit_counts']}\n  {command(kwargs)}")
         _CACHE[name] = res
     return _CACHE[name]
 
 
-@pytest.mark.parametrize("name", ["eenet8-fashion", "eenet8-mnist"])
-def test_eenet8_early_exit_keeps_accuracy_at_low_cost(name, tmp_path_factory):
-    res = run(name, tmp_path_factory)
-    assert res["avg_cost"] <= EENET8_MAX_COST
-    assert res["accuracy"] >= res["full_accuracy"] - EENET8_ACC_MARGIN
-    assert res["accuracy"] >= EENET8_MIN_ACC[name]
-    # the samples really leave early: not all at the final exit
-    assert res["exit_counts"][-1] < sum(res["exit_counts"])
-
-
-def test_eenet20_close_to_resnet20_at_low_cost(tmp_path_factory):
-    ee = run("eenet20-fashion", tmp_path_factory)
-    plain = run("resnet20-fashion", tmp_path_factory)
+@pytest.mark.parametrize("data", ["mnist", "fashion"])
+def test_eenet20_close_to_resnet20_at_low_cost(data, tmp_path_factory):
+    ee = run(f"eenet20-{data}", tmp_path_factory)
+    plain = run(f"resnet20-{data}", tmp_path_factory)
     assert plain["avg_cost"] == pytest.approx(1.0)
-    assert ee["avg_cost"] <= EENET20_MAX_COST
-    assert ee["accuracy"] >= plain["accuracy"] - EENET20_ACC_MARGIN
+    assert plain["exit_counts"] == [2000]
+    assert ee["avg_cost"] <= MAX_COST
+    assert ee["accuracy"] >= plain["accuracy"] - ACC_MARGIN
+    # both really learned (chance is 10%)
+    assert min(ee["accuracy"], plain["accuracy"]) >= 0.75
