@@ -3,9 +3,9 @@
 # Fashion-MNIST (offline, from Debian's dataset-fashion-mnist package) and evaluate it on the
 # test set, printing accuracy, average cost and the samples leaving at each exit.
 #
-#   bash scripts/main_job.sh              # defaults below
-#   EPOCHS=10 bash scripts/main_job.sh    # any `eenet train` flag can follow, e.g.
-#   bash scripts/main_job.sh --filters 4 --lambda-coef 0.5
+#   bash scripts/main_job.sh              # defaults below: 4 filters, 10 epochs, Adam lr 0.003
+#   EPOCHS=5 bash scripts/main_job.sh     # any `eenet train` flag can follow, e.g.
+#   bash scripts/main_job.sh --lambda-coef 0.5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +20,8 @@ python -m pip install -q -e ".[train]"
 OUT="${RESULTS_DIR:-results/main-job}"
 python -m eenet train --model eenet8 --dataset fashion-mnist \
     --data-dir /usr/share/datasets/fashion-mnist \
-    --epochs "${EPOCHS:-5}" --test-batch 256 --results-dir "$OUT" --overwrite "$@"
+    --filters 4 --lr 0.003 --epochs "${EPOCHS:-10}" --test-batch 256 \
+    --results-dir "$OUT" --overwrite "$@"
 echo "results folder: $OUT (history.csv, plots, model.eenet)"
 # Re-evaluate the saved best model one sample at a time (the authors' latency setting).
 python -m eenet evaluate "$OUT/model.eenet" --batch-size 1
