@@ -528,17 +528,6 @@ static void kvec_offsets(int *off, int cin, int kh, int kw, int hp, int wp) {
     }
 }
 
-/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
-static void pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw) {
-    int hp = h + 2 * ph, wp = w + 2 * pw;
-    for (int c = 0; c < cin; c++) {
-        for (int y = 0; y < h; y++) {
-            eenet_conv_row_copy(xp + ((size_t)c * hp + y + ph) * wp + pw,
-                                x + ((size_t)c * h + y) * w, w);
-        }
-    }
-}
-
 /* ---- forward ------------------------------------------------------------ */
 
 static void conv_forward_run(float *out, const float *inp, const float *w, const float *bias,
@@ -589,7 +578,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
             }
             if (pl->use_kf) {
                 float *xp = slot + pl->s_xp;
-                pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                eenet_conv_pad_fill(xp, x, C, H, W, pl->p, pl->p);
                 eenet_conv_kvec_fwd(y, 0, bias, xp, pl->wp, pl->s,
                                     (const int *)(shared + pl->o_offk), shared + pl->o_wk, K,
                                     ckk, pl->Ho, pl->Wo, pl->kvf, pl->pf, slot + pl->s_tile);
@@ -709,7 +698,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                 if (do_kw) {
                     /* dw^T (CKK, K) += sum_pos x(tap, pos) dy^T (pos, K) */
                     float *xp = slot + pl->s_xp, *dyt = slot + pl->s_dyt;
-                    pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                    eenet_conv_pad_fill(xp, x, C, H, W, pl->p, pl->p);
                     eenet_conv_transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
                     eenet_conv_kvec_bw(pdw, dyt, xp, pl->wp, pl->s,
                                        (const int *)(shared + pl->o_offk), K, ckk, pl->Ho,
@@ -755,7 +744,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                 float *dx = dinp + (size_t)n * C * H * W;
                 if (use_kd) {
                     float *dp = slot + pl->s_dp;
-                    pad_fill(dp, dy, K, pl->Ho, pl->Wo, pl->kh - 1 - pl->p, pl->kw - 1 - pl->p);
+                    eenet_conv_pad_fill(dp, dy, K, pl->Ho, pl->Wo, pl->kh - 1 - pl->p, pl->kw - 1 - pl->p);
                     eenet_conv_kvec_fwd(dx, 1, NULL, dp, pl->wpd, 1,
                                         (const int *)(shared + pl->o_offk2), shared + pl->o_wk2,
                                         C, K * pl->kh * pl->kw, H, W, pl->kvd, pl->pd,

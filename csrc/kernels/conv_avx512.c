@@ -238,6 +238,31 @@ EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, floa
     }
 }
 
+/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border is not
+ * written (it stays zero).  One call per sample: the row loop is inlined. */
+EENET_AVX512 void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph,
+                                      int pw) {
+    size_t hp = (size_t)h + 2 * (size_t)ph, wpad = (size_t)w + 2 * (size_t)pw;
+    if (w <= 16) {
+        __mmask16 m = tail_mask(w);
+        for (int c = 0; c < cin; c++) {
+            float *dc = xp + ((size_t)c * hp + ph) * wpad + pw;
+            const float *xc = x + (size_t)c * h * w;
+            for (int y = 0; y < h; y++) {
+                _mm512_mask_storeu_ps(dc + (size_t)y * wpad, m,
+                                      _mm512_maskz_loadu_ps(m, xc + (size_t)y * w));
+            }
+        }
+        return;
+    }
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < h; y++) {
+            eenet_conv_row_copy(xp + ((size_t)c * hp + y + ph) * wpad + pw,
+                                x + ((size_t)c * h + y) * w, w);
+        }
+    }
+}
+
 /* dyt (howo, K) = dy (K, howo)^T for K a multiple of 16, in 16x16 blocks
  * (unpack/shuffle within 128-bit lanes, then two 128-bit lane shuffles);
  * adds the per-channel sums of dy into pdb (NULL: skip). */
@@ -294,9 +319,13 @@ EENET_AVX512 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *d
  * 16*KV output channels; per tap KV weight loads, P broadcasts of input
  * scalars, P*KV FMAs.  No q-space garbage, so it suits the 8x8..32x32 planes
  * with 16/32/64 channels of the ResNets. */
-#define DEFINE_KF(KV, P)                                                                \
-    static EENET_AVX512 void kf_##KV##x##P(float *tile, const float *xrow, int s,       \
-                                            const int *off, const float *wk, int ntaps) { \
+#define DEFINE_KF(KV, P) DEFINE_KF_S(kf_##KV##x##P, KV, P, s) DEFINE_KF_S(kf1_##KV##x##P, KV, P, 1)
+/* NAME: the kernel; SS: its column stride (the argument s, or the constant 1
+ * so that the broadcasts address with fixed displacements). */
+#define DEFINE_KF_S(NAME, KV, P, SS)                                                    \
+    static EENET_AVX512 void NAME(float *tile, const float *xrow, int s,                \
+                                  const int *off, const float *wk, int ntaps) {         \
+        (void)s;                                                                        \
         __m512 acc[P][KV];                                                              \
         for (int p = 0; p < P; p++) {                                                   \
             for (int v = 0; v < KV; v++) {                                              \
@@ -310,7 +339,7 @@ EENET_AVX512 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *d
                 wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                \
             }                                                                           \
             for (int p = 0; p < P; p++) {                                               \
-                __m512 xb = _mm512_set1_ps(xt[p * s]);                                  \
+                __m512 xb = _mm512_set1_ps(xt[p * (SS)]);                               \
                 for (int v = 0; v < KV; v++) {                                          \
                     acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                  \
                 }                                                                       \
@@ -415,9 +444,16 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                                       const float *xp, int wp, int s, const int *off,
                                       const float *wk, int cout, int ntaps, int ho, int wo,
                                       int kv, int P, float *tile) {
-    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
-                       : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
-                          : P == 7 ? kf_1x7 : kf_1x4);
+    kf_fn fn;
+    if (s == 1) {
+        fn = kv == 2 ? (P == 8 ? kf1_2x8 : P == 7 ? kf1_2x7 : kf1_2x4)
+                     : (P == 16 ? kf1_1x16 : P == 14 ? kf1_1x14 : P == 8 ? kf1_1x8
+                        : P == 7 ? kf1_1x7 : kf1_1x4);
+    } else {
+        fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
+                     : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
+                        : P == 7 ? kf_1x7 : kf_1x4);
+    }
     int kb = 16 * kv;
     size_t hw = (size_t)ho * wo;
     for (int k0 = 0; k0 < cout; k0 += kb) {
@@ -577,6 +613,10 @@ void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, i
 
 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo) {
     (void)dyt, (void)pdb, (void)dy, (void)K, (void)howo;
+}
+
+void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw) {
+    (void)xp, (void)x, (void)cin, (void)h, (void)w, (void)ph, (void)pw;
 }
 
 void eenet_conv_row_copy(float *dst, const float *src, int n) {

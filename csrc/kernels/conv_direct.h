@@ -53,6 +53,9 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
                         const int *off, int cout, int ntaps, int ho, int wo);
 
+/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
+void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw);
+
 /* dyt (howo, K) = dy (K, howo)^T, K a multiple of 16; adds the channel sums
  * of dy into pdb (NULL: skip). */
 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo);
