@@ -512,14 +512,18 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
 #define DEFINE_KW(KV, TB)                                                                    \
     static EENET_AVX512 void kw_##KV##x##TB(float *dwt, int ldk, const float *dyt,           \
                                              const float *xp, int wp, int s, const int *off, \
-                                             int ho, int wo) {                               \
+                                             int ho, int wo, int nb, size_t dyt_stride,      \
+                                             size_t xp_stride) {                             \
         __m512 acc[TB][KV];                                                                  \
-        const float *sp[TB];                                                                 \
         for (int b = 0; b < TB; b++) {                                                       \
-            sp[b] = xp + off[b];                                                             \
             for (int v = 0; v < KV; v++) {                                                   \
                 acc[b][v] = _mm512_setzero_ps();                                             \
             }                                                                                \
+        }                                                                                    \
+        for (int n = 0; n < nb; n++, dyt += dyt_stride, xp += xp_stride) {                   \
+        const float *sp[TB];                                                                 \
+        for (int b = 0; b < TB; b++) {                                                       \
+            sp[b] = xp + off[b];                                                             \
         }                                                                                    \
         for (int oy = 0; oy < ho; oy++) {                                                    \
             const float *dr = dyt + (size_t)oy * wo * ldk;                                   \
@@ -536,6 +540,7 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                     }                                                                        \
                 }                                                                            \
             }                                                                                \
+        }                                                                                    \
         }                                                                                    \
         for (int b = 0; b < TB; b++) {                                                       \
             for (int v = 0; v < KV; v++) {                                                   \
@@ -556,11 +561,11 @@ DEFINE_KW(1, 3)
 DEFINE_KW(1, 1)
 
 typedef void (*kw_fn)(float *, int, const float *, const float *, int, int, const int *, int,
-                      int);
+                      int, int, size_t, size_t);
 
 EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp,
                                      int s, const int *off, int cout, int ntaps, int ho,
-                                     int wo) {
+                                     int wo, int nb, size_t dyt_stride, size_t xp_stride) {
     int kv = cout % 64 == 0 ? 4 : cout % 32 == 0 ? 2 : 1;
     kw_fn big = kv == 4 ? kw_4x6 : kv == 2 ? kw_2x12 : kw_1x12;
     kw_fn three = kv == 4 ? kw_4x3 : kv == 2 ? kw_2x3 : kw_1x3;
@@ -569,13 +574,16 @@ EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *
     for (int k0 = 0; k0 < cout; k0 += 16 * kv) {
         int t0 = 0;
         for (; t0 + tb <= ntaps; t0 += tb) {
-            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
         for (; t0 + 3 <= ntaps; t0 += 3) {
-            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
         for (; t0 < ntaps; t0++) {
-            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
     }
 }
@@ -606,9 +614,10 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
 }
 
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
-                        const int *off, int cout, int ntaps, int ho, int wo) {
+                        const int *off, int cout, int ntaps, int ho, int wo, int nb,
+                        size_t dyt_stride, size_t xp_stride) {
     (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
-    (void)ho, (void)wo;
+    (void)ho, (void)wo, (void)nb, (void)dyt_stride, (void)xp_stride;
 }
 
 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo) {
