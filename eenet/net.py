@@ -31,13 +31,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from . import _core
+from ._io import atomic_open
 from .spec import ModelSpec
 
 __all__ = ["Net", "Prediction", "build", "save", "load", "load_checkpoint", "LOSSES"]
@@ -455,20 +455,8 @@ def save(net: Net, path, optimizer=None, extra: Optional[dict] = None) -> None:
         arrays["sd/" + name] = np.array(v)
     if optimizer is not None:
         arrays["opt/state"] = np.array(net._opt_state)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".eenet", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _read(path: str) -> tuple:

@@ -46,6 +46,9 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from ._io import atomic_write_text as _atomic_write_text
+from ._io import jsonable as _jsonable
+
 MODELS = ("eenet8",
           "eenet18", "eenet34", "eenet50", "eenet101", "eenet152",
           "eenet20", "eenet32", "eenet44", "eenet56", "eenet110",
@@ -456,29 +459,6 @@ def format_summary(res: dict, title: str = "") -> str:
 
 
 # ---- files ---------------------------------------------------------------------------------
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
 
 def _write_history(path: str, rows: list) -> None:
     import pandas as pd
