@@ -71,6 +71,15 @@ class Prediction:
     conf: np.ndarray
 
 
+def default_threshold(loss: str, num_ee: int) -> float:
+    """The confidence threshold T of early-exit inference when none is given: 0.5, or
+    1/num_ee for loss ``v3`` with ``num_ee`` >= 1 early exits.  The one rule behind
+    ``Net.default_threshold``, ``TrainConfig.exit_threshold`` and ``eenet.evaluate``."""
+    if loss == "v3" and num_ee > 0:
+        return 1.0 / num_ee
+    return 0.5
+
+
 def _shape3(shape: tuple) -> tuple:
     shape = tuple(int(s) for s in shape)
     if len(shape) == 3:
@@ -359,10 +368,9 @@ class Net:
         return x
 
     def default_threshold(self, loss: str = "v2") -> float:
-        """T of the inference rule: 0.5, or 1/num_early_exits for loss v3."""
-        if loss == "v3" and self.num_exits > 1:
-            return 1.0 / (self.num_exits - 1)
-        return 0.5
+        """T of the inference rule: 0.5, or 1/num_early_exits for loss v3
+        (:func:`default_threshold`)."""
+        return default_threshold(loss, self.num_exits - 1)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, opt, loss: str = "v2",
                    lambda_coef: float = 1.0, tags: Optional[np.ndarray] = None,
