@@ -539,21 +539,6 @@ static void pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, i
     }
 }
 
-/* dyt (HoWo, K) = dy (K, HoWo)^T; adds channel sums into pdb (NULL: skip). */
-static void transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo) {
-    for (int k = 0; k < K; k++) {
-        const float *dk = dy + (size_t)k * howo;
-        float acc = 0.0f;
-        for (int q = 0; q < howo; q++) {
-            dyt[(size_t)q * K + k] = dk[q];
-            acc += dk[q];
-        }
-        if (pdb) {
-            pdb[k] += acc;
-        }
-    }
-}
-
 /* ---- forward ------------------------------------------------------------ */
 
 static void conv_forward_run(float *out, const float *inp, const float *w, const float *bias,
@@ -725,7 +710,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                     /* dw^T (CKK, K) += sum_pos x(tap, pos) dy^T (pos, K) */
                     float *xp = slot + pl->s_xp, *dyt = slot + pl->s_dyt;
                     pad_fill(xp, x, C, H, W, pl->p, pl->p);
-                    transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
+                    eenet_conv_transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
                     eenet_conv_kvec_bw(pdw, dyt, xp, pl->wp, pl->s,
                                        (const int *)(shared + pl->o_offk), K, ckk, pl->Ho,
                                        pl->Wo);
@@ -733,7 +718,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                     /* the same on q-space planes: positions q = oy*ws + ox, stride 1 */
                     float *src = slot + pl->s_src, *dyt = slot + pl->s_dyt;
                     direct_fill(src, x, g);
-                    transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
+                    eenet_conv_transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
                     eenet_conv_kvec_bw(pdw, dyt, src, g->ws, 1,
                                        (const int *)(shared + pl->o_off), K, ckk, pl->Ho,
                                        pl->Wo);

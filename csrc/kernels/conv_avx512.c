@@ -238,6 +238,57 @@ EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, floa
     }
 }
 
+/* dyt (howo, K) = dy (K, howo)^T for K a multiple of 16, in 16x16 blocks
+ * (unpack/shuffle within 128-bit lanes, then two 128-bit lane shuffles);
+ * adds the per-channel sums of dy into pdb (NULL: skip). */
+EENET_AVX512 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K,
+                                          int howo) {
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        __m512 sum = _mm512_setzero_ps();
+        for (int p0 = 0; p0 < howo; p0 += 16) {
+            int np = howo - p0 < 16 ? howo - p0 : 16;
+            __mmask16 m = tail_mask(np);
+            __m512 r[16], t[16], u[16];
+            for (int i = 0; i < 16; i++) {
+                r[i] = _mm512_maskz_loadu_ps(m, dy + (size_t)(k0 + i) * howo + p0);
+            }
+            for (int i = 0; i < 8; i++) {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            for (int g = 0; g < 4; g++) {
+                __m512 *tg = t + 4 * g;
+                u[4 * g + 0] = _mm512_shuffle_ps(tg[0], tg[2], 0x44);
+                u[4 * g + 1] = _mm512_shuffle_ps(tg[0], tg[2], 0xEE);
+                u[4 * g + 2] = _mm512_shuffle_ps(tg[1], tg[3], 0x44);
+                u[4 * g + 3] = _mm512_shuffle_ps(tg[1], tg[3], 0xEE);
+            }
+            /* u[4g+m] lane j = rows 4g..4g+3 of column 4j+m */
+            for (int mm = 0; mm < 4; mm++) {
+                __m512 v0 = _mm512_shuffle_f32x4(u[mm], u[4 + mm], 0x88);
+                __m512 v1 = _mm512_shuffle_f32x4(u[mm], u[4 + mm], 0xDD);
+                __m512 w0 = _mm512_shuffle_f32x4(u[8 + mm], u[12 + mm], 0x88);
+                __m512 w1 = _mm512_shuffle_f32x4(u[8 + mm], u[12 + mm], 0xDD);
+                __m512 c[4];
+                c[0] = _mm512_shuffle_f32x4(v0, w0, 0x88); /* column mm */
+                c[1] = _mm512_shuffle_f32x4(v1, w1, 0x88); /* column 4 + mm */
+                c[2] = _mm512_shuffle_f32x4(v0, w0, 0xDD); /* column 8 + mm */
+                c[3] = _mm512_shuffle_f32x4(v1, w1, 0xDD); /* column 12 + mm */
+                for (int j = 0; j < 4; j++) {
+                    int col = 4 * j + mm;
+                    if (col < np) {
+                        _mm512_storeu_ps(dyt + (size_t)(p0 + col) * K + k0, c[j]);
+                        sum = _mm512_add_ps(sum, c[j]);
+                    }
+                }
+            }
+        }
+        if (pdb) {
+            _mm512_storeu_ps(pdb + k0, _mm512_add_ps(_mm512_loadu_ps(pdb + k0), sum));
+        }
+    }
+}
+
 /* ---- K-vectorised kernels: 16 output channels per zmm lane group ------
  * Forward tile: acc[P][KV] for P consecutive output columns of one row and
  * 16*KV output channels; per tap KV weight loads, P broadcasts of input
@@ -522,6 +573,10 @@ void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, i
                         const int *off, int cout, int ntaps, int ho, int wo) {
     (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
     (void)ho, (void)wo;
+}
+
+void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo) {
+    (void)dyt, (void)pdb, (void)dy, (void)K, (void)howo;
 }
 
 void eenet_conv_row_copy(float *dst, const float *src, int n) {

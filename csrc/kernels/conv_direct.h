@@ -53,6 +53,10 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
                         const int *off, int cout, int ntaps, int ho, int wo);
 
+/* dyt (howo, K) = dy (K, howo)^T, K a multiple of 16; adds the channel sums
+ * of dy into pdb (NULL: skip). */
+void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo);
+
 /* Row helpers of the direct path (AVX-512, masked tails; any n >= 0):
  * copy; copy returning the row's sum; even/odd split ev[m] = x[2m],
  * od[m] = x[2m+1]; store dst = src + bias or dst += src (accumulate). */
