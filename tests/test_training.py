@@ -33,6 +33,17 @@ def test_exit_threshold_defaults():
     assert T.TrainConfig().exit_threshold() == 0.5
     assert T.TrainConfig(loss_func="v3", num_ee=4).exit_threshold() == 0.25
     assert T.TrainConfig(loss_func="v3", num_ee=4, threshold=0.7).exit_threshold() == 0.7
+    # two-stage runs end with v1 whatever loss_func says, so T stays 0.5
+    assert T.TrainConfig(loss_func="v3", num_ee=4, two_stage=True).exit_threshold() == 0.5
+
+
+def test_evaluate_default_threshold_follows_the_saved_run():
+    """evaluate() without a threshold uses the loss the saved run ended with, as training
+    did (config.json beside the model; v2 without one)."""
+    assert T._saved_final_loss({}) == "v2"
+    assert T._saved_final_loss({"loss_func": "v3", "num_ee": 4}) == "v3"
+    assert T._saved_final_loss({"loss_func": "v3", "two_stage": True}) == "v1"
+    assert T._saved_final_loss({"model": "resnet20", "unknown_key": 1}) == "v0"
 
 
 def test_adaptive_learning_rate_schedule():
