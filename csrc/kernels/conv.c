@@ -461,6 +461,10 @@ static void direct_pack_flipped(float *wp, const float *w, int C, int K, int kh,
  * to plane (c, (iy+ph)%s, (ix+pw)%s) at row (iy+ph)/s, column (ix+pw)/s. */
 static void direct_fill(float *src, const float *x, const dgeom *g) {
     int s = g->s;
+    if (s <= 2) {
+        eenet_conv_fill_planes(src, x, g->cin, g->h, g->w, s, g->ph, g->pw, g->ws, g->plane);
+        return;
+    }
     for (int c = 0; c < g->cin; c++) {
         const float *xc = x + (size_t)c * g->h * g->w;
         for (int iy = 0; iy < g->h; iy++) {
@@ -468,19 +472,9 @@ static void direct_fill(float *src, const float *x, const dgeom *g) {
             const float *xr = xc + (size_t)iy * g->w;
             float *P0 = src + ((size_t)c * s + (size_t)(yy % s)) * s * g->plane +
                         (size_t)(yy / s) * g->ws;
-            if (s == 1) {
-                eenet_conv_row_copy(P0 + g->pw, xr, g->w);
-            } else if (s == 2) {
-                /* even ix -> column phase pw%2, odd ix -> the other one */
-                int be = g->pw % 2;
-                eenet_conv_row_deint2(P0 + (size_t)be * g->plane + g->pw / 2,
-                                      P0 + (size_t)(1 - be) * g->plane + (g->pw + 1) / 2, xr,
-                                      g->w);
-            } else {
-                for (int ix = 0; ix < g->w; ix++) {
-                    int xx = ix + g->pw;
-                    P0[(size_t)(xx % s) * g->plane + (size_t)(xx / s)] = xr[ix];
-                }
+            for (int ix = 0; ix < g->w; ix++) {
+                int xx = ix + g->pw;
+                P0[(size_t)(xx % s) * g->plane + (size_t)(xx / s)] = xr[ix];
             }
         }
     }
@@ -488,25 +482,12 @@ static void direct_fill(float *src, const float *x, const dgeom *g) {
 
 /* out (K, Ho, Wo) = yq (K, ldq) compacted from q-space, + bias. */
 static void direct_store(float *out, const float *yq, const float *bias, const dgeom *g) {
-    for (int k = 0; k < g->cout; k++) {
-        float bk = bias ? bias[k] : 0.0f;
-        const float *yk = yq + (size_t)k * g->ldq;
-        float *ok = out + (size_t)k * g->ho * g->wo;
-        for (int oy = 0; oy < g->ho; oy++) {
-            eenet_conv_row_store(ok + (size_t)oy * g->wo, yk + (size_t)oy * g->ws, g->wo, bk, 0);
-        }
-    }
+    eenet_conv_store_rows(out, yq, g->ldq, g->ws, g->cout, g->ho, g->wo, bias, 0);
 }
 
 /* dinp (C, H, W) += yq (C, ldq) compacted from q-space. */
 static void direct_store_add(float *dx, const float *yq, const dgeom *g) {
-    for (int c = 0; c < g->cout; c++) {
-        const float *yc = yq + (size_t)c * g->ldq;
-        float *dc = dx + (size_t)c * g->ho * g->wo;
-        for (int y = 0; y < g->ho; y++) {
-            eenet_conv_row_store(dc + (size_t)y * g->wo, yc + (size_t)y * g->ws, g->wo, 0.0f, 1);
-        }
-    }
+    eenet_conv_store_rows(dx, yq, g->ldq, g->ws, g->cout, g->ho, g->wo, NULL, 1);
 }
 
 /* dq (K, ldq) in q-space from dout (K, Ho, Wo); garbage positions stay 0.

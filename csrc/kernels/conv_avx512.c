@@ -189,6 +189,14 @@ static EENET_AVX512 inline __mmask16 tail_mask(int n) {
 }
 
 /* dst[0..n) = src[0..n). */
+static EENET_AVX512 inline __attribute__((always_inline)) void row_copy(float *dst,
+                                                                       const float *src, int n) {
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+    }
+}
+
 EENET_AVX512 void eenet_conv_row_copy(float *dst, const float *src, int n) {
     for (int i = 0; i < n; i += 16) {
         __mmask16 m = tail_mask(n - i);
@@ -209,6 +217,66 @@ EENET_AVX512 float eenet_conv_row_copy_sum(float *dst, const float *src, int n) 
 }
 
 /* ev[m] = x[2m] for m < ceil(n/2); od[m] = x[2m+1] for m < floor(n/2). */
+static EENET_AVX512 inline __attribute__((always_inline)) void row_deint2(float *ev, float *od,
+                                                                         const float *x,
+                                                                         int n) {
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int i = 0; i < n; i += 32) {
+        int r = n - i;
+        __m512 lo = _mm512_maskz_loadu_ps(tail_mask(r), x + i);
+        __m512 hi = _mm512_maskz_loadu_ps(tail_mask(r - 16 > 0 ? r - 16 : 0), x + i + 16);
+        int ne = (r + 1) / 2, no = r / 2;
+        _mm512_mask_storeu_ps(ev + i / 2, tail_mask(ne), _mm512_permutex2var_ps(lo, ie, hi));
+        _mm512_mask_storeu_ps(od + i / 2, tail_mask(no), _mm512_permutex2var_ps(lo, io, hi));
+    }
+}
+
+/* Phase planes of one sample, s = 1 or 2 (conv_direct.h): input pixel
+ * (iy, ix) of channel c goes to plane (c, (iy+ph)%s, (ix+pw)%s) at row
+ * (iy+ph)/s, column (ix+pw)/s; padding and tails are not written. */
+EENET_AVX512 void eenet_conv_fill_planes(float *src, const float *x, int cin, int h, int w,
+                                         int s, int ph, int pw, int ws, size_t plane) {
+    for (int c = 0; c < cin; c++) {
+        const float *xc = x + (size_t)c * h * w;
+        for (int iy = 0; iy < h; iy++) {
+            int yy = iy + ph;
+            const float *xr = xc + (size_t)iy * w;
+            float *P0 = src + ((size_t)c * s + (size_t)(yy % s)) * s * plane + (size_t)(yy / s) * ws;
+            if (s == 1) {
+                row_copy(P0 + pw, xr, w);
+            } else {
+                int be = pw % 2;
+                row_deint2(P0 + (size_t)be * plane + pw / 2,
+                           P0 + (size_t)(1 - be) * plane + (pw + 1) / 2, xr, w);
+            }
+        }
+    }
+}
+
+/* out (cout, ho, wo) = yq (cout, ldq) rows ws apart + bias[k] (bias may be
+ * NULL), or out += yq (accumulate = 1). */
+EENET_AVX512 void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws,
+                                        int cout, int ho, int wo, const float *bias,
+                                        int accumulate) {
+    for (int k = 0; k < cout; k++) {
+        __m512 b = _mm512_set1_ps((!accumulate && bias) ? bias[k] : 0.0f);
+        const float *yk = yq + (size_t)k * ldq;
+        float *ok = out + (size_t)k * ho * wo;
+        for (int oy = 0; oy < ho; oy++) {
+            const float *src = yk + (size_t)oy * ws;
+            float *dst = ok + (size_t)oy * wo;
+            for (int i = 0; i < wo; i += 16) {
+                __mmask16 m = tail_mask(wo - i);
+                __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+                v = accumulate ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i))
+                               : _mm512_add_ps(v, b);
+                _mm512_mask_storeu_ps(dst + i, m, v);
+            }
+        }
+    }
+}
+
 EENET_AVX512 void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
     const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
@@ -626,6 +694,18 @@ void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int
 
 void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw) {
     (void)xp, (void)x, (void)cin, (void)h, (void)w, (void)ph, (void)pw;
+}
+
+void eenet_conv_fill_planes(float *src, const float *x, int cin, int h, int w, int s, int ph,
+                            int pw, int ws, size_t plane) {
+    (void)src, (void)x, (void)cin, (void)h, (void)w, (void)s, (void)ph, (void)pw, (void)ws;
+    (void)plane;
+}
+
+void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws, int cout, int ho,
+                           int wo, const float *bias, int accumulate) {
+    (void)out, (void)yq, (void)ldq, (void)ws, (void)cout, (void)ho, (void)wo, (void)bias;
+    (void)accumulate;
 }
 
 void eenet_conv_row_copy(float *dst, const float *src, int n) {

@@ -56,6 +56,17 @@ void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, i
                         const int *off, int cout, int ntaps, int ho, int wo, int nb,
                         size_t dyt_stride, size_t xp_stride);
 
+/* One sample's phase planes (s = 1 or 2; padding and tails left untouched):
+ * pixel (iy, ix) of channel c to plane (c, (iy+ph)%s, (ix+pw)%s), row
+ * (iy+ph)/s, column (ix+pw)/s; planes `plane` floats apart, rows ws. */
+void eenet_conv_fill_planes(float *src, const float *x, int cin, int h, int w, int s, int ph,
+                            int pw, int ws, size_t plane);
+
+/* out (cout, ho, wo) = yq (cout, ldq; rows ws apart) + bias (NULL: none), or
+ * out += yq (accumulate = 1). */
+void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws, int cout, int ho,
+                           int wo, const float *bias, int accumulate);
+
 /* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
 void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw);
 
