@@ -493,18 +493,7 @@ static void direct_store_add(float *dx, const float *yq, const dgeom *g) {
 /* dq (K, ldq) in q-space from dout (K, Ho, Wo); garbage positions stay 0.
  * Adds the per-channel sums of dout into pdb (NULL to skip). */
 static void direct_fill_dq(float *dq, float *pdb, const float *dy, const dgeom *g) {
-    for (int k = 0; k < g->cout; k++) {
-        const float *dk = dy + (size_t)k * g->ho * g->wo;
-        float *qk = dq + (size_t)k * g->ldq;
-        float acc = 0.0f;
-        for (int oy = 0; oy < g->ho; oy++) {
-            acc += eenet_conv_row_copy_sum(qk + (size_t)oy * g->ws, dk + (size_t)oy * g->wo,
-                                           g->wo);
-        }
-        if (pdb) {
-            pdb[k] += acc;
-        }
-    }
+    eenet_conv_fill_dq(dq, pdb, dy, g->cout, g->ho, g->wo, g->ws, g->ldq);
 }
 
 /* K-vectorised path: offsets c*hp*wp + i*wp + j of the padded input. */

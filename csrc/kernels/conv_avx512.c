@@ -277,6 +277,30 @@ EENET_AVX512 void eenet_conv_store_rows(float *out, const float *yq, size_t ldq,
     }
 }
 
+/* dq (cout, ldq; rows ws apart) = dy (cout, ho, wo) in q-space (the garbage
+ * columns are not written); pdb[k] += sum of dy's channel k (pdb may be NULL). */
+EENET_AVX512 void eenet_conv_fill_dq(float *dq, float *pdb, const float *dy, int cout, int ho,
+                                     int wo, int ws, size_t ldq) {
+    for (int k = 0; k < cout; k++) {
+        const float *dk = dy + (size_t)k * ho * wo;
+        float *qk = dq + (size_t)k * ldq;
+        __m512 acc = _mm512_setzero_ps();
+        for (int oy = 0; oy < ho; oy++) {
+            const float *src = dk + (size_t)oy * wo;
+            float *dst = qk + (size_t)oy * ws;
+            for (int i = 0; i < wo; i += 16) {
+                __mmask16 m = tail_mask(wo - i);
+                __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+                _mm512_mask_storeu_ps(dst + i, m, v);
+                acc = _mm512_add_ps(acc, v);
+            }
+        }
+        if (pdb) {
+            pdb[k] += _mm512_reduce_add_ps(acc);
+        }
+    }
+}
+
 EENET_AVX512 void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
     const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
@@ -471,7 +495,10 @@ typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, i
  * an 8x8 transpose on each 256-bit half (channels 0-7 and 8-15 at once).
  * accumulate: o += tile; else o = tile + bias (b16: 16 biases or NULL). */
 static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t ldt,
-                                     const float *b16, int accumulate) {
+                                     const float *b16, int accumulate, int n) {
+    /* n < 8: only positions p < n are loaded from o and stored */
+    static const int ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    __m256i mk = _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
     __m512 r[8], u[8];
     for (int p = 0; p < 8; p++) {
         r[p] = _mm512_loadu_ps(t + (size_t)p * ldt);
@@ -496,14 +523,19 @@ static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t
             __m256 vh = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
             float *ol = o + (size_t)ch * hw, *oh = o + (size_t)(ch + 8) * hw;
             if (accumulate) {
-                vl = _mm256_add_ps(vl, _mm256_loadu_ps(ol));
-                vh = _mm256_add_ps(vh, _mm256_loadu_ps(oh));
+                vl = _mm256_add_ps(vl, n < 8 ? _mm256_maskload_ps(ol, mk) : _mm256_loadu_ps(ol));
+                vh = _mm256_add_ps(vh, n < 8 ? _mm256_maskload_ps(oh, mk) : _mm256_loadu_ps(oh));
             } else if (b16) {
                 vl = _mm256_add_ps(vl, _mm256_set1_ps(b16[ch]));
                 vh = _mm256_add_ps(vh, _mm256_set1_ps(b16[ch + 8]));
             }
-            _mm256_storeu_ps(ol, vl);
-            _mm256_storeu_ps(oh, vh);
+            if (n < 8) {
+                _mm256_maskstore_ps(ol, mk, vl);
+                _mm256_maskstore_ps(oh, mk, vh);
+            } else {
+                _mm256_storeu_ps(ol, vl);
+                _mm256_storeu_ps(oh, vh);
+            }
         }
     }
 }
@@ -530,14 +562,11 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
             if (kv == 1 && P == 7 && wo == 7 && oy + 1 < ho) {
                 /* rows oy and oy+1 in one 14-position tile */
                 kf2_1x7(tile, xp + (size_t)oy * s * wp, s, (size_t)s * wp, off, wkb, ntaps);
+                /* rows oy, oy+1 are 14 contiguous floats of each channel */
                 float *o = out + (size_t)k0 * hw + (size_t)oy * wo;
-                for (int kk = 0; kk < kb; kk++) {
-                    float *ok = o + (size_t)kk * hw;
-                    float b = (!accumulate && bias) ? bias[k0 + kk] : 0.0f;
-                    for (int p = 0; p < 14; p++) {
-                        ok[p] = (accumulate ? ok[p] : b) + tile[(size_t)p * kb + kk];
-                    }
-                }
+                const float *b16 = bias ? bias + k0 : NULL;
+                store_t8x16(o, hw, tile, (size_t)kb, b16, accumulate, 8);
+                store_t8x16(o + 8, hw, tile + (size_t)8 * kb, (size_t)kb, b16, accumulate, 6);
                 oy++;
                 continue;
             }
@@ -545,28 +574,12 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                 fn(tile, xp + (size_t)oy * s * wp + (size_t)ox0 * s, s, off, wkb, ntaps);
                 /* tile (P, kb) -> out[k0+kk][oy][ox0+p] */
                 float *o = out + (size_t)k0 * hw + (size_t)oy * wo + ox0;
-                if (P % 8 == 0) {
-                    for (int p0 = 0; p0 < P; p0 += 8) {
-                        for (int v = 0; v < kv; v++) {
-                            store_t8x16(o + (size_t)16 * v * hw + p0, hw,
-                                        tile + (size_t)p0 * kb + 16 * v, (size_t)kb,
-                                        bias ? bias + k0 + 16 * v : NULL, accumulate);
-                        }
-                    }
-                    continue;
-                }
-                for (int kk = 0; kk < kb; kk++) {
-                    float *ok = o + (size_t)kk * hw;
-                    const float *tk = tile + kk;
-                    if (accumulate) {
-                        for (int p = 0; p < P; p++) {
-                            ok[p] += tk[(size_t)p * kb];
-                        }
-                    } else {
-                        float b = bias ? bias[k0 + kk] : 0.0f;
-                        for (int p = 0; p < P; p++) {
-                            ok[p] = tk[(size_t)p * kb] + b;
-                        }
+                for (int p0 = 0; p0 < P; p0 += 8) {
+                    for (int v = 0; v < kv; v++) {
+                        store_t8x16(o + (size_t)16 * v * hw + p0, hw,
+                                    tile + (size_t)p0 * kb + 16 * v, (size_t)kb,
+                                    bias ? bias + k0 + 16 * v : NULL, accumulate,
+                                    P - p0 < 8 ? P - p0 : 8);
                     }
                 }
             }
@@ -706,6 +719,11 @@ void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws, int 
                            int wo, const float *bias, int accumulate) {
     (void)out, (void)yq, (void)ldq, (void)ws, (void)cout, (void)ho, (void)wo, (void)bias;
     (void)accumulate;
+}
+
+void eenet_conv_fill_dq(float *dq, float *pdb, const float *dy, int cout, int ho, int wo,
+                        int ws, size_t ldq) {
+    (void)dq, (void)pdb, (void)dy, (void)cout, (void)ho, (void)wo, (void)ws, (void)ldq;
 }
 
 void eenet_conv_row_copy(float *dst, const float *src, int n) {

@@ -67,6 +67,11 @@ void eenet_conv_fill_planes(float *src, const float *x, int cin, int h, int w, i
 void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws, int cout, int ho,
                            int wo, const float *bias, int accumulate);
 
+/* dq (cout, ldq; rows ws apart) = dy (cout, ho, wo), garbage columns not
+ * written; pdb[k] += channel sums of dy (pdb NULL: skip). */
+void eenet_conv_fill_dq(float *dq, float *pdb, const float *dy, int cout, int ho, int wo,
+                        int ws, size_t ldq);
+
 /* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
 void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw);
 
