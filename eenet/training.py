@@ -34,14 +34,13 @@ Differences from the authors' loop, all deliberate:
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
