@@ -120,7 +120,8 @@ typedef struct {
     int use_kwq;                 /* K-vectorised backward-weight on q-space planes */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
-    int nb;          /* samples per backward-weight group */
+    int nb;          /* samples per backward-weight group (q-space planes) */
+    int nbk;         /* samples per K-vectorised weight-gradient group (padded input) */
     dgeom g, gd;     /* forward geometry; backward-data geometry (dout planes) */
     /* shared region: packed weights and tap offsets (forward, backward-data) */
     size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, shared;
@@ -151,6 +152,13 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         int nb = (64 + pl->g.nq - 1) / pl->g.nq;
         pl->nb = nb < 1 ? 1 : nb > 8 ? 8 : nb;
     }
+    /* the K-vectorised weight gradient sums >= 256 positions in registers
+     * before touching dw (64->64 8x8: 4 samples) */
+    {
+        int howo = pl->Ho * pl->Wo;
+        int nbk = howo > 0 ? (256 + howo - 1) / howo : 1;
+        pl->nbk = nbk < 1 ? 1 : nbk > 8 ? 8 : nbk;
+    }
     size_t ntaps = (size_t)pl->ckk;
     size_t at = 0;
     if (pl->direct_ok) {
@@ -179,8 +187,9 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             pl->s_yq2 = at, at += round16((size_t)C * pl->gd.ldq);
             pl->s_dp = at, at += round16((size_t)K * pl->hpd * pl->wpd);
         }
-        pl->s_xp = at, at += round16((size_t)C * pl->hp * pl->wp);
-        pl->s_dyt = at, at += round16((size_t)K * pl->Ho * pl->Wo);
+        pl->s_xp = at, at += (size_t)pl->nbk * round16((size_t)C * pl->hp * pl->wp);
+        pl->s_dyt = at, at += (size_t)(pl->nb > pl->nbk ? pl->nb : pl->nbk) *
+                              round16((size_t)K * pl->Ho * pl->Wo);
         pl->s_tile = at, at += 16 * 16 * 2;
     }
     pl->s_pdw = at, at += round16((size_t)K * ntaps);
@@ -528,17 +537,6 @@ static void kvec_offsets(int *off, int cin, int kh, int kw, int hp, int wp) {
     }
 }
 
-/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
-static void pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw) {
-    int hp = h + 2 * ph, wp = w + 2 * pw;
-    for (int c = 0; c < cin; c++) {
-        for (int y = 0; y < h; y++) {
-            eenet_conv_row_copy(xp + ((size_t)c * hp + y + ph) * wp + pw,
-                                x + ((size_t)c * h + y) * w, w);
-        }
-    }
-}
-
 /* ---- forward ------------------------------------------------------------ */
 
 static void conv_forward_run(float *out, const float *inp, const float *w, const float *bias,
@@ -589,7 +587,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
             }
             if (pl->use_kf) {
                 float *xp = slot + pl->s_xp;
-                pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                eenet_conv_pad_fill(xp, x, C, H, W, pl->p, pl->p);
                 eenet_conv_kvec_fwd(y, 0, bias, xp, pl->wp, pl->s,
                                     (const int *)(shared + pl->o_offk), shared + pl->o_wk, K,
                                     ckk, pl->Ho, pl->Wo, pl->kvf, pl->pf, slot + pl->s_tile);
@@ -669,6 +667,8 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         memset(pdw, 0, sizeof(float) * (size_t)K * ckk);
         memset(pdb, 0, sizeof(float) * (size_t)K);
         size_t dq_stride = round16((size_t)K * g->ldq);
+        size_t xp_stride = round16((size_t)C * pl->hp * pl->wp);
+        size_t dyt_stride = round16((size_t)K * howo);
         if (do_bw) {
             memset(slot + pl->s_src, 0, sizeof(float) * (size_t)pl->nb * g->src);
             memset(slot + pl->s_dq, 0, sizeof(float) * (size_t)pl->nb * dq_stride);
@@ -677,18 +677,41 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
             memset(slot + pl->s_src2, 0, sizeof(float) * gd->src);
         }
         if (do_kw) {
-            memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)C * pl->hp * pl->wp);
+            memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)pl->nbk * xp_stride);
         }
         if (do_kwq) {
-            memset(slot + pl->s_src, 0, sizeof(float) * g->src);
+            memset(slot + pl->s_src, 0, sizeof(float) * (size_t)pl->nb * g->src);
         }
         if (use_kd) {
             memset(slot + pl->s_dp, 0, sizeof(float) * (size_t)K * pl->hpd * pl->wpd);
         }
         /* contiguous share of the batch: [n0, n1) */
         int n0 = (int)((long long)N * tid / nt), n1 = (int)((long long)N * (tid + 1) / nt);
-        for (int g0 = n0; g0 < n1; g0 += pl->nb) {
-            int nb = n1 - g0 < pl->nb ? n1 - g0 : pl->nb;
+        int gsz = do_kw ? pl->nbk : pl->nb;
+        for (int g0 = n0; g0 < n1; g0 += gsz) {
+            int nb = n1 - g0 < gsz ? n1 - g0 : gsz;
+            if (do_kw || do_kwq) {
+                /* dw^T (CKK, K) += sum over the group and positions of
+                 * x(tap, pos) dy^T (pos, K); on the padded input (kw) or on
+                 * the q-space planes (kwq: positions q = oy*ws + ox, stride 1) */
+                float *dyt = slot + pl->s_dyt;
+                float *xs = slot + (do_kw ? pl->s_xp : pl->s_src);
+                size_t xs_stride = do_kw ? xp_stride : g->src;
+                for (int b = 0; b < nb; b++) {
+                    int n = g0 + b;
+                    const float *x = inp + (size_t)n * C * H * W;
+                    if (do_kw) {
+                        eenet_conv_pad_fill(xs + (size_t)b * xs_stride, x, C, H, W, pl->p, pl->p);
+                    } else {
+                        direct_fill(xs + (size_t)b * xs_stride, x, g);
+                    }
+                    eenet_conv_transpose_dy(dyt + (size_t)b * dyt_stride, dbias ? pdb : NULL,
+                                            dout + (size_t)n * K * howo, K, howo);
+                }
+                eenet_conv_kvec_bw(pdw, dyt, xs, do_kw ? pl->wp : g->ws, do_kw ? pl->s : 1,
+                                   (const int *)(shared + (do_kw ? pl->o_offk : pl->o_off)), K,
+                                   ckk, pl->Ho, pl->Wo, nb, dyt_stride, xs_stride);
+            }
             if (do_bw) {
                 /* dw (K, CKK) += sum over the group of dq (K, q) . planes (taps, q) */
                 for (int b = 0; b < nb; b++) {
@@ -706,22 +729,8 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                 const float *x = inp + (size_t)n * C * H * W;
                 const float *dy = dout + (size_t)n * K * howo;
                 const float *b = x;
-                if (do_kw) {
-                    /* dw^T (CKK, K) += sum_pos x(tap, pos) dy^T (pos, K) */
-                    float *xp = slot + pl->s_xp, *dyt = slot + pl->s_dyt;
-                    pad_fill(xp, x, C, H, W, pl->p, pl->p);
-                    eenet_conv_transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
-                    eenet_conv_kvec_bw(pdw, dyt, xp, pl->wp, pl->s,
-                                       (const int *)(shared + pl->o_offk), K, ckk, pl->Ho,
-                                       pl->Wo);
-                } else if (do_kwq) {
-                    /* the same on q-space planes: positions q = oy*ws + ox, stride 1 */
-                    float *src = slot + pl->s_src, *dyt = slot + pl->s_dyt;
-                    direct_fill(src, x, g);
-                    eenet_conv_transpose_dy(dyt, dbias ? pdb : NULL, dy, K, howo);
-                    eenet_conv_kvec_bw(pdw, dyt, src, g->ws, 1,
-                                       (const int *)(shared + pl->o_off), K, ckk, pl->Ho,
-                                       pl->Wo);
+                if (do_kw || do_kwq) {
+                    /* done for the whole group above */
                 } else if (do_gw) {
                     if (!pointwise) {
                         im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
@@ -755,7 +764,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                 float *dx = dinp + (size_t)n * C * H * W;
                 if (use_kd) {
                     float *dp = slot + pl->s_dp;
-                    pad_fill(dp, dy, K, pl->Ho, pl->Wo, pl->kh - 1 - pl->p, pl->kw - 1 - pl->p);
+                    eenet_conv_pad_fill(dp, dy, K, pl->Ho, pl->Wo, pl->kh - 1 - pl->p, pl->kw - 1 - pl->p);
                     eenet_conv_kvec_fwd(dx, 1, NULL, dp, pl->wpd, 1,
                                         (const int *)(shared + pl->o_offk2), shared + pl->o_wk2,
                                         C, K * pl->kh * pl->kw, H, W, pl->kvd, pl->pd,

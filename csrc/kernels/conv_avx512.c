@@ -238,6 +238,31 @@ EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, floa
     }
 }
 
+/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border is not
+ * written (it stays zero).  One call per sample: the row loop is inlined. */
+EENET_AVX512 void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph,
+                                      int pw) {
+    size_t hp = (size_t)h + 2 * (size_t)ph, wpad = (size_t)w + 2 * (size_t)pw;
+    if (w <= 16) {
+        __mmask16 m = tail_mask(w);
+        for (int c = 0; c < cin; c++) {
+            float *dc = xp + ((size_t)c * hp + ph) * wpad + pw;
+            const float *xc = x + (size_t)c * h * w;
+            for (int y = 0; y < h; y++) {
+                _mm512_mask_storeu_ps(dc + (size_t)y * wpad, m,
+                                      _mm512_maskz_loadu_ps(m, xc + (size_t)y * w));
+            }
+        }
+        return;
+    }
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < h; y++) {
+            eenet_conv_row_copy(xp + ((size_t)c * hp + y + ph) * wpad + pw,
+                                x + ((size_t)c * h + y) * w, w);
+        }
+    }
+}
+
 /* dyt (howo, K) = dy (K, howo)^T for K a multiple of 16, in 16x16 blocks
  * (unpack/shuffle within 128-bit lanes, then two 128-bit lane shuffles);
  * adds the per-channel sums of dy into pdb (NULL: skip). */
@@ -294,9 +319,13 @@ EENET_AVX512 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *d
  * 16*KV output channels; per tap KV weight loads, P broadcasts of input
  * scalars, P*KV FMAs.  No q-space garbage, so it suits the 8x8..32x32 planes
  * with 16/32/64 channels of the ResNets. */
-#define DEFINE_KF(KV, P)                                                                \
-    static EENET_AVX512 void kf_##KV##x##P(float *tile, const float *xrow, int s,       \
-                                            const int *off, const float *wk, int ntaps) { \
+#define DEFINE_KF(KV, P) DEFINE_KF_S(kf_##KV##x##P, KV, P, s) DEFINE_KF_S(kf1_##KV##x##P, KV, P, 1)
+/* NAME: the kernel; SS: its column stride (the argument s, or the constant 1
+ * so that the broadcasts address with fixed displacements). */
+#define DEFINE_KF_S(NAME, KV, P, SS)                                                    \
+    static EENET_AVX512 void NAME(float *tile, const float *xrow, int s,                \
+                                  const int *off, const float *wk, int ntaps) {         \
+        (void)s;                                                                        \
         __m512 acc[P][KV];                                                              \
         for (int p = 0; p < P; p++) {                                                   \
             for (int v = 0; v < KV; v++) {                                              \
@@ -310,7 +339,7 @@ EENET_AVX512 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *d
                 wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                \
             }                                                                           \
             for (int p = 0; p < P; p++) {                                               \
-                __m512 xb = _mm512_set1_ps(xt[p * s]);                                  \
+                __m512 xb = _mm512_set1_ps(xt[p * (SS)]);                               \
                 for (int v = 0; v < KV; v++) {                                          \
                     acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                  \
                 }                                                                       \
@@ -415,9 +444,16 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                                       const float *xp, int wp, int s, const int *off,
                                       const float *wk, int cout, int ntaps, int ho, int wo,
                                       int kv, int P, float *tile) {
-    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
-                       : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
-                          : P == 7 ? kf_1x7 : kf_1x4);
+    kf_fn fn;
+    if (s == 1) {
+        fn = kv == 2 ? (P == 8 ? kf1_2x8 : P == 7 ? kf1_2x7 : kf1_2x4)
+                     : (P == 16 ? kf1_1x16 : P == 14 ? kf1_1x14 : P == 8 ? kf1_1x8
+                        : P == 7 ? kf1_1x7 : kf1_1x4);
+    } else {
+        fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
+                     : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
+                        : P == 7 ? kf_1x7 : kf_1x4);
+    }
     int kb = 16 * kv;
     size_t hw = (size_t)ho * wo;
     for (int k0 = 0; k0 < cout; k0 += kb) {
@@ -476,14 +512,18 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
 #define DEFINE_KW(KV, TB)                                                                    \
     static EENET_AVX512 void kw_##KV##x##TB(float *dwt, int ldk, const float *dyt,           \
                                              const float *xp, int wp, int s, const int *off, \
-                                             int ho, int wo) {                               \
+                                             int ho, int wo, int nb, size_t dyt_stride,      \
+                                             size_t xp_stride) {                             \
         __m512 acc[TB][KV];                                                                  \
-        const float *sp[TB];                                                                 \
         for (int b = 0; b < TB; b++) {                                                       \
-            sp[b] = xp + off[b];                                                             \
             for (int v = 0; v < KV; v++) {                                                   \
                 acc[b][v] = _mm512_setzero_ps();                                             \
             }                                                                                \
+        }                                                                                    \
+        for (int n = 0; n < nb; n++, dyt += dyt_stride, xp += xp_stride) {                   \
+        const float *sp[TB];                                                                 \
+        for (int b = 0; b < TB; b++) {                                                       \
+            sp[b] = xp + off[b];                                                             \
         }                                                                                    \
         for (int oy = 0; oy < ho; oy++) {                                                    \
             const float *dr = dyt + (size_t)oy * wo * ldk;                                   \
@@ -500,6 +540,7 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                     }                                                                        \
                 }                                                                            \
             }                                                                                \
+        }                                                                                    \
         }                                                                                    \
         for (int b = 0; b < TB; b++) {                                                       \
             for (int v = 0; v < KV; v++) {                                                   \
@@ -520,11 +561,11 @@ DEFINE_KW(1, 3)
 DEFINE_KW(1, 1)
 
 typedef void (*kw_fn)(float *, int, const float *, const float *, int, int, const int *, int,
-                      int);
+                      int, int, size_t, size_t);
 
 EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp,
                                      int s, const int *off, int cout, int ntaps, int ho,
-                                     int wo) {
+                                     int wo, int nb, size_t dyt_stride, size_t xp_stride) {
     int kv = cout % 64 == 0 ? 4 : cout % 32 == 0 ? 2 : 1;
     kw_fn big = kv == 4 ? kw_4x6 : kv == 2 ? kw_2x12 : kw_1x12;
     kw_fn three = kv == 4 ? kw_4x3 : kv == 2 ? kw_2x3 : kw_1x3;
@@ -533,13 +574,16 @@ EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *
     for (int k0 = 0; k0 < cout; k0 += 16 * kv) {
         int t0 = 0;
         for (; t0 + tb <= ntaps; t0 += tb) {
-            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
         for (; t0 + 3 <= ntaps; t0 += 3) {
-            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
         for (; t0 < ntaps; t0++) {
-            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
     }
 }
@@ -570,13 +614,18 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
 }
 
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
-                        const int *off, int cout, int ntaps, int ho, int wo) {
+                        const int *off, int cout, int ntaps, int ho, int wo, int nb,
+                        size_t dyt_stride, size_t xp_stride) {
     (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
-    (void)ho, (void)wo;
+    (void)ho, (void)wo, (void)nb, (void)dyt_stride, (void)xp_stride;
 }
 
 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo) {
     (void)dyt, (void)pdb, (void)dy, (void)K, (void)howo;
+}
+
+void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw) {
+    (void)xp, (void)x, (void)cin, (void)h, (void)w, (void)ph, (void)pw;
 }
 
 void eenet_conv_row_copy(float *dst, const float *src, int n) {

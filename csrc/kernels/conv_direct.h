@@ -47,11 +47,17 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
                          int wo, int kv, int P, float *tile);
 
-/* dwt (ntaps, cout) += sum over positions of x(tap) * dyt (ho*wo, cout);
- * cout a multiple of 16.  Also runs on q-space planes (xp = phase planes,
- * off from the q-space offsets, wp = ws, s = 1). */
+/* dwt (ntaps, cout) += sum over nb samples and their positions of x(tap) *
+ * dyt (ho*wo, cout); sample b's dyt at dyt + b*dyt_stride, its input at
+ * xp + b*xp_stride (summed in registers across the samples); cout a multiple
+ * of 16.  Also runs on q-space planes (xp = phase planes, off from the
+ * q-space offsets, wp = ws, s = 1). */
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
-                        const int *off, int cout, int ntaps, int ho, int wo);
+                        const int *off, int cout, int ntaps, int ho, int wo, int nb,
+                        size_t dyt_stride, size_t xp_stride);
+
+/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
+void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw);
 
 /* dyt (howo, K) = dy (K, howo)^T, K a multiple of 16; adds the channel sums
  * of dy into pdb (NULL: skip). */
