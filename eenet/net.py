@@ -27,7 +27,6 @@ is hidden from the optimiser and always uses batch statistics); a new
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os

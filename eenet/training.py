@@ -34,14 +34,13 @@ Differences from the authors' loop, all deliberate:
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -149,8 +148,10 @@ class TrainConfig:
         return default_threshold(self.final_loss, self.resolved_num_ee)
 
     def default_results_dir(self) -> str:
-        """``results/<dataset>/<model>[/ee<n>_<distribution>]`` (the authors' layout)."""
-        path = os.path.join("results", self.dataset, self.model)
+        """``results/<dataset>/<model>[/ee<n>_<distribution>]`` (the authors' layout), with
+        the canonical dataset name (``--dataset FMNIST`` writes to ``results/fashion-mnist``)."""
+        dataset = _canonical_dataset(self.dataset) or self.dataset
+        path = os.path.join("results", dataset, self.model)
         if not self.is_plain and self.model != "eenet8":
             path = os.path.join(path, f"ee{self.resolved_num_ee}_{self.distribution}")
         return path
@@ -287,7 +288,7 @@ def adaptive_learning_rate(cfg: TrainConfig, epoch: int, current: float) -> floa
     """Learning rate of 1-based ``epoch`` under ``adaptive_lr`` (see module docstring)."""
     if not cfg.adaptive_lr or cfg.optimizer != "SGD":
         return current
-    if cfg.dataset in ("tiny-imagenet", "imagenet"):
+    if (_canonical_dataset(cfg.dataset) or cfg.dataset) == "tiny-imagenet":
         return 0.05 * 0.1 ** ((epoch - 1) // 30 + 1)
     if cfg.model.endswith("110") and epoch <= 2:
         return 0.01
