@@ -497,8 +497,7 @@ typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, i
 static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t ldt,
                                      const float *b16, int accumulate, int n) {
     /* n < 8: only positions p < n are loaded from o and stored */
-    static const int ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-    __m256i mk = _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
+    __mmask16 mk = (__mmask16)((1u << n) - 1u); /* AVX-512 masks: AVX vmaskmov is slow on AMD */
     __m512 r[8], u[8];
     for (int p = 0; p < 8; p++) {
         r[p] = _mm512_loadu_ps(t + (size_t)p * ldt);
@@ -523,15 +522,17 @@ static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t
             __m256 vh = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
             float *ol = o + (size_t)ch * hw, *oh = o + (size_t)(ch + 8) * hw;
             if (accumulate) {
-                vl = _mm256_add_ps(vl, n < 8 ? _mm256_maskload_ps(ol, mk) : _mm256_loadu_ps(ol));
-                vh = _mm256_add_ps(vh, n < 8 ? _mm256_maskload_ps(oh, mk) : _mm256_loadu_ps(oh));
+                vl = _mm256_add_ps(vl, n < 8 ? _mm512_castps512_ps256(_mm512_maskz_loadu_ps(mk, ol))
+                                             : _mm256_loadu_ps(ol));
+                vh = _mm256_add_ps(vh, n < 8 ? _mm512_castps512_ps256(_mm512_maskz_loadu_ps(mk, oh))
+                                             : _mm256_loadu_ps(oh));
             } else if (b16) {
                 vl = _mm256_add_ps(vl, _mm256_set1_ps(b16[ch]));
                 vh = _mm256_add_ps(vh, _mm256_set1_ps(b16[ch + 8]));
             }
             if (n < 8) {
-                _mm256_maskstore_ps(ol, mk, vl);
-                _mm256_maskstore_ps(oh, mk, vh);
+                _mm512_mask_storeu_ps(ol, mk, _mm512_castps256_ps512(vl));
+                _mm512_mask_storeu_ps(oh, mk, _mm512_castps256_ps512(vh));
             } else {
                 _mm256_storeu_ps(ol, vl);
                 _mm256_storeu_ps(oh, vh);
