@@ -197,25 +197,6 @@ static EENET_AVX512 inline __attribute__((always_inline)) void row_copy(float *d
     }
 }
 
-EENET_AVX512 void eenet_conv_row_copy(float *dst, const float *src, int n) {
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
-    }
-}
-
-/* dst[0..n) = src[0..n); returns the sum of the row (lane-wise, then reduced). */
-EENET_AVX512 float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
-        _mm512_mask_storeu_ps(dst + i, m, v);
-        acc = _mm512_add_ps(acc, v);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
 /* ev[m] = x[2m] for m < ceil(n/2); od[m] = x[2m+1] for m < floor(n/2). */
 static EENET_AVX512 inline __attribute__((always_inline)) void row_deint2(float *ev, float *od,
                                                                          const float *x,
@@ -301,35 +282,6 @@ EENET_AVX512 void eenet_conv_fill_dq(float *dq, float *pdb, const float *dy, int
     }
 }
 
-EENET_AVX512 void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
-    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    for (int i = 0; i < n; i += 32) {
-        int r = n - i;
-        __m512 lo = _mm512_maskz_loadu_ps(tail_mask(r), x + i);
-        __m512 hi = _mm512_maskz_loadu_ps(tail_mask(r - 16 > 0 ? r - 16 : 0), x + i + 16);
-        int ne = (r + 1) / 2, no = r / 2;
-        _mm512_mask_storeu_ps(ev + i / 2, tail_mask(ne), _mm512_permutex2var_ps(lo, ie, hi));
-        _mm512_mask_storeu_ps(od + i / 2, tail_mask(no), _mm512_permutex2var_ps(lo, io, hi));
-    }
-}
-
-/* accumulate: dst[i] += src[i]; else dst[i] = src[i] + bias, for i < n. */
-EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, float bias,
-                                       int accumulate) {
-    __m512 b = _mm512_set1_ps(bias);
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
-        if (accumulate) {
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i));
-        } else {
-            v = _mm512_add_ps(v, b);
-        }
-        _mm512_mask_storeu_ps(dst + i, m, v);
-    }
-}
-
 /* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border is not
  * written (it stays zero).  One call per sample: the row loop is inlined. */
 EENET_AVX512 void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph,
@@ -349,8 +301,7 @@ EENET_AVX512 void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h,
     }
     for (int c = 0; c < cin; c++) {
         for (int y = 0; y < h; y++) {
-            eenet_conv_row_copy(xp + ((size_t)c * hp + y + ph) * wpad + pw,
-                                x + ((size_t)c * h + y) * w, w);
+            row_copy(xp + ((size_t)c * hp + y + ph) * wpad + pw, x + ((size_t)c * h + y) * w, w);
         }
     }
 }
@@ -725,23 +676,6 @@ void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws, int 
 void eenet_conv_fill_dq(float *dq, float *pdb, const float *dy, int cout, int ho, int wo,
                         int ws, size_t ldq) {
     (void)dq, (void)pdb, (void)dy, (void)cout, (void)ho, (void)wo, (void)ws, (void)ldq;
-}
-
-void eenet_conv_row_copy(float *dst, const float *src, int n) {
-    (void)dst, (void)src, (void)n;
-}
-
-float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
-    (void)dst, (void)src, (void)n;
-    return 0.0f;
-}
-
-void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
-    (void)ev, (void)od, (void)x, (void)n;
-}
-
-void eenet_conv_row_store(float *dst, const float *src, int n, float bias, int accumulate) {
-    (void)dst, (void)src, (void)n, (void)bias, (void)accumulate;
 }
 
 #endif

@@ -79,12 +79,4 @@ void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int p
  * of dy into pdb (NULL: skip). */
 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo);
 
-/* Row helpers of the direct path (AVX-512, masked tails; any n >= 0):
- * copy; copy returning the row's sum; even/odd split ev[m] = x[2m],
- * od[m] = x[2m+1]; store dst = src + bias or dst += src (accumulate). */
-void eenet_conv_row_copy(float *dst, const float *src, int n);
-float eenet_conv_row_copy_sum(float *dst, const float *src, int n);
-void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n);
-void eenet_conv_row_store(float *dst, const float *src, int n, float bias, int accumulate);
-
 #endif /* EENET_CONV_DIRECT_H */
