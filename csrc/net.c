@@ -78,6 +78,9 @@ struct eenet_net {
     float **act;          /* (T) activation rows, max_batch * tsize */
     float **grad;         /* (T) gradient slot or NULL */
     int *last_consumer;   /* (T) index of the last op reading the tensor, -1 if none */
+    int *bn_relu;         /* (num_ops) backward fusion: for a batch norm whose output's only
+                           * reader is a ReLU, that ReLU's op index; -2 on that ReLU (its
+                           * backward runs inside the batch norm's); -1 otherwise */
     int num_ops;
     net_op *ops;
     int num_exits;        /* E1, final included */
@@ -139,6 +142,7 @@ void eenet_net_free(eenet_net *net) {
     free(net->act);
     free(net->grad);
     free(net->last_consumer);
+    free(net->bn_relu);
     free(net->ops);
     free(net->exit_input);
     free(net->exit_prob);
@@ -365,6 +369,9 @@ static eenet_status plan_grads(eenet_net *net) {
     }
     for (int i = net->num_ops - 1; i >= 0; i--) {
         const net_op *op = &net->ops[i];
+        if (net->bn_relu[i] == -2) {
+            continue; /* done inside the batch norm's backward */
+        }
         int ins[2] = {op->in0, op->kind == EENET_OP_ADD ? op->in1 : -1};
         for (int j = 0; j < 2; j++) {
             int t = ins[j];
@@ -372,8 +379,11 @@ static eenet_status plan_grads(eenet_net *net) {
                 BIRTH(t);
             }
         }
-        if (slot_of[op->out] >= 0) {
-            slot_free[slot_of[op->out]] = 1;
+        /* a batch norm fused with its ReLU reads the ReLU's output gradient
+         * (the ReLU was skipped above: its input's gradient is never born) */
+        const int done = net->bn_relu[i] >= 0 ? net->ops[net->bn_relu[i]].out : op->out;
+        if (slot_of[done] >= 0) {
+            slot_free[slot_of[done]] = 1;
         }
     }
 #undef BIRTH
@@ -531,6 +541,7 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     ALLOC(net->bufs_snapshot, num_bufs);
     ALLOC(net->nbt, num_bn);
     ALLOC(net->nbt_snapshot, num_bn);
+    ALLOC(net->bn_relu, num_ops);
     /* In-place ReLU: a ReLU whose input has no other reader writes over that
      * input.  Safe because no backward reads the input of a ReLU's input
      * tensor's producer output (conv, batch norm and add backward read their
@@ -554,6 +565,26 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
             const net_op *op = &net->ops[i];
             if (op->kind == EENET_OP_RELU && op->in0 != 0 && readers[op->in0] == 1) {
                 alias[op->out] = alias[op->in0]; /* ops are in order: in0's root is final */
+            }
+        }
+        /* BN -> ReLU with the BN output read by that ReLU alone: the ReLU's
+         * backward (mask its output gradient, accumulate into a zeroed buffer)
+         * is done in place inside the batch norm's backward, which then reads
+         * the ReLU's output gradient; no other op reads either gradient. */
+        for (int i = 0; i < num_ops; i++) {
+            net->bn_relu[i] = -1;
+        }
+        for (int j = 0; j < num_ops; j++) {
+            const net_op *op = &net->ops[j];
+            if (op->kind != EENET_OP_RELU || readers[op->in0] != 1 || op->in0 == op->out) {
+                continue;
+            }
+            for (int i = 0; i < j; i++) {
+                if (net->ops[i].out == op->in0 && net->ops[i].kind == EENET_OP_BATCHNORM2D &&
+                    net->bn_relu[i] == -1) {
+                    net->bn_relu[i] = j;
+                    net->bn_relu[j] = -2;
+                }
             }
         }
         net->arena_floats = 0;
@@ -684,7 +715,8 @@ static eenet_status op_backward(eenet_net *net, int i, int N) {
     net_op *op = &net->ops[i];
     const float *in = net->act[op->in0];
     const float *out = net->act[op->out];
-    const float *dout = net->grad[op->out];
+    const float *dout = net->bn_relu[i] >= 0 ? net->grad[net->ops[net->bn_relu[i]].out]
+                                             : net->grad[op->out];
     float *din = net->grad[op->in0];
     if (!dout) {
         return EENET_OK; /* nothing downstream: no gradient flows */
@@ -700,6 +732,17 @@ static eenet_status op_backward(eenet_net *net, int i, int N) {
     }
     case EENET_OP_BATCHNORM2D: {
         bn_layer *L = &op->u.bn;
+        if (net->bn_relu[i] >= 0) {
+            const net_op *r = &net->ops[net->bn_relu[i]];
+            float *dy = net->grad[r->out];
+            if (!dy) {
+                return EENET_OK;
+            }
+            return eenet_bn2d_relu_backward(din, net->grads + L->gamma, net->grads + L->beta, dy,
+                                            net->act[r->out], in, net->params + L->gamma,
+                                            net->save_area + L->save,
+                                            net->save_area + L->save + L->C, N, L->C, L->HW);
+        }
         return eenet_bn2d_backward(din, net->grads + L->gamma, net->grads + L->beta, dout, in,
                                    net->params + L->gamma, net->save_area + L->save,
                                    net->save_area + L->save + L->C, N, L->C, L->HW);
@@ -883,6 +926,9 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
     }
     for (int i = net->num_ops - 1; i >= 0; i--) {
         const net_op *op = &net->ops[i];
+        if (net->bn_relu[i] == -2) {
+            continue; /* done inside the batch norm's backward */
+        }
         int ins[2] = {op->in0, op->kind == EENET_OP_ADD ? op->in1 : -1};
         for (int j = 0; j < 2; j++) {
             int t = ins[j];

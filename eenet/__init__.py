@@ -33,13 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _load_openblas()
 
-# OpenMP threads that spin between parallel regions steal the cores from the
-# serial parts and from OpenBLAS; on a machine with few or shared cores that
-# cost eenet8's training step 30x (measured, benchmarks/train.py).  Sleeping
-# waits cost a few microseconds per region.  Set before libgomp starts; a value
-# the user chose is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from . import _core  # noqa: E402
 
 __version__ = "0.1.0"

@@ -74,16 +74,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_optim_args(p: argparse.ArgumentParser) -> None:
     """Loss, optimiser and schedule flags."""
-    from .training import LOSSES, OPTIMIZERS
+    from .training import LOSSES, OPTIMIZERS, TWO_STAGE_EPOCHS
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss-func", default=None, choices=LOSSES,
                    help="loss version (default: v2; v0 = sum of exit cross-entropies, "
                         "v4 = exit tags)")
     g.add_argument("--two-stage", action="store_true",
                    help="train with v0 for the first --two-stage-epochs epochs, then v1")
-    g.add_argument("--two-stage-epochs", type=_positive_int, default=25, metavar="N",
-                   help="length of the first (v0) stage of --two-stage (default: 25, as the "
-                        "authors)")
+    g.add_argument("--two-stage-epochs", type=_positive_int, default=TWO_STAGE_EPOCHS,
+                   metavar="N", help="length of the first (v0) stage of --two-stage "
+                                     f"(default: {TWO_STAGE_EPOCHS}, as the authors)")
     g.add_argument("--lambda-coef", type=float, default=1.0, metavar="X",
                    help="lambda: weight of the cost term against accuracy (default: 1.0)")
     g.add_argument("--optimizer", default="Adam", choices=OPTIMIZERS,
@@ -91,7 +91,8 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=0.001, metavar="X",
                    help="learning rate (default: 0.001)")
     g.add_argument("--adaptive-lr", action="store_true",
-                   help="SGD only: ResNet-paper step schedule from 0.1 (0.05 on tiny-imagenet); "
+                   help="SGD only: ResNet-paper step schedule, 0.1 divided by 10 every 100 "
+                        "epochs (tiny-imagenet: 0.05 * 0.1 ** ((epoch - 1) // 30 + 1)); "
                         "Adam keeps --lr")
     g.add_argument("--momentum", type=float, default=0.9, metavar="X",
                    help="SGD momentum (default: 0.9)")

@@ -47,7 +47,6 @@ import shutil
 import stat
 import tarfile
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 import warnings
@@ -58,6 +57,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from ._io import atomic_open
 
 __all__ = [
     "Dataset", "DatasetInfo", "NAMES", "info", "DatasetError", "DatasetNotFoundError", "Resource", "RESOURCES",
@@ -725,15 +726,8 @@ def _write_cache(paths: list[Path], fingerprint: str, images: np.ndarray) -> Pat
             p.parent.mkdir(parents=True, exist_ok=True)
             if not _writable(p.parent):
                 continue
-            tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            try:
-                with open(tmp, "wb") as f:  # honours the umask, unlike mkstemp
-                    np.savez(f, images=images, fingerprint=np.array(fingerprint))
-                os.replace(tmp, p)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            with atomic_open(p, "wb") as f:
+                np.savez(f, images=images, fingerprint=np.array(fingerprint))
             return p
         except OSError:
             continue

@@ -27,17 +27,16 @@ is hidden from the optimiser and always uses batch statistics); a new
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from . import _core
+from ._io import atomic_open
 from .spec import ModelSpec
 
 __all__ = ["Net", "Prediction", "build", "save", "load", "load_checkpoint", "LOSSES"]
@@ -69,6 +68,15 @@ class Prediction:
     exit: np.ndarray
     cost: np.ndarray
     conf: np.ndarray
+
+
+def default_threshold(loss: str, num_ee: int) -> float:
+    """The confidence threshold T of early-exit inference when none is given: 0.5, or
+    1/num_ee for loss ``v3`` with ``num_ee`` >= 1 early exits.  The one rule behind
+    ``Net.default_threshold``, ``TrainConfig.exit_threshold`` and ``eenet.evaluate``."""
+    if loss == "v3" and num_ee > 0:
+        return 1.0 / num_ee
+    return 0.5
 
 
 def _shape3(shape: tuple) -> tuple:
@@ -359,10 +367,9 @@ class Net:
         return x
 
     def default_threshold(self, loss: str = "v2") -> float:
-        """T of the inference rule: 0.5, or 1/num_early_exits for loss v3."""
-        if loss == "v3" and self.num_exits > 1:
-            return 1.0 / (self.num_exits - 1)
-        return 0.5
+        """T of the inference rule: 0.5, or 1/num_early_exits for loss v3
+        (:func:`default_threshold`)."""
+        return default_threshold(loss, self.num_exits - 1)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, opt, loss: str = "v2",
                    lambda_coef: float = 1.0, tags: Optional[np.ndarray] = None,
@@ -455,20 +462,8 @@ def save(net: Net, path, optimizer=None, extra: Optional[dict] = None) -> None:
         arrays["sd/" + name] = np.array(v)
     if optimizer is not None:
         arrays["opt/state"] = np.array(net._opt_state)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".eenet", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _read(path: str) -> tuple:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+from ._io import atomic_open
+
 
 def _figure(figsize=(6.4, 4.4)):
     from matplotlib.figure import Figure
@@ -24,9 +26,8 @@ def _figure(figsize=(6.4, 4.4)):
 
 def _save(fig, path: str) -> str:
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
     return path
 
 

@@ -64,9 +64,12 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from ._io import atomic_write_bytes
+from ._io import jsonable as _jsonable
 
 __all__ = ["SpecError", "SweepSpec", "load_spec", "validate_spec", "expand", "trial_hash",
            "run", "load", "load_outputs", "add_sweep_parser", "sweep_main"]
@@ -519,28 +522,6 @@ def trial_hash(config: Mapping) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:12]
 
 
-def _jsonable(obj: Any) -> Any:
-    """NumPy scalars/arrays -> Python; dicts/lists recursively; DataFrames dropped to None;
-    other objects -> str."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if type(obj).__name__ in ("DataFrame", "Series"):
-        return None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return str(obj)
-
-
 # --------------------------------------------------------------------------- the trial (worker side)
 
 def _has_checkpoint(run_dir: str) -> bool:
@@ -643,19 +624,7 @@ def _validation_outputs(result: Mapping, config: Mapping) -> dict | None:
 
 def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _atomic_write_json(path: pathlib.Path, obj: Any) -> None:

@@ -34,17 +34,19 @@ Differences from the authors' loop, all deliberate:
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
+
+from ._io import atomic_write_text as _atomic_write_text
+from ._io import jsonable as _jsonable
 
 MODELS = ("eenet8",
           "eenet18", "eenet34", "eenet50", "eenet101", "eenet152",
@@ -140,15 +142,16 @@ class TrainConfig:
 
     def exit_threshold(self) -> float:
         """Confidence threshold T of early-exit inference."""
+        from .net import default_threshold
         if self.threshold is not None:
             return float(self.threshold)
-        if self.final_loss == "v3" and self.resolved_num_ee > 0:
-            return 1.0 / self.resolved_num_ee
-        return 0.5
+        return default_threshold(self.final_loss, self.resolved_num_ee)
 
     def default_results_dir(self) -> str:
-        """``results/<dataset>/<model>[/ee<n>_<distribution>]`` (the authors' layout)."""
-        path = os.path.join("results", self.dataset, self.model)
+        """``results/<dataset>/<model>[/ee<n>_<distribution>]`` (the authors' layout), with
+        the canonical dataset name (``--dataset FMNIST`` writes to ``results/fashion-mnist``)."""
+        dataset = _canonical_dataset(self.dataset) or self.dataset
+        path = os.path.join("results", dataset, self.model)
         if not self.is_plain and self.model != "eenet8":
             path = os.path.join(path, f"ee{self.resolved_num_ee}_{self.distribution}")
         return path
@@ -285,7 +288,7 @@ def adaptive_learning_rate(cfg: TrainConfig, epoch: int, current: float) -> floa
     """Learning rate of 1-based ``epoch`` under ``adaptive_lr`` (see module docstring)."""
     if not cfg.adaptive_lr or cfg.optimizer != "SGD":
         return current
-    if cfg.dataset in ("tiny-imagenet", "imagenet"):
+    if (_canonical_dataset(cfg.dataset) or cfg.dataset) == "tiny-imagenet":
         return 0.05 * 0.1 ** ((epoch - 1) // 30 + 1)
     if cfg.model.endswith("110") and epoch <= 2:
         return 0.01
@@ -456,29 +459,6 @@ def format_summary(res: dict, title: str = "") -> str:
 
 
 # ---- files ---------------------------------------------------------------------------------
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
 
 def _write_history(path: str, rows: list) -> None:
     import pandas as pd
@@ -726,6 +706,17 @@ def _progress(cfg: TrainConfig, total: int, desc: str):
                 dynamic_ncols=True, mininterval=0.5)
 
 
+def _saved_final_loss(saved_cfg: dict) -> str:
+    """The loss a saved run ended with (``TrainConfig.final_loss`` of its config.json;
+    ``v2`` without one)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {k: v for k, v in saved_cfg.items() if k in names}
+    try:
+        return TrainConfig(**known).final_loss
+    except TypeError:
+        return "v2"
+
+
 # ---- evaluation of a saved model -------------------------------------------------------------
 
 def evaluate(model_path: str, dataset: Optional[str] = None, *, threshold: Optional[float] = None,
@@ -765,9 +756,7 @@ def evaluate(model_path: str, dataset: Optional[str] = None, *, threshold: Optio
     ds = datasets.load(dataset, split=split, data_dir=data_dir, progress=progress)
     ds = _cap(ds, test_size, seed + 2)
     if threshold is None and target_cost is None:
-        loss = saved_cfg.get("loss_func") or "v2"
-        n_ee = int(net.num_exits) - 1
-        threshold = 1.0 / n_ee if (loss == "v3" and n_ee > 0) else 0.5
+        threshold = net.default_threshold(_saved_final_loss(saved_cfg))
     res = _evaluate_net(net, ds, batch_size=batch_size,
                         threshold=0.5 if threshold is None else threshold,
                         lambda_coef=lambda_coef, with_outputs=True)

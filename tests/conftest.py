@@ -19,6 +19,38 @@ except ImportError:  # torch comparisons are skipped, everything else runs
     HAVE_TORCH = False
 
 requires_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
+requires_fashion = pytest.mark.skipif(
+    not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason=f"{FASHION_MNIST} is absent (apt-get install dataset-fashion-mnist)")
+
+
+def f32(a) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array (what the C core takes)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def numgrad(f, x, h: float = 1e-6) -> np.ndarray:
+    """Central differences (f(x + h e_i) - f(x - h e_i)) / 2h of the scalar ``f`` at every
+    element of the float64 copy of ``x``; same shape as ``x``."""
+    x = np.array(x, dtype=np.float64)
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = f(x)
+        flat[i] = old - h
+        fm = f(x)
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * h)
+    return g
+
+
+def grad_close(actual, expected, rtol: float) -> None:
+    """Caffe-style bound: |a - b| <= rtol * max(|a|, |b|, 1) elementwise."""
+    a, b = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), 1.0)
+    assert np.all(np.abs(a - b) <= rtol * scale), np.max(np.abs(a - b) / scale)
 
 
 @pytest.fixture

@@ -9,14 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FASHION_MNIST, REPO
+from conftest import REPO, requires_fashion
 
 import eenet
 from eenet import cli
-
-
-needs_fashion = pytest.mark.skipif(not (FASHION_MNIST / "train-labels-idx1-ubyte.gz").exists(),
-                                   reason="Fashion-MNIST is not installed")
 
 
 def run_eenet(*args, timeout=300, check=True):
@@ -107,7 +103,7 @@ def test_subcommand_registry_adds_registered_modules(monkeypatch, tmp_path):
     assert "hello" in cli.build_parser().format_help()
 
 
-@needs_fashion
+@requires_fashion
 def test_train_one_epoch_writes_results_and_reports(tmp_path):
     """The issue's bar: `python -m eenet train --model eenet8 --dataset fashion-mnist
     --epochs 1` (with size caps) finishes, writes the results folder, reports accuracy and
@@ -146,7 +142,7 @@ def _checkpoint_epoch(path):
     return eenet.load_checkpoint(str(path))[2]["epoch"]
 
 
-@needs_fashion
+@requires_fashion
 def test_kill_mid_epoch_then_resume_gives_same_weights(tmp_path):
     """SIGKILL a real run during epoch 2, resume it, and compare every weight with an
     uninterrupted run of the same settings."""

@@ -14,7 +14,7 @@ import urllib.error
 import numpy as np
 import pytest
 
-from conftest import FASHION_MNIST, SHARED_DATA
+from conftest import FASHION_MNIST, SHARED_DATA, requires_fashion
 from eenet import datasets as D
 
 MNIST_MD5 = {  # official, from ../shared/data/README.md
@@ -28,9 +28,6 @@ CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 
 requires_mnist = pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(),
                                     reason=f"{SHARED_DATA / 'mnist'} is absent")
-requires_fashion = pytest.mark.skipif(
-    not FASHION_MNIST.is_dir(),
-    reason=f"{FASHION_MNIST} is absent (apt-get install dataset-fashion-mnist)")
 
 
 @pytest.fixture(autouse=True)

@@ -4,13 +4,10 @@ import numpy as np
 import pytest
 
 from eenet import ops
-from conftest import requires_torch
+from conftest import f32, numgrad, requires_torch
+from conftest import grad_close as _grad_close
 
 FLOOR = ops.PROB_FLOOR
-
-
-def f32(a):
-    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def flog(q):
@@ -66,24 +63,8 @@ def make(rng, E1=3, N=6, K=4, extreme=False):
     return f32(p), f32(conf), f32(costs), y, tags
 
 
-def numgrad(f, x, h=1e-6):
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    for i in range(x.size):
-        old = x.flat[i]
-        x.flat[i] = old + h
-        fp = f(x)
-        x.flat[i] = old - h
-        fm = f(x)
-        x.flat[i] = old
-        g.flat[i] = (fp - fm) / (2 * h)
-    return g
-
-
 def grad_close(a, b, rtol=2e-3):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), 1.0)
-    assert np.all(np.abs(a - b) <= rtol * scale), np.max(np.abs(a - b) / scale)
+    _grad_close(a, b, rtol)
 
 
 @pytest.mark.parametrize("version", [0, 1, 2, 3, 4])

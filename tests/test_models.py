@@ -320,7 +320,7 @@ def test_init_kinds_resnet():
         ps = [params[n] for n in op.params]
         if op.kind == "conv2d":
             w, = ps
-            k, c = w.shape[2], w.shape[1]
+            k = w.shape[2]
             assert w.init == "kaiming_normal_fan_out" and w.fan_out == w.shape[0] * k * k
             assert w.trainable
         elif op.kind == "batchnorm2d":

@@ -3,9 +3,7 @@ implementation (tests/torch_reference.py), plus the parts that need no torch:
 batched early exit vs a one-sample loop, finite differences, save/load, bad
 input, non-finite losses, a short real training run and reference counts."""
 import gc
-import gzip
 import pathlib
-import struct
 import sys
 
 import numpy as np
@@ -13,9 +11,10 @@ import pytest
 
 import eenet
 from eenet import optim
+from eenet.datasets import read_idx
 from eenet.net import Net, build
 
-from conftest import FASHION_MNIST, HAVE_TORCH, requires_torch
+from conftest import FASHION_MNIST, requires_fashion, requires_torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
@@ -297,7 +296,6 @@ def test_bottleneck_model_matches_torch():
     pool_at = next(i for i, op in enumerate(ops0) if op.kind == "maxpool2d")
     grads = net.gradients()
     tparams = dict(model.named_parameters())
-    stem = {n for op in ops0[:pool_at] for n in op.params}
     for op in ops0[:pool_at]:
         for name in op.params:
             if name in grads:
@@ -620,24 +618,15 @@ def test_nonfinite_loss_raises_naming_the_step_and_applies_nothing():
 
 # ---- a real training run -------------------------------------------------------------------
 
-def _read_idx(path: pathlib.Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def _fashion(split: str, n: int):
     prefix = "train" if split == "train" else "t10k"
-    xs = _read_idx(FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz")[:n]
-    ys = _read_idx(FASHION_MNIST / f"{prefix}-labels-idx1-ubyte.gz")[:n]
+    xs = read_idx(FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz", ndim=3)[:n]
+    ys = read_idx(FASHION_MNIST / f"{prefix}-labels-idx1-ubyte.gz", ndim=1)[:n]
     x = ((xs.astype(np.float32) / 255.0 - 0.2860) / 0.3530)[:, None]
     return np.ascontiguousarray(x), ys.astype(np.int64)
 
 
-@pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST is not installed")
+@requires_fashion
 def test_short_fashion_mnist_training_run_learns():
     """eenet8 (f=4), one epoch over 4000 real Fashion-MNIST images, Adam 0.01,
     loss v2: measured 0.63 early-exit test accuracy on 1000 test images

@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-from conftest import FASHION_MNIST, REPO
+from conftest import REPO, requires_fashion
 
 NOTEBOOKS = ["quickstart.ipynb", "eenet_vs_resnet.ipynb", "sweep.ipynb"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Fashion-MNIST is not installed")
+@requires_fashion
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

@@ -8,13 +8,10 @@ import pytest
 
 import eenet
 from eenet import ops
-from conftest import requires_torch
+from conftest import f32, numgrad, requires_torch
+from conftest import grad_close as _grad_close
 
 RTOL, ATOL = 1e-4, 1e-5
-
-
-def f32(a):
-    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def close(actual, expected, rtol=RTOL, atol=ATOL):
@@ -22,27 +19,8 @@ def close(actual, expected, rtol=RTOL, atol=ATOL):
                                rtol=rtol, atol=atol)
 
 
-def numgrad(f, x, h=1e-6):
-    """Central differences of the scalar f at the float64 array x."""
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        fp = f(x)
-        flat[i] = old - h
-        fm = f(x)
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * h)
-    return g
-
-
 def grad_close(actual, expected, rtol=1e-3):
-    """Caffe-style bound: |a - b| <= rtol * max(|a|, |b|, 1) elementwise."""
-    a, b = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), 1.0)
-    assert np.all(np.abs(a - b) <= rtol * scale), np.max(np.abs(a - b) / scale)
+    _grad_close(actual, expected, rtol)
 
 
 # ---- float64 NumPy references ----------------------------------------------------------

@@ -9,7 +9,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -21,7 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _sweep_trials import fake_train, trial_key  # noqa: E402
 
 from eenet import sweep  # noqa: E402
-from eenet.plots import exit_assignment, pareto_front, threshold_curve  # noqa: E402
+from eenet.plots import pareto_front, threshold_curve  # noqa: E402
 from eenet.calibrate import calibrate_outputs, threshold_for_cost  # noqa: E402
 
 ISSUE_TOML = """

@@ -33,6 +33,24 @@ def test_exit_threshold_defaults():
     assert T.TrainConfig().exit_threshold() == 0.5
     assert T.TrainConfig(loss_func="v3", num_ee=4).exit_threshold() == 0.25
     assert T.TrainConfig(loss_func="v3", num_ee=4, threshold=0.7).exit_threshold() == 0.7
+    # two-stage runs end with v1 whatever loss_func says, so T stays 0.5
+    assert T.TrainConfig(loss_func="v3", num_ee=4, two_stage=True).exit_threshold() == 0.5
+
+
+def test_default_results_dir_uses_the_canonical_dataset_name():
+    assert T.TrainConfig(model="eenet8", dataset="FMNIST").default_results_dir() == \
+        os.path.join("results", "fashion-mnist", "eenet8")
+    assert T.TrainConfig(model="eenet20", dataset="cifar-10").default_results_dir() == \
+        os.path.join("results", "cifar10", "eenet20", "ee2_fine")
+
+
+def test_evaluate_default_threshold_follows_the_saved_run():
+    """evaluate() without a threshold uses the loss the saved run ended with, as training
+    did (config.json beside the model; v2 without one)."""
+    assert T._saved_final_loss({}) == "v2"
+    assert T._saved_final_loss({"loss_func": "v3", "num_ee": 4}) == "v3"
+    assert T._saved_final_loss({"loss_func": "v3", "two_stage": True}) == "v1"
+    assert T._saved_final_loss({"model": "resnet20", "unknown_key": 1}) == "v0"
 
 
 def test_adaptive_learning_rate_schedule():
@@ -46,6 +64,11 @@ def test_adaptive_learning_rate_schedule():
                          adaptive_lr=True)
     assert [T.adaptive_learning_rate(tiny, e, 0.5) for e in (1, 30, 31, 61)] == \
         pytest.approx([0.005, 0.005, 0.0005, 0.00005])
+    # any spelling load() accepts selects the same schedule
+    alias = T.TrainConfig(model="eenet18", dataset="TinyImageNet", optimizer="SGD",
+                          adaptive_lr=True)
+    assert [T.adaptive_learning_rate(alias, e, 0.5) for e in (1, 31)] == \
+        pytest.approx([0.005, 0.0005])
     # Adam, or no --adaptive-lr: the current rate is kept
     adam = T.TrainConfig(optimizer="Adam", adaptive_lr=True)
     assert T.adaptive_learning_rate(adam, 100, 0.123) == 0.123

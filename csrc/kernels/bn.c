@@ -13,6 +13,9 @@
  * result does not depend on the thread count.
  */
 #include <math.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "kernels.h"
 
@@ -90,6 +93,145 @@ static void plane_dsums(const float *dy, const float *x, float mean, int HW, dou
     *sdyx += s2;
 }
 
+
+/* AVX-512 copies of the three plane helpers, picked at run time.  Lane l of
+ * acc[] is element l of one zmm register, and the plane total is formed in the
+ * same order (tail first, then lanes 0..15, in double), so they return the
+ * same bits as the portable helpers above; only the loads and adds are wider
+ * (the portable build is SSE2 unless the compiler is told otherwise). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define BN_HAVE_AVX512 1
+#define BN_AVX512 __attribute__((target("avx512f")))
+
+static int bn_use_avx512(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return cached;
+}
+
+/* returns tail + acc[0] + ... + acc[15], left to right in double */
+static BN_AVX512 double lanes_after(double s, __m512 v) {
+    float acc[LANES];
+    _mm512_storeu_ps(acc, v);
+    for (int l = 0; l < LANES; l++) {
+        s += acc[l];
+    }
+    return s;
+}
+
+/* as plane_sum, for planes x0 and x1 at once (two independent chains) */
+static BN_AVX512 void plane_sum2_avx512(const float *x0, const float *x1, int HW, double *s0,
+                                        double *s1) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + LANES <= HW; i += LANES) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(x0 + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(x1 + i));
+    }
+    double t0 = 0.0, t1 = 0.0;
+    for (; i < HW; i++) {
+        t0 += x0[i];
+        t1 += x1[i];
+    }
+    *s0 = lanes_after(t0, a0);
+    *s1 = lanes_after(t1, a1);
+}
+
+/* as plane_sqdev, for planes x0 and x1 at once */
+static BN_AVX512 void plane_sqdev2_avx512(const float *x0, const float *x1, float mean, int HW,
+                                          double *s0, double *s1) {
+    const __m512 m = _mm512_set1_ps(mean);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + LANES <= HW; i += LANES) {
+        const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(x0 + i), m);
+        const __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(x1 + i), m);
+        a0 = _mm512_add_ps(a0, _mm512_mul_ps(d0, d0));
+        a1 = _mm512_add_ps(a1, _mm512_mul_ps(d1, d1));
+    }
+    double t0 = 0.0, t1 = 0.0;
+    for (; i < HW; i++) {
+        const double d0 = (double)x0[i] - mean, d1 = (double)x1[i] - mean;
+        t0 += d0 * d0;
+        t1 += d1 * d1;
+    }
+    *s0 = lanes_after(t0, a0);
+    *s1 = lanes_after(t1, a1);
+}
+
+/* as plane_dsums (one plane; its two sums are already two chains) */
+static BN_AVX512 void plane_dsums_avx512(const float *dy, const float *x, float mean, int HW,
+                                         double *sdy, double *sdyx) {
+    const __m512 m = _mm512_set1_ps(mean);
+    __m512 a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + LANES <= HW; i += LANES) {
+        const __m512 g = _mm512_loadu_ps(dy + i);
+        a1 = _mm512_add_ps(a1, g);
+        a2 = _mm512_add_ps(a2, _mm512_mul_ps(g, _mm512_sub_ps(_mm512_loadu_ps(x + i), m)));
+    }
+    double s1 = 0.0, s2 = 0.0;
+    for (; i < HW; i++) {
+        s1 += dy[i];
+        s2 += (double)dy[i] * ((double)x[i] - mean);
+    }
+    *sdy += lanes_after(s1, a1);
+    *sdyx += lanes_after(s2, a2);
+}
+
+/* y = (x - mean) * scale + beta over HW (the portable loop's operations) */
+static BN_AVX512 void plane_affine_avx512(float *y, const float *x, float mean, float scale,
+                                          float beta, int HW) {
+    const __m512 vm = _mm512_set1_ps(mean), vs = _mm512_set1_ps(scale),
+                 vb = _mm512_set1_ps(beta);
+    int i = 0;
+    for (; i + 16 <= HW; i += 16) {
+        const __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + i), vm);
+        _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_mul_ps(v, vs), vb));
+    }
+    for (; i < HW; i++) {
+        y[i] = (x[i] - mean) * scale + beta;
+    }
+}
+
+/* g = 0 + (y > 0 ? g : 0) on the first HW - HW % 16 elements; returns that count */
+static BN_AVX512 int plane_mask_avx512(float *g, const float *y, int HW) {
+    const __m512 zero = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= HW; i += 16) {
+        const __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), zero, _CMP_GT_OQ);
+        const __m512 kept = _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(g + i));
+        _mm512_storeu_ps(g + i, _mm512_add_ps(zero, kept));
+    }
+    return i;
+}
+
+/* dx += k * ((dy - mdy) - (x - mean) * c2) over HW (the portable loop's operations) */
+static BN_AVX512 void plane_dx_avx512(float *dx, const float *dy, const float *x, float k,
+                                      float mdy, float mean, float c2, int HW) {
+    const __m512 vk = _mm512_set1_ps(k), vmdy = _mm512_set1_ps(mdy), vm = _mm512_set1_ps(mean),
+                 vc2 = _mm512_set1_ps(c2);
+    int i = 0;
+    for (; i + 16 <= HW; i += 16) {
+        const __m512 t =
+            _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(dy + i), vmdy),
+                          _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), vc2));
+        _mm512_storeu_ps(dx + i, _mm512_add_ps(_mm512_loadu_ps(dx + i), _mm512_mul_ps(vk, t)));
+    }
+    for (; i < HW; i++) {
+        dx[i] += k * (dy[i] - mdy - (x[i] - mean) * c2);
+    }
+}
+#else
+#define BN_HAVE_AVX512 0
+static int bn_use_avx512(void) {
+    return 0;
+}
+#endif
+
 /* Training forward.  Overwrites out, save_mean, save_invstd (C); updates
  * running_mean/running_var (C) in place. */
 eenet_status eenet_bn2d_forward_train(float *out, float *save_mean, float *save_invstd,
@@ -109,16 +251,42 @@ eenet_status eenet_bn2d_forward_train(float *out, float *save_mean, float *save_
                                N, HW);
     }
     int bad = 0;
+    const int wide = bn_use_avx512();
 #pragma omp parallel for schedule(static) num_threads(eenet_get_num_threads()) reduction(|| : bad)
     for (int c = 0; c < C; c++) {
         double sum = 0.0;
-        for (int n = 0; n < N; n++) {
+        int n0 = 0;
+#if BN_HAVE_AVX512
+        if (wide) {
+            for (; n0 + 2 <= N; n0 += 2) {
+                double s0, s1;
+                plane_sum2_avx512(inp + ((size_t)n0 * C + c) * HW,
+                                  inp + ((size_t)(n0 + 1) * C + c) * HW, HW, &s0, &s1);
+                sum += s0;
+                sum += s1;
+            }
+        }
+#endif
+        for (int n = n0; n < N; n++) {
             sum += plane_sum(inp + ((size_t)n * C + c) * HW, HW);
         }
         const double mean = sum / (double)M;
         /* second pass around the mean: no cancellation when |mean| >> std */
         double ss = 0.0;
-        for (int n = 0; n < N; n++) {
+        n0 = 0;
+#if BN_HAVE_AVX512
+        if (wide) {
+            for (; n0 + 2 <= N; n0 += 2) {
+                double s0, s1;
+                plane_sqdev2_avx512(inp + ((size_t)n0 * C + c) * HW,
+                                    inp + ((size_t)(n0 + 1) * C + c) * HW, (float)mean, HW, &s0,
+                                    &s1);
+                ss += s0;
+                ss += s1;
+            }
+        }
+#endif
+        for (int n = n0; n < N; n++) {
             ss += plane_sqdev(inp + ((size_t)n * C + c) * HW, (float)mean, HW);
         }
         /* deviations were taken around (float)mean m': sum (x-m')^2 = sum (x-m)^2 + M (m-m')^2 */
@@ -140,6 +308,12 @@ eenet_status eenet_bn2d_forward_train(float *out, float *save_mean, float *save_
         for (int n = 0; n < N; n++) {
             const float *x = inp + ((size_t)n * C + c) * HW;
             float *y = out + ((size_t)n * C + c) * HW;
+#if BN_HAVE_AVX512
+            if (wide) {
+                plane_affine_avx512(y, x, fmean, scale, fbeta, HW);
+                continue;
+            }
+#endif
             for (int i = 0; i < HW; i++) {
                 y[i] = (x[i] - fmean) * scale + fbeta;
             }
@@ -184,20 +358,24 @@ eenet_status eenet_bn2d_forward_eval(float *out, const float *inp, const float *
     return EENET_OK;
 }
 
-/* Training backward, ACCUMULATES.  With xhat = (x - mean) * invstd, M = N*HW:
+/* Shared body of the two backward entry points (dout == dmask when relu_out is
+ * given).  Training backward, ACCUMULATES.  With xhat = (x - mean) * invstd, M = N*HW:
  *   dbeta  += sum dy
  *   dgamma += sum dy * xhat
  *   dx     += gamma * invstd / M * (M * dy - sum dy - xhat * sum(dy * xhat))
  * dinp may be NULL (skip). */
-eenet_status eenet_bn2d_backward(float *dinp, float *dgamma, float *dbeta, const float *dout,
-                                 const float *inp, const float *gamma, const float *save_mean,
-                                 const float *save_invstd, int N, int C, int HW) {
+static eenet_status bn2d_backward_impl(const char *name, float *dinp, float *dgamma,
+                                       float *dbeta, const float *dout, float *dmask,
+                                       const float *relu_out, const float *inp,
+                                       const float *gamma, const float *save_mean,
+                                       const float *save_invstd, int N, int C, int HW) {
     if (N < 1 || C < 1 || HW < 1) {
         return eenet_set_error(EENET_ERR_VALUE,
-                               "bn2d_backward: sizes must be positive, got N=%d C=%d HW=%d", N,
-                               C, HW);
+                               "%s: sizes must be positive, got N=%d C=%d HW=%d", name, N, C,
+                               HW);
     }
     const double M = (double)N * (double)HW;
+    const int wide = bn_use_avx512();
 #pragma omp parallel for schedule(static) num_threads(eenet_get_num_threads())
     for (int c = 0; c < C; c++) {
         const float mean = save_mean[c];
@@ -205,6 +383,28 @@ eenet_status eenet_bn2d_backward(float *dinp, float *dgamma, float *dbeta, const
         double sdy = 0.0, sdxm = 0.0; /* sum dy, sum dy * (x - mean) */
         for (int n = 0; n < N; n++) {
             const size_t off = ((size_t)n * C + c) * HW;
+            if (relu_out) {
+                /* the ReLU's backward, in place: 0 + (y > 0 ? g : 0) as relu_backward
+                 * gives into a zeroed buffer (plane stays in L1 for the sums) */
+                float *g = dmask + off;
+                const float *yr = relu_out + off;
+                int i = 0;
+#if BN_HAVE_AVX512
+                if (wide) {
+                    i = plane_mask_avx512(g, yr, HW);
+                }
+#endif
+                for (; i < HW; i++) {
+                    const float gi = g[i];
+                    g[i] = 0.0f + (yr[i] > 0.0f ? gi : 0.0f);
+                }
+            }
+#if BN_HAVE_AVX512
+            if (wide) {
+                plane_dsums_avx512(dout + off, inp + off, mean, HW, &sdy, &sdxm);
+                continue;
+            }
+#endif
             plane_dsums(dout + off, inp + off, mean, HW, &sdy, &sdxm);
         }
         const double sdyx = sdxm * invstd; /* sum dy * xhat */
@@ -220,6 +420,12 @@ eenet_status eenet_bn2d_backward(float *dinp, float *dgamma, float *dbeta, const
                 const float *x = inp + off;
                 const float *dy = dout + off;
                 float *dx = dinp + off;
+#if BN_HAVE_AVX512
+                if (wide) {
+                    plane_dx_avx512(dx, dy, x, k, mdy, mean, c2, HW);
+                    continue;
+                }
+#endif
                 for (int i = 0; i < HW; i++) {
                     dx[i] += k * (dy[i] - mdy - (x[i] - mean) * c2);
                 }
@@ -227,4 +433,22 @@ eenet_status eenet_bn2d_backward(float *dinp, float *dgamma, float *dbeta, const
         }
     }
     return EENET_OK;
+}
+
+eenet_status eenet_bn2d_backward(float *dinp, float *dgamma, float *dbeta, const float *dout,
+                                 const float *inp, const float *gamma, const float *save_mean,
+                                 const float *save_invstd, int N, int C, int HW) {
+    return bn2d_backward_impl("bn2d_backward", dinp, dgamma, dbeta, dout, NULL, NULL, inp, gamma,
+                              save_mean, save_invstd, N, C, HW);
+}
+
+/* Backward of relu(bn(x)) with y = relu output (N,C,HW): first
+ * dy <- 0 + (y > 0 ? dy : 0) in place (exactly relu_backward into a zeroed
+ * buffer), then as eenet_bn2d_backward with that dy.  dy is overwritten. */
+eenet_status eenet_bn2d_relu_backward(float *dinp, float *dgamma, float *dbeta, float *dy,
+                                      const float *relu_out, const float *inp,
+                                      const float *gamma, const float *save_mean,
+                                      const float *save_invstd, int N, int C, int HW) {
+    return bn2d_backward_impl("bn2d_relu_backward", dinp, dgamma, dbeta, dy, dy, relu_out, inp,
+                              gamma, save_mean, save_invstd, N, C, HW);
 }

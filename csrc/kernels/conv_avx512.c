@@ -189,27 +189,18 @@ static EENET_AVX512 inline __mmask16 tail_mask(int n) {
 }
 
 /* dst[0..n) = src[0..n). */
-EENET_AVX512 void eenet_conv_row_copy(float *dst, const float *src, int n) {
+static EENET_AVX512 inline __attribute__((always_inline)) void row_copy(float *dst,
+                                                                       const float *src, int n) {
     for (int i = 0; i < n; i += 16) {
         __mmask16 m = tail_mask(n - i);
         _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
     }
 }
 
-/* dst[0..n) = src[0..n); returns the sum of the row (lane-wise, then reduced). */
-EENET_AVX512 float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
-        _mm512_mask_storeu_ps(dst + i, m, v);
-        acc = _mm512_add_ps(acc, v);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
 /* ev[m] = x[2m] for m < ceil(n/2); od[m] = x[2m+1] for m < floor(n/2). */
-EENET_AVX512 void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
+static EENET_AVX512 inline __attribute__((always_inline)) void row_deint2(float *ev, float *od,
+                                                                         const float *x,
+                                                                         int n) {
     const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     for (int i = 0; i < n; i += 32) {
@@ -222,19 +213,147 @@ EENET_AVX512 void eenet_conv_row_deint2(float *ev, float *od, const float *x, in
     }
 }
 
-/* accumulate: dst[i] += src[i]; else dst[i] = src[i] + bias, for i < n. */
-EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, float bias,
-                                       int accumulate) {
-    __m512 b = _mm512_set1_ps(bias);
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
-        if (accumulate) {
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i));
-        } else {
-            v = _mm512_add_ps(v, b);
+/* Phase planes of one sample, s = 1 or 2 (conv_direct.h): input pixel
+ * (iy, ix) of channel c goes to plane (c, (iy+ph)%s, (ix+pw)%s) at row
+ * (iy+ph)/s, column (ix+pw)/s; padding and tails are not written. */
+EENET_AVX512 void eenet_conv_fill_planes(float *src, const float *x, int cin, int h, int w,
+                                         int s, int ph, int pw, int ws, size_t plane) {
+    for (int c = 0; c < cin; c++) {
+        const float *xc = x + (size_t)c * h * w;
+        for (int iy = 0; iy < h; iy++) {
+            int yy = iy + ph;
+            const float *xr = xc + (size_t)iy * w;
+            float *P0 = src + ((size_t)c * s + (size_t)(yy % s)) * s * plane + (size_t)(yy / s) * ws;
+            if (s == 1) {
+                row_copy(P0 + pw, xr, w);
+            } else {
+                int be = pw % 2;
+                row_deint2(P0 + (size_t)be * plane + pw / 2,
+                           P0 + (size_t)(1 - be) * plane + (pw + 1) / 2, xr, w);
+            }
         }
-        _mm512_mask_storeu_ps(dst + i, m, v);
+    }
+}
+
+/* out (cout, ho, wo) = yq (cout, ldq) rows ws apart + bias[k] (bias may be
+ * NULL), or out += yq (accumulate = 1). */
+EENET_AVX512 void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws,
+                                        int cout, int ho, int wo, const float *bias,
+                                        int accumulate) {
+    for (int k = 0; k < cout; k++) {
+        __m512 b = _mm512_set1_ps((!accumulate && bias) ? bias[k] : 0.0f);
+        const float *yk = yq + (size_t)k * ldq;
+        float *ok = out + (size_t)k * ho * wo;
+        for (int oy = 0; oy < ho; oy++) {
+            const float *src = yk + (size_t)oy * ws;
+            float *dst = ok + (size_t)oy * wo;
+            for (int i = 0; i < wo; i += 16) {
+                __mmask16 m = tail_mask(wo - i);
+                __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+                v = accumulate ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i))
+                               : _mm512_add_ps(v, b);
+                _mm512_mask_storeu_ps(dst + i, m, v);
+            }
+        }
+    }
+}
+
+/* dq (cout, ldq; rows ws apart) = dy (cout, ho, wo) in q-space (the garbage
+ * columns are not written); pdb[k] += sum of dy's channel k (pdb may be NULL). */
+EENET_AVX512 void eenet_conv_fill_dq(float *dq, float *pdb, const float *dy, int cout, int ho,
+                                     int wo, int ws, size_t ldq) {
+    for (int k = 0; k < cout; k++) {
+        const float *dk = dy + (size_t)k * ho * wo;
+        float *qk = dq + (size_t)k * ldq;
+        __m512 acc = _mm512_setzero_ps();
+        for (int oy = 0; oy < ho; oy++) {
+            const float *src = dk + (size_t)oy * wo;
+            float *dst = qk + (size_t)oy * ws;
+            for (int i = 0; i < wo; i += 16) {
+                __mmask16 m = tail_mask(wo - i);
+                __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+                _mm512_mask_storeu_ps(dst + i, m, v);
+                acc = _mm512_add_ps(acc, v);
+            }
+        }
+        if (pdb) {
+            pdb[k] += _mm512_reduce_add_ps(acc);
+        }
+    }
+}
+
+/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border is not
+ * written (it stays zero).  One call per sample: the row loop is inlined. */
+EENET_AVX512 void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph,
+                                      int pw) {
+    size_t hp = (size_t)h + 2 * (size_t)ph, wpad = (size_t)w + 2 * (size_t)pw;
+    if (w <= 16) {
+        __mmask16 m = tail_mask(w);
+        for (int c = 0; c < cin; c++) {
+            float *dc = xp + ((size_t)c * hp + ph) * wpad + pw;
+            const float *xc = x + (size_t)c * h * w;
+            for (int y = 0; y < h; y++) {
+                _mm512_mask_storeu_ps(dc + (size_t)y * wpad, m,
+                                      _mm512_maskz_loadu_ps(m, xc + (size_t)y * w));
+            }
+        }
+        return;
+    }
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < h; y++) {
+            row_copy(xp + ((size_t)c * hp + y + ph) * wpad + pw, x + ((size_t)c * h + y) * w, w);
+        }
+    }
+}
+
+/* dyt (howo, K) = dy (K, howo)^T for K a multiple of 16, in 16x16 blocks
+ * (unpack/shuffle within 128-bit lanes, then two 128-bit lane shuffles);
+ * adds the per-channel sums of dy into pdb (NULL: skip). */
+EENET_AVX512 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K,
+                                          int howo) {
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        __m512 sum = _mm512_setzero_ps();
+        for (int p0 = 0; p0 < howo; p0 += 16) {
+            int np = howo - p0 < 16 ? howo - p0 : 16;
+            __mmask16 m = tail_mask(np);
+            __m512 r[16], t[16], u[16];
+            for (int i = 0; i < 16; i++) {
+                r[i] = _mm512_maskz_loadu_ps(m, dy + (size_t)(k0 + i) * howo + p0);
+            }
+            for (int i = 0; i < 8; i++) {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            for (int g = 0; g < 4; g++) {
+                __m512 *tg = t + 4 * g;
+                u[4 * g + 0] = _mm512_shuffle_ps(tg[0], tg[2], 0x44);
+                u[4 * g + 1] = _mm512_shuffle_ps(tg[0], tg[2], 0xEE);
+                u[4 * g + 2] = _mm512_shuffle_ps(tg[1], tg[3], 0x44);
+                u[4 * g + 3] = _mm512_shuffle_ps(tg[1], tg[3], 0xEE);
+            }
+            /* u[4g+m] lane j = rows 4g..4g+3 of column 4j+m */
+            for (int mm = 0; mm < 4; mm++) {
+                __m512 v0 = _mm512_shuffle_f32x4(u[mm], u[4 + mm], 0x88);
+                __m512 v1 = _mm512_shuffle_f32x4(u[mm], u[4 + mm], 0xDD);
+                __m512 w0 = _mm512_shuffle_f32x4(u[8 + mm], u[12 + mm], 0x88);
+                __m512 w1 = _mm512_shuffle_f32x4(u[8 + mm], u[12 + mm], 0xDD);
+                __m512 c[4];
+                c[0] = _mm512_shuffle_f32x4(v0, w0, 0x88); /* column mm */
+                c[1] = _mm512_shuffle_f32x4(v1, w1, 0x88); /* column 4 + mm */
+                c[2] = _mm512_shuffle_f32x4(v0, w0, 0xDD); /* column 8 + mm */
+                c[3] = _mm512_shuffle_f32x4(v1, w1, 0xDD); /* column 12 + mm */
+                for (int j = 0; j < 4; j++) {
+                    int col = 4 * j + mm;
+                    if (col < np) {
+                        _mm512_storeu_ps(dyt + (size_t)(p0 + col) * K + k0, c[j]);
+                        sum = _mm512_add_ps(sum, c[j]);
+                    }
+                }
+            }
+        }
+        if (pdb) {
+            _mm512_storeu_ps(pdb + k0, _mm512_add_ps(_mm512_loadu_ps(pdb + k0), sum));
+        }
     }
 }
 
@@ -243,9 +362,13 @@ EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, floa
  * 16*KV output channels; per tap KV weight loads, P broadcasts of input
  * scalars, P*KV FMAs.  No q-space garbage, so it suits the 8x8..32x32 planes
  * with 16/32/64 channels of the ResNets. */
-#define DEFINE_KF(KV, P)                                                                \
-    static EENET_AVX512 void kf_##KV##x##P(float *tile, const float *xrow, int s,       \
-                                            const int *off, const float *wk, int ntaps) { \
+#define DEFINE_KF(KV, P) DEFINE_KF_S(kf_##KV##x##P, KV, P, s) DEFINE_KF_S(kf1_##KV##x##P, KV, P, 1)
+/* NAME: the kernel; SS: its column stride (the argument s, or the constant 1
+ * so that the broadcasts address with fixed displacements). */
+#define DEFINE_KF_S(NAME, KV, P, SS)                                                    \
+    static EENET_AVX512 void NAME(float *tile, const float *xrow, int s,                \
+                                  const int *off, const float *wk, int ntaps) {         \
+        (void)s;                                                                        \
         __m512 acc[P][KV];                                                              \
         for (int p = 0; p < P; p++) {                                                   \
             for (int v = 0; v < KV; v++) {                                              \
@@ -259,7 +382,7 @@ EENET_AVX512 void eenet_conv_row_store(float *dst, const float *src, int n, floa
                 wv[v] = _mm512_loadu_ps(wk + ((size_t)t * KV + v) * 16);                \
             }                                                                           \
             for (int p = 0; p < P; p++) {                                               \
-                __m512 xb = _mm512_set1_ps(xt[p * s]);                                  \
+                __m512 xb = _mm512_set1_ps(xt[p * (SS)]);                               \
                 for (int v = 0; v < KV; v++) {                                          \
                     acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);                  \
                 }                                                                       \
@@ -323,7 +446,9 @@ typedef void (*kf_fn)(float *, const float *, int, const int *, const float *, i
  * an 8x8 transpose on each 256-bit half (channels 0-7 and 8-15 at once).
  * accumulate: o += tile; else o = tile + bias (b16: 16 biases or NULL). */
 static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t ldt,
-                                     const float *b16, int accumulate) {
+                                     const float *b16, int accumulate, int n) {
+    /* n < 8: only positions p < n are loaded from o and stored */
+    __mmask16 mk = (__mmask16)((1u << n) - 1u); /* AVX-512 masks: AVX vmaskmov is slow on AMD */
     __m512 r[8], u[8];
     for (int p = 0; p < 8; p++) {
         r[p] = _mm512_loadu_ps(t + (size_t)p * ldt);
@@ -348,14 +473,21 @@ static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t
             __m256 vh = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
             float *ol = o + (size_t)ch * hw, *oh = o + (size_t)(ch + 8) * hw;
             if (accumulate) {
-                vl = _mm256_add_ps(vl, _mm256_loadu_ps(ol));
-                vh = _mm256_add_ps(vh, _mm256_loadu_ps(oh));
+                vl = _mm256_add_ps(vl, n < 8 ? _mm512_castps512_ps256(_mm512_maskz_loadu_ps(mk, ol))
+                                             : _mm256_loadu_ps(ol));
+                vh = _mm256_add_ps(vh, n < 8 ? _mm512_castps512_ps256(_mm512_maskz_loadu_ps(mk, oh))
+                                             : _mm256_loadu_ps(oh));
             } else if (b16) {
                 vl = _mm256_add_ps(vl, _mm256_set1_ps(b16[ch]));
                 vh = _mm256_add_ps(vh, _mm256_set1_ps(b16[ch + 8]));
             }
-            _mm256_storeu_ps(ol, vl);
-            _mm256_storeu_ps(oh, vh);
+            if (n < 8) {
+                _mm512_mask_storeu_ps(ol, mk, _mm512_castps256_ps512(vl));
+                _mm512_mask_storeu_ps(oh, mk, _mm512_castps256_ps512(vh));
+            } else {
+                _mm256_storeu_ps(ol, vl);
+                _mm256_storeu_ps(oh, vh);
+            }
         }
     }
 }
@@ -364,9 +496,16 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                                       const float *xp, int wp, int s, const int *off,
                                       const float *wk, int cout, int ntaps, int ho, int wo,
                                       int kv, int P, float *tile) {
-    kf_fn fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
-                       : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
-                          : P == 7 ? kf_1x7 : kf_1x4);
+    kf_fn fn;
+    if (s == 1) {
+        fn = kv == 2 ? (P == 8 ? kf1_2x8 : P == 7 ? kf1_2x7 : kf1_2x4)
+                     : (P == 16 ? kf1_1x16 : P == 14 ? kf1_1x14 : P == 8 ? kf1_1x8
+                        : P == 7 ? kf1_1x7 : kf1_1x4);
+    } else {
+        fn = kv == 2 ? (P == 8 ? kf_2x8 : P == 7 ? kf_2x7 : kf_2x4)
+                     : (P == 16 ? kf_1x16 : P == 14 ? kf_1x14 : P == 8 ? kf_1x8
+                        : P == 7 ? kf_1x7 : kf_1x4);
+    }
     int kb = 16 * kv;
     size_t hw = (size_t)ho * wo;
     for (int k0 = 0; k0 < cout; k0 += kb) {
@@ -375,14 +514,11 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
             if (kv == 1 && P == 7 && wo == 7 && oy + 1 < ho) {
                 /* rows oy and oy+1 in one 14-position tile */
                 kf2_1x7(tile, xp + (size_t)oy * s * wp, s, (size_t)s * wp, off, wkb, ntaps);
+                /* rows oy, oy+1 are 14 contiguous floats of each channel */
                 float *o = out + (size_t)k0 * hw + (size_t)oy * wo;
-                for (int kk = 0; kk < kb; kk++) {
-                    float *ok = o + (size_t)kk * hw;
-                    float b = (!accumulate && bias) ? bias[k0 + kk] : 0.0f;
-                    for (int p = 0; p < 14; p++) {
-                        ok[p] = (accumulate ? ok[p] : b) + tile[(size_t)p * kb + kk];
-                    }
-                }
+                const float *b16 = bias ? bias + k0 : NULL;
+                store_t8x16(o, hw, tile, (size_t)kb, b16, accumulate, 8);
+                store_t8x16(o + 8, hw, tile + (size_t)8 * kb, (size_t)kb, b16, accumulate, 6);
                 oy++;
                 continue;
             }
@@ -390,28 +526,12 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                 fn(tile, xp + (size_t)oy * s * wp + (size_t)ox0 * s, s, off, wkb, ntaps);
                 /* tile (P, kb) -> out[k0+kk][oy][ox0+p] */
                 float *o = out + (size_t)k0 * hw + (size_t)oy * wo + ox0;
-                if (P % 8 == 0) {
-                    for (int p0 = 0; p0 < P; p0 += 8) {
-                        for (int v = 0; v < kv; v++) {
-                            store_t8x16(o + (size_t)16 * v * hw + p0, hw,
-                                        tile + (size_t)p0 * kb + 16 * v, (size_t)kb,
-                                        bias ? bias + k0 + 16 * v : NULL, accumulate);
-                        }
-                    }
-                    continue;
-                }
-                for (int kk = 0; kk < kb; kk++) {
-                    float *ok = o + (size_t)kk * hw;
-                    const float *tk = tile + kk;
-                    if (accumulate) {
-                        for (int p = 0; p < P; p++) {
-                            ok[p] += tk[(size_t)p * kb];
-                        }
-                    } else {
-                        float b = bias ? bias[k0 + kk] : 0.0f;
-                        for (int p = 0; p < P; p++) {
-                            ok[p] = tk[(size_t)p * kb] + b;
-                        }
+                for (int p0 = 0; p0 < P; p0 += 8) {
+                    for (int v = 0; v < kv; v++) {
+                        store_t8x16(o + (size_t)16 * v * hw + p0, hw,
+                                    tile + (size_t)p0 * kb + 16 * v, (size_t)kb,
+                                    bias ? bias + k0 + 16 * v : NULL, accumulate,
+                                    P - p0 < 8 ? P - p0 : 8);
                     }
                 }
             }
@@ -425,14 +545,18 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
 #define DEFINE_KW(KV, TB)                                                                    \
     static EENET_AVX512 void kw_##KV##x##TB(float *dwt, int ldk, const float *dyt,           \
                                              const float *xp, int wp, int s, const int *off, \
-                                             int ho, int wo) {                               \
+                                             int ho, int wo, int nb, size_t dyt_stride,      \
+                                             size_t xp_stride) {                             \
         __m512 acc[TB][KV];                                                                  \
-        const float *sp[TB];                                                                 \
         for (int b = 0; b < TB; b++) {                                                       \
-            sp[b] = xp + off[b];                                                             \
             for (int v = 0; v < KV; v++) {                                                   \
                 acc[b][v] = _mm512_setzero_ps();                                             \
             }                                                                                \
+        }                                                                                    \
+        for (int n = 0; n < nb; n++, dyt += dyt_stride, xp += xp_stride) {                   \
+        const float *sp[TB];                                                                 \
+        for (int b = 0; b < TB; b++) {                                                       \
+            sp[b] = xp + off[b];                                                             \
         }                                                                                    \
         for (int oy = 0; oy < ho; oy++) {                                                    \
             const float *dr = dyt + (size_t)oy * wo * ldk;                                   \
@@ -449,6 +573,7 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
                     }                                                                        \
                 }                                                                            \
             }                                                                                \
+        }                                                                                    \
         }                                                                                    \
         for (int b = 0; b < TB; b++) {                                                       \
             for (int v = 0; v < KV; v++) {                                                   \
@@ -469,11 +594,11 @@ DEFINE_KW(1, 3)
 DEFINE_KW(1, 1)
 
 typedef void (*kw_fn)(float *, int, const float *, const float *, int, int, const int *, int,
-                      int);
+                      int, int, size_t, size_t);
 
 EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp,
                                      int s, const int *off, int cout, int ntaps, int ho,
-                                     int wo) {
+                                     int wo, int nb, size_t dyt_stride, size_t xp_stride) {
     int kv = cout % 64 == 0 ? 4 : cout % 32 == 0 ? 2 : 1;
     kw_fn big = kv == 4 ? kw_4x6 : kv == 2 ? kw_2x12 : kw_1x12;
     kw_fn three = kv == 4 ? kw_4x3 : kv == 2 ? kw_2x3 : kw_1x3;
@@ -482,13 +607,16 @@ EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *
     for (int k0 = 0; k0 < cout; k0 += 16 * kv) {
         int t0 = 0;
         for (; t0 + tb <= ntaps; t0 += tb) {
-            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            big(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
         for (; t0 + 3 <= ntaps; t0 += 3) {
-            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            three(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
         for (; t0 < ntaps; t0++) {
-            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo);
+            one(dwt + (size_t)t0 * cout + k0, cout, dyt + k0, xp, wp, s, off + t0, ho, wo, nb,
+                dyt_stride, xp_stride);
         }
     }
 }
@@ -519,26 +647,35 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
 }
 
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
-                        const int *off, int cout, int ntaps, int ho, int wo) {
+                        const int *off, int cout, int ntaps, int ho, int wo, int nb,
+                        size_t dyt_stride, size_t xp_stride) {
     (void)dwt, (void)dyt, (void)xp, (void)wp, (void)s, (void)off, (void)cout, (void)ntaps;
-    (void)ho, (void)wo;
+    (void)ho, (void)wo, (void)nb, (void)dyt_stride, (void)xp_stride;
 }
 
-void eenet_conv_row_copy(float *dst, const float *src, int n) {
-    (void)dst, (void)src, (void)n;
+void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo) {
+    (void)dyt, (void)pdb, (void)dy, (void)K, (void)howo;
 }
 
-float eenet_conv_row_copy_sum(float *dst, const float *src, int n) {
-    (void)dst, (void)src, (void)n;
-    return 0.0f;
+void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw) {
+    (void)xp, (void)x, (void)cin, (void)h, (void)w, (void)ph, (void)pw;
 }
 
-void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n) {
-    (void)ev, (void)od, (void)x, (void)n;
+void eenet_conv_fill_planes(float *src, const float *x, int cin, int h, int w, int s, int ph,
+                            int pw, int ws, size_t plane) {
+    (void)src, (void)x, (void)cin, (void)h, (void)w, (void)s, (void)ph, (void)pw, (void)ws;
+    (void)plane;
 }
 
-void eenet_conv_row_store(float *dst, const float *src, int n, float bias, int accumulate) {
-    (void)dst, (void)src, (void)n, (void)bias, (void)accumulate;
+void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws, int cout, int ho,
+                           int wo, const float *bias, int accumulate) {
+    (void)out, (void)yq, (void)ldq, (void)ws, (void)cout, (void)ho, (void)wo, (void)bias;
+    (void)accumulate;
+}
+
+void eenet_conv_fill_dq(float *dq, float *pdb, const float *dy, int cout, int ho, int wo,
+                        int ws, size_t ldq) {
+    (void)dq, (void)pdb, (void)dy, (void)cout, (void)ho, (void)wo, (void)ws, (void)ldq;
 }
 
 #endif

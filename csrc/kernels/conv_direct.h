@@ -47,18 +47,36 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
                          int wo, int kv, int P, float *tile);
 
-/* dwt (ntaps, cout) += sum over positions of x(tap) * dyt (ho*wo, cout);
- * cout a multiple of 16.  Also runs on q-space planes (xp = phase planes,
- * off from the q-space offsets, wp = ws, s = 1). */
+/* dwt (ntaps, cout) += sum over nb samples and their positions of x(tap) *
+ * dyt (ho*wo, cout); sample b's dyt at dyt + b*dyt_stride, its input at
+ * xp + b*xp_stride (summed in registers across the samples); cout a multiple
+ * of 16.  Also runs on q-space planes (xp = phase planes, off from the
+ * q-space offsets, wp = ws, s = 1). */
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,
-                        const int *off, int cout, int ntaps, int ho, int wo);
+                        const int *off, int cout, int ntaps, int ho, int wo, int nb,
+                        size_t dyt_stride, size_t xp_stride);
 
-/* Row helpers of the direct path (AVX-512, masked tails; any n >= 0):
- * copy; copy returning the row's sum; even/odd split ev[m] = x[2m],
- * od[m] = x[2m+1]; store dst = src + bias or dst += src (accumulate). */
-void eenet_conv_row_copy(float *dst, const float *src, int n);
-float eenet_conv_row_copy_sum(float *dst, const float *src, int n);
-void eenet_conv_row_deint2(float *ev, float *od, const float *x, int n);
-void eenet_conv_row_store(float *dst, const float *src, int n, float bias, int accumulate);
+/* One sample's phase planes (s = 1 or 2; padding and tails left untouched):
+ * pixel (iy, ix) of channel c to plane (c, (iy+ph)%s, (ix+pw)%s), row
+ * (iy+ph)/s, column (ix+pw)/s; planes `plane` floats apart, rows ws. */
+void eenet_conv_fill_planes(float *src, const float *x, int cin, int h, int w, int s, int ph,
+                            int pw, int ws, size_t plane);
+
+/* out (cout, ho, wo) = yq (cout, ldq; rows ws apart) + bias (NULL: none), or
+ * out += yq (accumulate = 1). */
+void eenet_conv_store_rows(float *out, const float *yq, size_t ldq, int ws, int cout, int ho,
+                           int wo, const float *bias, int accumulate);
+
+/* dq (cout, ldq; rows ws apart) = dy (cout, ho, wo), garbage columns not
+ * written; pdb[k] += channel sums of dy (pdb NULL: skip). */
+void eenet_conv_fill_dq(float *dq, float *pdb, const float *dy, int cout, int ho, int wo,
+                        int ws, size_t ldq);
+
+/* xp (cin, h+2ph, w+2pw) interior = x (cin, h, w); the border stays zero. */
+void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int ph, int pw);
+
+/* dyt (howo, K) = dy (K, howo)^T, K a multiple of 16; adds the channel sums
+ * of dy into pdb (NULL: skip). */
+void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo);
 
 #endif /* EENET_CONV_DIRECT_H */

@@ -95,6 +95,13 @@ eenet_status eenet_bn2d_forward_eval(float *out, const float *inp, const float *
 eenet_status eenet_bn2d_backward(float *dinp, float *dgamma, float *dbeta, const float *dout,
                                  const float *inp, const float *gamma, const float *save_mean,
                                  const float *save_invstd, int N, int C, int HW);
+/* Backward of relu(bn(x)): y (N,C,HW) is the ReLU's output, dy (N,C,HW) the
+ * gradient of y, overwritten with the gradient of bn(x) (ReLU-masked); then as
+ * eenet_bn2d_backward (ACCUMULATES dinp, dgamma, dbeta). */
+eenet_status eenet_bn2d_relu_backward(float *dinp, float *dgamma, float *dbeta, float *dy,
+                                      const float *relu_out, const float *inp,
+                                      const float *gamma, const float *save_mean,
+                                      const float *save_invstd, int N, int C, int HW);
 
 /* -- elementwise (act.c).  out/inp (n).  Backward ACCUMULATES into dinp. */
 eenet_status eenet_relu_forward(float *out, const float *inp, size_t n);
