@@ -628,14 +628,15 @@ def _fashion(split: str, n: int):
 
 @requires_fashion
 def test_short_fashion_mnist_training_run_learns():
-    """eenet8 (f=4), one epoch over 4000 real Fashion-MNIST images, Adam 0.01,
-    loss v2: measured 0.63 early-exit test accuracy on 1000 test images
-    (chance 0.10); the bar sits well below the measurement."""
+    """eenet8 (f=4), one epoch over 4000 real Fashion-MNIST images, Adam 0.003,
+    loss v2: measured 0.58-0.64 early-exit test accuracy on 1000 test images over
+    seeds 1-3 and 1 or 2 threads (chance 0.10), last/first loss ratio 0.52-0.54;
+    the bars sit below the measurements.  (Adam 0.01 was unstable: 0.31-0.61.)"""
     x, y = _fashion("train", 4000)
     xt, yt = _fashion("test", 1000)
     net = build("eenet8", num_classes=10, input_shape=(1, 28, 28), filters=4, max_batch=32,
                 seed=1)
-    opt = optim.Adam(net, lr=0.01)
+    opt = optim.Adam(net, lr=0.003)
     losses = []
     for i in range(0, len(x), 32):
         st = net.train_step(x[i:i + 32], y[i:i + 32], opt, loss="v2", lambda_coef=0.1)
