@@ -159,6 +159,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config of a saved ``config.json`` (:meth:`to_dict`); unknown keys are
+        ignored, missing ones take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
 
 def _known_datasets() -> tuple:
     """Dataset names :func:`eenet.datasets.load` accepts."""
@@ -709,12 +716,7 @@ def _progress(cfg: TrainConfig, total: int, desc: str):
 def _saved_final_loss(saved_cfg: dict) -> str:
     """The loss a saved run ended with (``TrainConfig.final_loss`` of its config.json;
     ``v2`` without one)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    known = {k: v for k, v in saved_cfg.items() if k in names}
-    try:
-        return TrainConfig(**known).final_loss
-    except TypeError:
-        return "v2"
+    return TrainConfig.from_dict(saved_cfg).final_loss
 
 
 # ---- evaluation of a saved model -------------------------------------------------------------
