@@ -100,7 +100,9 @@ def fed_training(ds, net, opt, batch_size: int, steps: int) -> tuple[float, floa
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.environ.get("EENET_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    # ../shared beside the checkout, or $EENET_SHARED, as in tests/conftest.py
+    shared = pathlib.Path(os.environ.get("EENET_SHARED", REPO.parent / "shared"))
+    p.add_argument("--data-dir", default=str(shared / "data"))
     p.add_argument("--synthetic", action="store_true", help="synthetic uint8 data instead of the JPEG copy")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=3)

@@ -111,7 +111,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     """--data-dir, split fraction and size caps."""
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="dataset root (default: $EENET_DATA or the per-user cache)")
+                   help="dataset root (default: $EENET_DATA, the per-user cache, then "
+                        "system locations such as /usr/share/datasets/fashion-mnist)")
     g.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
                    help="part of the training set held out for validation; 0 validates on "
                         "the test set as the authors do (default: 0.1)")
@@ -230,13 +231,13 @@ def add_evaluate_command(subparsers) -> None:
     p.add_argument("--split", default="test", choices=("test", "train"),
                    help="which split to evaluate (default: test)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="dataset root (default: $EENET_DATA or the per-user cache)")
+                   help="dataset root (default: $EENET_DATA, the per-user cache, then "
+                        "system locations such as /usr/share/datasets/fashion-mnist)")
     p.add_argument("--threshold", type=_probability, default=None, metavar="T",
                    help="confidence threshold of early exit (default: 0.5; 1/num-ee for v3)")
-    if _have_calibrate():
-        p.add_argument("--target-cost", type=_probability, default=None, metavar="C",
-                       help="use the largest threshold whose average cost on this same data "
-                            "is at most C (eenet.calibrate; replaces --threshold)")
+    p.add_argument("--target-cost", type=_probability, default=None, metavar="C",
+                   help="use the largest threshold whose average cost on this same data "
+                        "is at most C (eenet.calibrate; replaces --threshold)")
     p.add_argument("--batch-size", "--test-batch", dest="batch_size", type=_positive_int,
                    default=256, metavar="N", help="inference batch size (default: 256)")
     p.add_argument("--test-size", type=_positive_int, default=None, metavar="N",
@@ -252,16 +253,11 @@ def add_evaluate_command(subparsers) -> None:
     p.set_defaults(func=run_evaluate, _parser=p)
 
 
-def _have_calibrate() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("eenet.calibrate") is not None
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     import os
     from .training import ConfigError, _jsonable, evaluate, format_summary
     parser = args._parser
-    target = getattr(args, "target_cost", None)
+    target = args.target_cost
     if target is not None and args.threshold is not None:
         parser.error("give either --threshold or --target-cost, not both")
     if not os.path.exists(args.model_path):

@@ -1,7 +1,9 @@
 """Plots of training runs and evaluations, as PNG files (matplotlib, Agg canvas).
 
 A module of plain functions: each takes data (a history DataFrame, a metrics
-dict) and a path, draws one figure and writes it.  Figures are created with
+dict, sweep results) and a path, draws one figure and writes it; the sweep and
+threshold plots also return the Figure (shown inline in notebooks), the path
+being optional there.  Figures are created with
 ``matplotlib.figure.Figure`` (no pyplot, no global state, no display needed).
 
 History columns used (``history.csv``, one row per epoch): ``epoch``,
@@ -11,7 +13,9 @@ History columns used (``history.csv``, one row per epoch): ``epoch``,
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
+
+import numpy as np
 
 from ._io import atomic_open
 
@@ -140,12 +144,9 @@ def plot_run(results_dir: str, history, metrics: dict, title: str = "") -> list:
     ]
 
 
-# =========================================================================== sweeps (branch sweep)
+# =========================================================================== sweeps
 # Accuracy-cost analysis over sweep trials and over the exit threshold. These return the
 # Figure (shown inline in notebooks) and also write it when a path is given.
-
-import numpy as np  # noqa: E402
-from typing import Any  # noqa: E402
 
 # --------------------------------------------------------------------------- sweeps: accuracy vs cost
 

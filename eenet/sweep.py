@@ -593,7 +593,6 @@ def _validation_outputs(result: Mapping, config: Mapping) -> dict | None:
     """Per-exit outputs of the trained model (model.eenet, the best epoch) on the trial's
     validation split (eenet.train's held-out part of the training set, or the test set when
     val_fraction is 0): probs (E+1,N,K), conf (E+1,N), labels (N,), costs (E+1,)."""
-    import dataclasses
     import eenet
     from . import training
     rd = result.get("results_dir")
@@ -606,13 +605,13 @@ def _validation_outputs(result: Mapping, config: Mapping) -> dict | None:
             break
     if model is None:
         return None
-    names = {f.name for f in dataclasses.fields(training.TrainConfig)}
-    saved = dict(result.get("config") or config)
-    cfg = training.TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    cfg = training.TrainConfig.from_dict(dict(result.get("config") or config))
     cfg.progress = False
     splits = training._load_splits(cfg)
     net = eenet.load(model)
-    ev = training._evaluate_net(net, splits.val, batch_size=256, threshold=0.5,
+    # only the per-exit outputs are kept; the threshold is the run's own for consistency
+    ev = training._evaluate_net(net, splits.val, batch_size=256,
+                                threshold=cfg.exit_threshold(),
                                 lambda_coef=cfg.lambda_coef, with_outputs=True)
     outs = dict(ev["outputs"])
     outs["costs"] = np.asarray(net.exit_costs, dtype=np.float64)

@@ -45,17 +45,15 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from . import models as _models
 from ._io import atomic_write_text as _atomic_write_text
 from ._io import jsonable as _jsonable
+from .net import LOSSES
 
-MODELS = ("eenet8",
-          "eenet18", "eenet34", "eenet50", "eenet101", "eenet152",
-          "eenet20", "eenet32", "eenet44", "eenet56", "eenet110",
-          "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-          "resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
-DISTRIBUTIONS = ("gold_ratio", "pareto", "fine", "linear")
-EXIT_TYPES = ("plain", "pool", "bnpool")
-LOSSES = ("v0", "v1", "v2", "v3", "v4")
+# The names the model builder and the engine accept (one source: eenet.models, eenet.net).
+MODELS = tuple(_models.model_names())
+DISTRIBUTIONS = _models.DISTRIBUTIONS
+EXIT_TYPES = _models.EXIT_TYPES
 OPTIMIZERS = ("SGD", "Adam")
 TWO_STAGE_EPOCHS = 25          # v0 for epochs 1..25, then v1 (authors)
 CHECKPOINT = "checkpoint.eenet"  # written after every epoch
@@ -158,6 +156,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config of a saved ``config.json`` (:meth:`to_dict`); unknown keys are
+        ignored, missing ones take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 def _known_datasets() -> tuple:
@@ -709,12 +714,7 @@ def _progress(cfg: TrainConfig, total: int, desc: str):
 def _saved_final_loss(saved_cfg: dict) -> str:
     """The loss a saved run ended with (``TrainConfig.final_loss`` of its config.json;
     ``v2`` without one)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    known = {k: v for k, v in saved_cfg.items() if k in names}
-    try:
-        return TrainConfig(**known).final_loss
-    except TypeError:
-        return "v2"
+    return TrainConfig.from_dict(saved_cfg).final_loss
 
 
 # ---- evaluation of a saved model -------------------------------------------------------------

@@ -53,6 +53,18 @@ def grad_close(actual, expected, rtol: float) -> None:
     assert np.all(np.abs(a - b) <= rtol * scale), np.max(np.abs(a - b) / scale)
 
 
+@pytest.fixture(autouse=True)
+def _restore_num_threads():
+    """Give every test the thread count it started with: eenet.train(threads=N) and
+    set_num_threads change the process-wide count, and results depend on it (summation
+    order), so a test must not inherit another test's setting."""
+    import eenet
+    before = eenet.get_num_threads()
+    yield
+    if eenet.get_num_threads() != before:
+        eenet.set_num_threads(before)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
