@@ -68,14 +68,3 @@ def _restore_num_threads():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
-
-
-@pytest.fixture(autouse=True)
-def _restore_thread_count():
-    """Tests that change eenet's thread count must not change the next test's
-    summation order (training results depend on it)."""
-    import eenet
-    before = eenet.get_num_threads()
-    yield
-    if eenet.get_num_threads() != before:
-        eenet.set_num_threads(before)
