@@ -35,6 +35,15 @@ def _save(fig, path: str) -> str:
     return path
 
 
+
+def _finish_epoch_axes(ax, ylabel: str, title: str) -> None:
+    """Labels, title, legend and integer epoch ticks of a per-epoch plot."""
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
 def _series(df, col):
     """(epochs, values, sem-or-None) of rows where ``col`` is present."""
     if col not in df.columns:
@@ -58,11 +67,7 @@ def plot_loss(history, path: str, title: str = "") -> str:
         if s is None or (col != "train_loss" and col != "val_loss" and not any(s[1])):
             continue
         ax.errorbar(s[0], s[1], yerr=s[2], capsize=3, marker="o", ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title or "loss")
-    ax.legend(loc="best")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _finish_epoch_axes(ax, "loss", title or "loss")
     return _save(fig, path)
 
 
@@ -76,11 +81,7 @@ def plot_acc_cost(history, path: str, title: str = "") -> str:
             continue
         yerr = None if s[2] is None else 100 * s[2]
         ax.errorbar(s[0], 100 * s[1], yerr=yerr, capsize=3, marker="o", ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("percent")
-    ax.set_title(title or "accuracy and cost")
-    ax.legend(loc="best")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _finish_epoch_axes(ax, "percent", title or "accuracy and cost")
     return _save(fig, path)
 
 
