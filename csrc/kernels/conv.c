@@ -320,10 +320,18 @@ static int pick_cols(int wo, int pmax) {
 }
 
 /* Winograd in the automatic dispatch (measured on Zen 4, one thread, see
- * the file header): not yet faster than the direct kernels anywhere. */
+ * the file header).  Its GEMMs cost ~C*K per tile, its transforms ~(C+K)
+ * vector operations per 16-tile row segment, so it wins where
+ * C*K/(C+K) times the lanes' fill (tw/16 for tw < 16 tiles per row) is >= 8:
+ * 64->64 8x8 (1.3-1.4x the direct kernels), 32->32 16x16 (1.2x), 16->16
+ * 32x32 (1.1x), 32->32 32x32 (1.5x); it loses on 32->32 8x8 (0.8-0.97x),
+ * 16->16 28x28 (0.83-0.94x), 14x14 and 7x7 (0.55-0.6x).  Below 32 tiles
+ * (64->64 8x8 at batch 1) the weight transform does not pay off. */
 static int wino_auto(const conv_plan *pl) {
-    (void)pl;
-    return 0;
+    int tw = (pl->W + 1) / 2, th = (pl->H + 1) / 2;
+    double fill = tw >= 16 ? (double)tw / (16.0 * ((tw + 15) / 16)) : tw / 16.0;
+    double ck = (double)pl->C * pl->K / ((double)pl->C + pl->K);
+    return pl->C >= 16 && pl->K >= 16 && ck * fill >= 8.0 && (double)pl->N * th * tw >= 32.0;
 }
 
 static void plan_choose(conv_plan *pl) {

@@ -50,7 +50,9 @@
 #include "gemm.h"
 
 /* Target tile columns per block (GEMM width); measured on Zen 4, see conv.c. */
+#ifndef WINO_COLS
 #define WINO_COLS 64
+#endif
 
 static size_t r16(size_t n) {
     return (n + 15u) & ~(size_t)15u;
@@ -67,24 +69,32 @@ static void wino_geom(int H, int W, int *th, int *tw, int *rmax, int *ldv) {
     *ldv = (int)r16((size_t)*rmax * *tw);
 }
 
+/* Floats between the 16 element planes of V (cin rows) or M (cout rows): one
+ * cache line more than the rows, so that the 16 planes of a tile, read or
+ * written together by the transforms, do not all map to the same L1 set
+ * (cin*ldv*4 bytes is a multiple of 4 KiB for 64 channels). */
+static size_t e_stride(int rows, int ldv) {
+    return (size_t)rows * ldv + 16;
+}
+
 void eenet_wino_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     int th, tw, rmax, ldv;
     wino_geom(H, W, &th, &tw, &rmax, &ldv);
-    *shared = r16((size_t)16 * C * K) + r16((size_t)(C > K ? C : K));
-    *slot = (size_t)16 * ((size_t)C + K) * ldv;
+    *shared = 16 * e_stride(C > K ? C : K, C > K ? K : C) + r16((size_t)(C > K ? C : K));
+    *slot = (size_t)16 * (e_stride(C, ldv) + e_stride(K, ldv));
 }
 
-/* U_e (cout, cin) for e = 0..15 at u + e*cout*cin: (G g G^T)[e/4][e%4] for
+/* U_e (cout, cin) for e = 0..15 at u + e*e_stride(cout, cin): (G g G^T)[e/4][e%4] for
  * g = w[co][ci] (flip = 0; w (cout, cin, 3, 3)) or g[a][b] =
  * w[ci][co][2-a][2-b] (flip = 1; w (cin, cout, 3, 3)).  packed = 1 lays each
  * U_e out as the direct micro-kernel wants (blocks of kb output channels,
  * [ci][kk] inside, conv_direct.h), else row-major (cout, cin). */
 static void wino_weights(float *u, const float *w, int cout, int cin, int flip, int packed) {
-    size_t ue = (size_t)cout * cin;
+    size_t ue = e_stride(cout, cin);
     for (int k0 = 0; k0 < cout;) {
         int kb = packed ? eenet_conv_fwd_kblock(cout - k0) : cout;
-        for (int co = k0; co < k0 + kb; co++) {
-            for (int ci = 0; ci < cin; ci++) {
+        for (int ci = 0; ci < cin; ci++) {
+            for (int co = k0; co < k0 + kb; co++) {
                 double g[3][3], t[4][3];
                 for (int a = 0; a < 3; a++) {
                     for (int b = 0; b < 3; b++) {
@@ -319,9 +329,9 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
     int th, tw, rmax, ldv;
     wino_geom(H, W, &th, &tw, &rmax, &ldv);
     avx = avx && WINO_HAVE_AVX512;
-    size_t ue = (size_t)cout * cin;
+    size_t ue = e_stride(cout, cin);
     float *u = shared;
-    int *off = (int *)(shared + r16(16 * ue));
+    int *off = (int *)(shared + 16 * e_stride(cin > cout ? cin : cout, cin > cout ? cout : cin));
     wino_weights(u, w, cout, cin, flip, avx);
     for (int c = 0; c < cin; c++) {
         off[c] = c * ldv;
@@ -355,9 +365,9 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *v = slots + (size_t)tid * slot_stride; /* V (16, cin, ldv) */
-        float *mm = v + (size_t)16 * cin * ldv;        /* M (16, cout, ldv) */
-        size_t esv = (size_t)cin * ldv, esm = (size_t)cout * ldv;
+        float *v = slots + (size_t)tid * slot_stride; /* V (16, cin, ldv), planes esv apart */
+        size_t esv = e_stride(cin, ldv), esm = e_stride(cout, ldv);
+        float *mm = v + 16 * esv; /* M (16, cout, ldv), planes esm apart */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -367,8 +377,11 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
             int nq = (cols + 15) / 16;
             if (nq * 16 > cols) {
                 /* GEMM tail columns: finite values, never stored */
-                for (size_t row = 0; row < (size_t)16 * cin; row++) {
-                    memset(v + row * ldv + cols, 0, sizeof(float) * (size_t)(nq * 16 - cols));
+                for (int e = 0; e < 16; e++) {
+                    for (int c = 0; c < cin; c++) {
+                        memset(v + e * esv + (size_t)c * ldv + cols, 0,
+                               sizeof(float) * (size_t)(nq * 16 - cols));
+                    }
                 }
             }
             /* V_e[c][col] for the block's tiles */
