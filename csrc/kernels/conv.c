@@ -326,12 +326,15 @@ static int pick_cols(int wo, int pmax) {
  * 64->64 8x8 (1.3-1.4x the direct kernels), 32->32 16x16 (1.2x), 16->16
  * 32x32 (1.1x), 32->32 32x32 (1.5x); it loses on 32->32 8x8 (0.8-0.97x),
  * 16->16 28x28 (0.83-0.94x), 14x14 and 7x7 (0.55-0.6x).  Below 32 tiles
- * (64->64 8x8 at batch 1) the weight transform does not pay off. */
+ * (64->64 8x8 at batch 1) the weight transform does not pay off.  Only
+ * measured up to 64 channels (ResNet-20/EENet-20 sizes): larger ones keep
+ * the direct kernels. */
 static int wino_auto(const conv_plan *pl) {
     int tw = (pl->W + 1) / 2, th = (pl->H + 1) / 2;
     double fill = tw >= 16 ? (double)tw / (16.0 * ((tw + 15) / 16)) : tw / 16.0;
     double ck = (double)pl->C * pl->K / ((double)pl->C + pl->K);
-    return pl->C >= 16 && pl->K >= 16 && ck * fill >= 8.0 && (double)pl->N * th * tw >= 32.0;
+    return pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 && ck * fill >= 8.0 &&
+           (double)pl->N * th * tw >= 32.0;
 }
 
 static void plan_choose(conv_plan *pl) {
