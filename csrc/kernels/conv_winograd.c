@@ -334,20 +334,25 @@ static WINO_AVX512 void in_stack_avx(float *v, size_t es, const float *xc, int H
     int L = ix->L;
     __m512 r[4][4];
     for (int i = 0; i < 4; i++) {
-        __m512 S[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        /* two named registers (an indexed array would live on the stack) */
+        __m512 S0 = _mm512_setzero_ps(), S1 = _mm512_setzero_ps();
         for (int g = 0; g < ntr; g++) {
             int y = 2 * (ty + g) - 1 + i;
             if (y < 0 || y >= H) {
                 continue;
             }
             int p = g * L, o = p % 16;
-            S[p / 16] = _mm512_mask_loadu_ps(S[p / 16], (__mmask16)(mw << o),
-                                             xc + (size_t)y * W - o);
+            const float *src = xc + (size_t)y * W - o;
+            if (p < 16) {
+                S0 = _mm512_mask_loadu_ps(S0, (__mmask16)(mw << o), src);
+            } else {
+                S1 = _mm512_mask_loadu_ps(S1, (__mmask16)(mw << o), src);
+            }
         }
-        __m512 d0 = _mm512_maskz_permutex2var_ps(mop, S[0], iop, S[1]);
-        __m512 d1 = _mm512_permutex2var_ps(S[0], ie, S[1]);
-        __m512 d2 = _mm512_permutex2var_ps(S[0], io, S[1]);
-        __m512 d3 = _mm512_maskz_permutex2var_ps(men, S[0], ien, S[1]);
+        __m512 d0 = _mm512_maskz_permutex2var_ps(mop, S0, iop, S1);
+        __m512 d1 = _mm512_permutex2var_ps(S0, ie, S1);
+        __m512 d2 = _mm512_permutex2var_ps(S0, io, S1);
+        __m512 d3 = _mm512_maskz_permutex2var_ps(men, S0, ien, S1);
         r[i][0] = _mm512_sub_ps(d0, d2);
         r[i][1] = _mm512_add_ps(d1, d2);
         r[i][2] = _mm512_sub_ps(d2, d1);
@@ -385,7 +390,7 @@ static WINO_AVX512 void out_stack_avx(float *yc, const float *m, size_t es, int 
     for (int a = 0; a < 2; a++) {
         __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(t[a][0], t[a][1]), t[a][2]), vb);
         __m512 y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(t[a][1], t[a][2]), t[a][3]), vb);
-        __m512 S[2] = {_mm512_permutex2var_ps(y0, il, y1), _mm512_permutex2var_ps(y0, ih, y1)};
+        __m512 S0 = _mm512_permutex2var_ps(y0, il, y1), S1 = _mm512_permutex2var_ps(y0, ih, y1);
         for (int g = 0; g < ntr; g++) {
             int oy = 2 * (ty + g) + a;
             if (oy >= H) {
@@ -394,7 +399,7 @@ static WINO_AVX512 void out_stack_avx(float *yc, const float *m, size_t es, int 
             int p = g * L, o = p % 16;
             __mmask16 mk = (__mmask16)(mw << o);
             float *row = yc + (size_t)oy * W - o;
-            __m512 val = S[p / 16];
+            __m512 val = p < 16 ? S0 : S1;
             if (accumulate) {
                 val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mk, row));
             }
@@ -449,6 +454,38 @@ static void out_rows(float *yc, const float *m, size_t es, int H, int W, int ty,
 }
 
 /* ---- the convolution ---------------------------------------------------- */
+
+/* Hint into the cache the plane rows that tile rows [r0, r1) read (input,
+ * planes of nch channels: rows 2ty-1 .. 2ty+2) or write (output: rows 2ty,
+ * 2ty+1), so that the transforms of the next block do not wait on memory
+ * while this block's GEMMs run.  No-op without GCC/Clang. */
+static void prefetch_rows(const float *base, int write, long long r0, long long r1, int th,
+                          int nch, int H, int W) {
+#if defined(__GNUC__)
+    size_t hw = (size_t)H * W;
+    for (long long r = r0; r < r1;) {
+        int n = (int)(r / th), ty = (int)(r % th);
+        long long seg = th - ty < r1 - r ? th - ty : r1 - r;
+        int ya = write ? 2 * ty : 2 * ty - 1, yb = 2 * (ty + (int)seg) + (write ? 0 : 1);
+        ya = ya < 0 ? 0 : ya;
+        yb = yb > H ? H : yb;
+        for (int c = 0; c < nch && yb > ya; c++) {
+            const float *p = base + ((size_t)n * nch + c) * hw + (size_t)ya * W;
+            size_t len = (size_t)(yb - ya) * W;
+            for (size_t i = 0; i < len; i += 16) {
+                if (write) {
+                    __builtin_prefetch(p + i, 1, 3);
+                } else {
+                    __builtin_prefetch(p + i, 0, 3);
+                }
+            }
+        }
+        r += seg;
+    }
+#else
+    (void)base, (void)write, (void)r0, (void)r1, (void)th, (void)nch, (void)H, (void)W;
+#endif
+}
 
 /* Tile rows handled together from global tile row r (tile row ty of its
  * sample): at most G, not past the block end r1 nor the sample's last row. */
@@ -542,6 +579,12 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
                             inp + ((size_t)n * cin + c) * hw, H, W, ty, ntr, tw, avx, pix);
                     r += ntr;
                 }
+            }
+            /* while the GEMMs run: this block's output rows, the next block's input */
+            prefetch_rows(out, 1, r0, r1, th, cout, H, W);
+            if (b + 1 < nblk) {
+                long long n1 = r1 + R < rtot ? r1 + R : rtot;
+                prefetch_rows(inp, 0, r1, n1, th, cin, H, W);
             }
             /* M_e (cout, cols) = U_e (cout, cin) . V_e (cin, cols) */
             for (int e = 0; e < 16; e++) {
