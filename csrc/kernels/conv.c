@@ -55,6 +55,7 @@
 #endif
 
 #include "conv_direct.h"
+#include "conv_winograd.h"
 #include "gemm.h"
 
 /* ---- sizes and the per-call plan --------------------------------------- */
@@ -73,13 +74,15 @@ static size_t round16(size_t n) {
 
 /* 0: automatic, 1: im2col+GEMM everywhere, 2: q-space direct wherever
  * possible, 3: as 2 with the weight gradient K-vectorised on q-space planes,
- * 4: the batch-lane path wherever possible (every sample, partial groups
- * included), the rest as 0. */
+ * 4: Winograd (conv_winograd.c) for forward and backward-data of every 3x3
+ * stride-1 pad-1 layer (AVX-512 where the CPU has it), 5: as 4 with the
+ * portable C transforms and OpenBLAS, 6: the batch-lane path wherever
+ * possible (every sample, partial groups included), the rest as 0. */
 static int conv_impl = 0;
 
 int eenet_conv2d_set_impl(int impl) {
     int old = conv_impl;
-    conv_impl = (impl >= 0 && impl <= 4) ? impl : 0;
+    conv_impl = (impl >= 0 && impl <= 6) ? impl : 0;
     return old;
 }
 
@@ -125,15 +128,18 @@ typedef struct {
     int use_kwq;                 /* K-vectorised backward-weight on q-space planes */
     int lanes_ok;                /* C, K <= 16: batch-lane regions reserved */
     int use_lf, use_lw, use_ld;  /* batch-lane forward, weight gradient, data gradient */
+    int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
+    int use_wf, use_wd, wino_avx; /* Winograd forward / backward-data; its AVX-512 path */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group (q-space planes) */
     int nbk;         /* samples per K-vectorised weight-gradient group (padded input) */
     dgeom g, gd;     /* forward geometry; backward-data geometry (dout planes) */
     /* shared region: packed weights and tap offsets (forward, backward-data) */
-    size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_offl, o_offl2, shared;
+    size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_wino, o_offl, o_offl2;
+    size_t shared;
     /* per-thread slot */
-    size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile;
+    size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, s_wino;
     size_t s_xl, s_dl, s_dxl, s_dwl, slot; /* batch-lane buffers */
 } conv_plan;
 
@@ -185,6 +191,12 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             pl->o_offk2 = at, at += round16((size_t)K * kh * kw);
         }
     }
+    pl->wino_ok = kh == 3 && kw == 3 && s == 1 && p == 1;
+    size_t wino_shared = 0, wino_slot = 0;
+    if (pl->wino_ok) {
+        eenet_wino_sizes(C, K, H, W, &wino_shared, &wino_slot);
+        pl->o_wino = at, at += round16(wino_shared);
+    }
     /* batch-lane path (few channels): tap offsets of the padded input and of
      * the padded dout, in floats */
     pl->lanes_ok = pl->direct_ok && C <= 16 && K <= 16;
@@ -222,6 +234,9 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     pl->s_pdw = at, at += round16((size_t)K * ntaps);
     pl->s_pdb = at, at += round16((size_t)K);
     pl->s_col = at, at += round16(ntaps * (size_t)pl->Ho * pl->Wo);
+    if (pl->wino_ok) {
+        pl->s_wino = at, at += round16(wino_slot);
+    }
     pl->slot = at;
 }
 
@@ -294,6 +309,22 @@ static int pick_threads(int nthreads_ws, const conv_plan *pl) {
     return t < 1 ? 1 : t;
 }
 
+/* Threads for the Winograd path: as pick_threads but not bounded by the
+ * batch (it splits tile rows across samples; conv_winograd.c bounds by its
+ * block count). */
+static int pick_threads_wino(int nthreads_ws, const conv_plan *pl) {
+    int t = eenet_get_num_threads();
+    if (nthreads_ws >= 1 && t > nthreads_ws) {
+        t = nthreads_ws;
+    }
+    double macs = (double)pl->N * pl->K * pl->Ho * pl->Wo * (double)pl->ckk;
+    double by_work = 1.0 + macs / 2e6;
+    if ((double)t > by_work) {
+        t = (int)by_work;
+    }
+    return t < 1 ? 1 : t;
+}
+
 static int is_pointwise(int kh, int kw, int stride, int pad) {
     return kh == 1 && kw == 1 && stride == 1 && pad == 0;
 }
@@ -334,10 +365,10 @@ static int lanes_pick(const conv_plan *pl, int op) {
 }
 
 /* Samples run on the batch-lane path: whole groups of 16 (every sample with
- * conv_impl 4), as many groups as split evenly over nt threads; the rest
+ * conv_impl 6), as many groups as split evenly over nt threads; the rest
  * take the per-sample path (split by samples, so both threads stay busy). */
 static int lanes_count(const conv_plan *pl, int nt) {
-    if (conv_impl == 4) {
+    if (conv_impl == 6) {
         return pl->N;
     }
     int ng = pl->N / 16;
@@ -345,6 +376,13 @@ static int lanes_count(const conv_plan *pl, int nt) {
         ng -= ng % nt;
     }
     return 16 * ng;
+}
+
+/* Winograd in the automatic dispatch (measured on Zen 4, one thread, see
+ * the file header): not yet faster than the direct kernels anywhere. */
+static int wino_auto(const conv_plan *pl) {
+    (void)pl;
+    return 0;
 }
 
 static void plan_choose(conv_plan *pl) {
@@ -373,11 +411,18 @@ static void plan_choose(conv_plan *pl) {
     pl->use_fwd = prefer && !pl->use_kf;
     pl->use_bw = prefer && !pl->use_kw && !pl->use_kwq;
     pl->use_bd = prefer && pl->bd_ok && !pl->use_kd;
+    /* Winograd F(2x2,3x3) for forward and backward-data (the weight
+     * gradient keeps the paths above) */
+    int wforce = conv_impl == 4 || conv_impl == 5;
+    int wauto = conv_impl == 0 && eenet_conv_direct_available() && wino_auto(pl);
+    pl->use_wf = pl->wino_ok && (wforce || wauto);
+    pl->use_wd = pl->wino_ok && (wforce || wauto);
+    pl->wino_avx = conv_impl != 5 && eenet_conv_direct_available();
     /* batch-lane path: 16 samples per vector, for the few-channel layers */
-    int lanes = avail && pl->lanes_ok && (conv_impl == 4 || conv_impl == 0);
-    pl->use_lf = lanes && (conv_impl == 4 || lanes_pick(pl, 0));
-    pl->use_lw = lanes && (conv_impl == 4 || lanes_pick(pl, 1));
-    pl->use_ld = lanes && pl->bd_ok && (conv_impl == 4 || lanes_pick(pl, 2));
+    int lanes = avail && pl->lanes_ok && (conv_impl == 6 || conv_impl == 0);
+    pl->use_lf = lanes && (conv_impl == 6 || lanes_pick(pl, 0)) && !pl->use_wf;
+    pl->use_lw = lanes && (conv_impl == 6 || lanes_pick(pl, 1));
+    pl->use_ld = lanes && pl->bd_ok && (conv_impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -1000,6 +1045,12 @@ eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
+    if (pl.use_wf) {
+        eenet_wino_conv(out, 0, inp, w, 0, bias, workspace + pl.o_wino,
+                        workspace + pl.shared + pl.s_wino, pl.slot, N, C, K, H, W,
+                        pick_threads_wino(nthreads, &pl), pl.wino_avx);
+        return EENET_OK;
+    }
     conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, &pl), &pl);
     return EENET_OK;
 }
@@ -1026,6 +1077,18 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
+    if (pl.use_wd && dinp) {
+        /* weight/bias gradients by the paths above, then dinp += the
+         * Winograd convolution of dout with the flipped, transposed kernel */
+        if (dw || dbias) {
+            conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
+                              pick_threads(nthreads, &pl), &pl);
+        }
+        eenet_wino_conv(dinp, 1, dout, w, 1, NULL, workspace + pl.o_wino,
+                        workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W,
+                        pick_threads_wino(nthreads, &pl), pl.wino_avx);
+        return EENET_OK;
+    }
     conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, &pl),
                       &pl);
     return EENET_OK;
