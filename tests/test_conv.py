@@ -223,9 +223,12 @@ def test_backward_finite_differences(rng, shape):
 
 @pytest.mark.parametrize("shape", [(8, 16, 16, 16, 32, 3, 1, 1), (16, 4, 28, 28, 8, 3, 1, 1),
                                    (8, 32, 16, 16, 64, 3, 2, 1), (40, 8, 7, 7, 8, 3, 1, 1),
-                                   (35, 4, 14, 14, 8, 3, 2, 1)])
+                                   (35, 4, 14, 14, 8, 3, 2, 1), (1, 16, 32, 32, 16, 3, 1, 1),
+                                   (3, 32, 16, 16, 32, 3, 1, 1), (1, 3, 96, 96, 16, 3, 1, 1),
+                                   (1, 64, 64, 64, 64, 1, 2, 0), (3, 16, 33, 31, 8, 3, 2, 1)])
 def test_threads_give_same_results(rng, shape, impl):
-    """1 and 2 threads agree (shapes big enough for the kernels to use 2)."""
+    """1 and 2 threads agree (shapes big enough for the kernels to use 2;
+    batches of 1 and 3 split each sample's output rows over the threads)."""
     s, p = shape[6], shape[7]
     x, w, b, dy = _arrays(rng, shape)
     old = eenet.get_num_threads()

@@ -293,12 +293,12 @@ static eenet_status check_sizes(int N, int C, int H, int W, int K, int kh, int k
  * setting, the batch, and the work: at least ~2M multiply-adds per thread,
  * since waking a worker costs microseconds (milliseconds on a loaded machine)
  * and tiny convolutions are faster on one thread. */
-static int pick_threads(int nthreads_ws, const conv_plan *pl) {
+static int pick_threads(int nthreads_ws, const conv_plan *pl, int split_rows) {
     int t = eenet_get_num_threads();
     if (nthreads_ws >= 1 && t > nthreads_ws) {
         t = nthreads_ws;
     }
-    if (t > pl->N) {
+    if (!split_rows && t > pl->N) {
         t = pl->N;
     }
     double macs = (double)pl->N * pl->K * pl->Ho * pl->Wo * (double)pl->ckk;
@@ -655,6 +655,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     float *shared = workspace;
     float *slots = workspace + pl->shared;
     int nlane = pl->use_lf ? lanes_count(pl, nt) : 0;
+    int parts = (nt > 1 && (N - nlane) % nt != 0) ? nt : 1;
     if (nlane > 0) {
         lanes_offsets((int *)(shared + pl->o_offl), C, pl->kh, pl->kw, pl->hp, pl->wp);
         if (!pl->use_fwd) {
@@ -705,44 +706,80 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
                                      bias, 0);
             }
         }
+        /* the samples [nlane, N), each cut into `parts` bands of output rows
+         * when the samples alone would not split evenly over the threads
+         * (small batches of early-exit inference: N = 1 runs on both
+         * threads); a thread fills a sample's planes once for its bands */
+        int last_n = -1;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int n = nlane; n < N; n++) {
+        for (int u = 0; u < (N - nlane) * parts; u++) {
+            int n = nlane + u / parts, part = u % parts;
+            int r0 = (int)((long long)pl->Ho * part / parts);
+            int r1 = (int)((long long)pl->Ho * (part + 1) / parts);
+            if (r1 <= r0) {
+                continue;
+            }
+            int fresh = n != last_n;
+            last_n = n;
             const float *x = inp + (size_t)n * C * H * W;
             float *y = out + (size_t)n * K * howo;
             if (pl->use_fwd) {
                 float *src = slot + pl->s_src, *yq = slot + pl->s_dq;
-                direct_fill(src, x, g);
-                eenet_conv_direct_fwd(yq, g->ldq, src, (const int *)(shared + pl->o_off),
-                                      shared + pl->o_wp, K, ckk, g->nq);
-                direct_store(y, yq, bias, g);
+                if (fresh) {
+                    direct_fill(src, x, g);
+                }
+                if (parts == 1) {
+                    eenet_conv_direct_fwd(yq, g->ldq, src, (const int *)(shared + pl->o_off),
+                                          shared + pl->o_wp, K, ckk, g->nq);
+                    direct_store(y, yq, bias, g);
+                    continue;
+                }
+                /* q vectors covering rows [r0, r1): q in [r0*ws, r1*ws) */
+                size_t q0 = (size_t)r0 * g->ws / 16 * 16;
+                size_t q1 = ((size_t)r1 * g->ws + 15) / 16 * 16;
+                q1 = q1 < g->ldq ? q1 : g->ldq;
+                eenet_conv_direct_fwd(yq + q0, g->ldq, src + q0,
+                                      (const int *)(shared + pl->o_off), shared + pl->o_wp, K,
+                                      ckk, (int)((q1 - q0) / 16));
+                for (int k = 0; k < K; k++) {
+                    eenet_conv_store_rows(y + (size_t)k * howo + (size_t)r0 * pl->Wo,
+                                          yq + (size_t)k * g->ldq + (size_t)r0 * g->ws, g->ldq,
+                                          g->ws, 1, r1 - r0, pl->Wo, bias ? bias + k : NULL, 0);
+                }
                 continue;
             }
             if (pl->use_kf) {
                 float *xp = slot + pl->s_xp;
-                eenet_conv_pad_fill(xp, x, C, H, W, pl->p, pl->p);
-                if (n + 1 < N) {
-                    prefetch_floats(x + (size_t)C * H * W, (size_t)C * H * W, 0);
+                if (fresh) {
+                    eenet_conv_pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                    if (n + 1 < N) {
+                        prefetch_floats(x + (size_t)C * H * W, (size_t)C * H * W, 0);
+                    }
                 }
                 eenet_conv_kvec_fwd(y, 0, bias, xp, pl->wp, pl->s,
                                     (const int *)(shared + pl->o_offk), shared + pl->o_wk, K,
-                                    ckk, pl->Ho, pl->Wo, pl->kvf, pl->pf, slot + pl->s_tile);
+                                    ckk, pl->Ho, pl->Wo, r0, r1, pl->kvf, pl->pf,
+                                    slot + pl->s_tile);
                 continue;
             }
             const float *b = x;
             if (!pointwise) {
                 float *col = slot + pl->s_col;
-                im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
+                if (fresh) {
+                    im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
+                }
                 b = col;
             }
-            /* y (K, HoWo) = w (K, CKK) @ col (CKK, HoWo) */
-            eenet_sgemm(0, 0, K, howo, ckk, 1.0f, w, ckk, b, howo, 0.0f, y, howo);
+            /* y[:, band] (K, cols) = w (K, CKK) @ col[:, band] (CKK, cols) */
+            int c0 = r0 * pl->Wo, nc = (r1 - r0) * pl->Wo;
+            eenet_sgemm(0, 0, K, nc, ckk, 1.0f, w, ckk, b + c0, howo, 0.0f, y + c0, howo);
             if (bias) {
                 for (int k = 0; k < K; k++) {
                     float bk = bias[k];
-                    float *yk = y + (size_t)k * howo;
-                    for (int q = 0; q < howo; q++) {
+                    float *yk = y + (size_t)k * howo + c0;
+                    for (int q = 0; q < nc; q++) {
                         yk[q] += bk;
                     }
                 }
@@ -979,8 +1016,8 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                         }
                         eenet_conv_kvec_fwd(dx, 1, NULL, dp, pl->wpd, 1,
                                             (const int *)(shared + pl->o_offk2), shared + pl->o_wk2,
-                                            C, K * pl->kh * pl->kw, H, W, pl->kvd, pl->pd,
-                                            slot + pl->s_tile);
+                                            C, K * pl->kh * pl->kw, H, W, 0, H, pl->kvd,
+                                            pl->pd, slot + pl->s_tile);
                     } else if (use_bd) {
                         /* dx (C, H, W) += full correlation of dy with the flipped kernel */
                         float *src2 = slot + pl->s_src2, *yq2 = slot + pl->s_yq2;
@@ -1051,7 +1088,7 @@ eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *
                         pick_threads_wino(nthreads, &pl), pl.wino_avx);
         return EENET_OK;
     }
-    conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, &pl), &pl);
+    conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, &pl, 1), &pl);
     return EENET_OK;
 }
 
@@ -1082,14 +1119,14 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
          * Winograd convolution of dout with the flipped, transposed kernel */
         if (dw || dbias) {
             conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
-                              pick_threads(nthreads, &pl), &pl);
+                              pick_threads(nthreads, &pl, 0), &pl);
         }
         eenet_wino_conv(dinp, 1, dout, w, 1, NULL, workspace + pl.o_wino,
                         workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W,
                         pick_threads_wino(nthreads, &pl), pl.wino_avx);
         return EENET_OK;
     }
-    conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, &pl),
+    conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, &pl, 0),
                       &pl);
     return EENET_OK;
 }

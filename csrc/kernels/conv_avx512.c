@@ -495,7 +495,7 @@ static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t
 EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias,
                                       const float *xp, int wp, int s, const int *off,
                                       const float *wk, int cout, int ntaps, int ho, int wo,
-                                      int kv, int P, float *tile) {
+                                      int r0, int r1, int kv, int P, float *tile) {
     kf_fn fn;
     if (s == 1) {
         fn = kv == 2 ? (P == 8 ? kf1_2x8 : P == 7 ? kf1_2x7 : kf1_2x4)
@@ -510,8 +510,8 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
     size_t hw = (size_t)ho * wo;
     for (int k0 = 0; k0 < cout; k0 += kb) {
         const float *wkb = wk + (size_t)k0 * ntaps;
-        for (int oy = 0; oy < ho; oy++) {
-            if (kv == 1 && P == 7 && wo == 7 && oy + 1 < ho) {
+        for (int oy = r0; oy < r1; oy++) {
+            if (kv == 1 && P == 7 && wo == 7 && oy + 1 < r1) {
                 /* rows oy and oy+1 in one 14-position tile */
                 kf2_1x7(tile, xp + (size_t)oy * s * wp, s, (size_t)s * wp, off, wkb, ntaps);
                 /* rows oy, oy+1 are 14 contiguous floats of each channel */
@@ -952,9 +952,10 @@ void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stri
 
 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
-                         int wo, int kv, int P, float *tile) {
+                         int wo, int r0, int r1, int kv, int P, float *tile) {
     (void)out, (void)accumulate, (void)bias, (void)xp, (void)wp, (void)s, (void)off, (void)wk;
-    (void)cout, (void)ntaps, (void)ho, (void)wo, (void)kv, (void)P, (void)tile;
+    (void)cout, (void)ntaps, (void)ho, (void)wo, (void)r0, (void)r1, (void)kv, (void)P;
+    (void)tile;
 }
 
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,

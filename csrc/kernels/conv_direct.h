@@ -42,10 +42,11 @@ void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stri
  * c*hp*wp + i*wp + j.  wk packed like the forward q-space weights with
  * blocks of 16*kv channels.  Forward writes out (cout, ho, wo) = result + bias
  * (accumulate = 0) or adds the result (accumulate = 1); P (16, 14, 8, 7 or 4;
- * 8, 7 or 4 when kv = 2) divides wo; tile holds P*16*kv floats. */
+ * 8, 7 or 4 when kv = 2) divides wo; tile holds P*16*kv floats.  Only the
+ * output rows [r0, r1) are computed (0, ho: all). */
 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
-                         int wo, int kv, int P, float *tile);
+                         int wo, int r0, int r1, int kv, int P, float *tile);
 
 /* dwt (ntaps, cout) += sum over nb samples and their positions of x(tap) *
  * dyt (ho*wo, cout); sample b's dyt at dyt + b*dyt_stride, its input at
