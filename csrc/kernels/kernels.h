@@ -63,8 +63,13 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
 
 /* Implementation switch for tests and benchmarks (process-wide, not thread-safe
  * against running kernels): 0 automatic (default), 1 im2col+GEMM everywhere,
- * 2 the direct path wherever the CPU and shape allow.  Returns the previous
- * value.  Never changes results beyond float rounding, nor workspace sizes. */
+ * 2 the direct path wherever the CPU and shape allow, 3 as 2 with the weight
+ * gradient K-vectorised on the q-space planes, 4 Winograd F(2x2,3x3)
+ * (conv_winograd.c) for forward and backward-data of every 3x3 stride-1
+ * pad-1 convolution (AVX-512 transforms where the CPU has them; other layers
+ * and the weight gradient as 0), 5 as 4 with the portable C transforms and
+ * OpenBLAS.  Other values select 0.  Returns the previous value.  Never
+ * changes results beyond float rounding, nor workspace sizes. */
 int eenet_conv2d_set_impl(int impl);
 
 /* Naive direct-loop references (double accumulation), same contracts. */
