@@ -16,10 +16,11 @@ Wo * C * kh * kw for each of the three.  Times are the median (--stat) of
 --repeats runs of about 5 ms each, after a warm-up, with eenet and torch runs
 alternating so that both see the same load from other processes.
 
-Peak: measured once at start as the best rate of a 2048x2048x2048 float32
-torch.mm and of a compute-bound 128->128 3x3 torch conv2d (several runs
-each), with the same thread count and clock; an achievable peak, not the
-data-sheet number.
+Peak: measured once at start by eenet._core.peak_gflops: every thread runs
+independent fused-multiply-add chains on the CPU's widest vectors (AVX-512
+here), reading no memory; the best of several rounds, with the same thread
+count and clock.  It is the FMA units' ceiling, which no convolution reaches
+(with the wall clock on a loaded machine it too comes out low).
 
 On a machine shared with other work, wall-clock runs with several threads
 mostly measure the scheduler (a worker thread that waits for a core stalls the
@@ -131,27 +132,11 @@ def time_pair(fa, fb, repeats: int, stat: str) -> tuple[float, float]:
     return pick(ta), pick(tb)
 
 
-def measure_peak(torch, repeats: int) -> float:
-    """Achievable FP32 peak (GFLOP/s) with the current thread count: the best
-    of a 2048^3 torch.mm and a compute-bound torch conv2d (N=32, 128->128
-    channels, 3x3, 32x32), each best of several runs.  On Zen 4 oneDNN's
-    direct convolution gets closer to the FMA limit than its GEMM does."""
-    n = 2048
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
-    x = torch.randn(32, 128, 32, 32)
-    w = torch.randn(128, 128, 3, 3)
-    conv_flops = 2.0 * 32 * 128 * 32 * 32 * 128 * 9
-    best = 0.0
-    with torch.no_grad():
-        for fn, flops in ((lambda: torch.mm(a, b), 2.0 * n**3),
-                          (lambda: torch.nn.functional.conv2d(x, w, padding=1), conv_flops)):
-            fn()
-            for _ in range(max(3, repeats)):
-                t0 = _clock()
-                fn()
-                best = max(best, flops / max(_clock() - t0, 1e-9) / 1e9)
-    return best
+def measure_peak(threads: int, cpu_clock: bool) -> tuple[float, int]:
+    """FP32 FMA throughput (GFLOP/s, vector lanes) of `threads` threads, from
+    eenet's C probe (csrc/peak.c): the rate the FMA units sustain, timed with
+    the benchmark's clock."""
+    return eenet._core.peak_gflops(1.0, threads, cpu_clock)
 
 
 def main() -> None:
@@ -174,11 +159,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     eenet.set_num_threads(args.threads)
-    peak = measure_peak(torch, args.repeats)
+    peak, lanes = measure_peak(args.threads, args.clock == "cpu")
     print(f"threads: {args.threads} (eenet {eenet.get_num_threads()}, torch "
           f"{torch.get_num_threads()}), torch {torch.__version__}")
-    print(f"peak FP32: {peak:.1f} GFLOP/s (best of a 2048^3 torch.mm and a 128->128 3x3 "
-          f"torch conv2d, {args.threads} threads)")
+    print(f"peak FP32: {peak:.1f} GFLOP/s (FMA chains on {lanes}-lane vectors, "
+          f"{args.threads} threads, {args.clock} clock)")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
           f"statistic: {args.stat} of {args.repeats}; clock: {args.clock}")
     print("GF/s = GFLOP/s; ratio = eenet / torch (higher is better); %pk = eenet's share of peak")

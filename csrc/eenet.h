@@ -36,6 +36,14 @@ const char *eenet_last_error(void);
 void eenet_set_num_threads(int n);
 int eenet_get_num_threads(void);
 
+/* Measured FP32 FMA throughput (GFLOP/s) of `nthreads` threads running
+ * independent FMA chains on the widest vectors the CPU has (peak.c), best of
+ * rounds filling about `seconds`, timed by the wall clock or (use_cpu_clock)
+ * by process CPU time per thread.  *lanes_out (may be NULL) gets the vector
+ * width used: 16 (AVX-512), 8 (AVX2) or 1. */
+eenet_status eenet_peak_gflops(double *gflops, int *lanes_out, double seconds, int nthreads,
+                               int use_cpu_clock);
+
 /* One-time set-up when the extension loads (OpenBLAS single-threaded). */
 void eenet_core_init(void);
 

@@ -217,7 +217,44 @@ static PyObject *py_has_openmp(PyObject *self, PyObject *noargs) {
 #endif
 }
 
+/* peak_gflops(seconds=0.5, threads=get_num_threads(), cpu_clock=False)
+ *     -> (gflops, lanes) */
+static PyObject *py_peak_gflops(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"seconds", "threads", "cpu_clock", NULL};
+    double seconds = 0.5;
+    int threads = eenet_get_num_threads();
+    int cpu_clock = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|dip:peak_gflops", keywords, &seconds,
+                                     &threads, &cpu_clock)) {
+        return NULL;
+    }
+    if (!(seconds > 0.0 && seconds <= 60.0)) {
+        PyErr_Format(PyExc_ValueError, "seconds: expected a number in (0, 60], got %g",
+                     seconds);
+        return NULL;
+    }
+    if (!check_int_min(threads, "threads", 1)) {
+        return NULL;
+    }
+    double gflops = 0.0;
+    int lanes = 0;
+    eenet_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = eenet_peak_gflops(&gflops, &lanes, seconds, threads, cpu_clock);
+    Py_END_ALLOW_THREADS
+    if (st != EENET_OK) {
+        return raise_status(st);
+    }
+    return Py_BuildValue("(di)", gflops, lanes);
+}
+
 static PyMethodDef thread_methods[] = {
+    {"peak_gflops", (PyCFunction)(void (*)(void))py_peak_gflops, METH_VARARGS | METH_KEYWORDS,
+     "peak_gflops(seconds=0.5, threads=get_num_threads(), cpu_clock=False)\n--\n\n"
+     "Measured FP32 FMA throughput: (GFLOP/s, vector lanes) of `threads` threads\n"
+     "running independent fused multiply-add chains (no memory traffic), the best\n"
+     "of rounds filling about `seconds`, timed by the wall clock or, with\n"
+     "cpu_clock, by process CPU time per thread.  The ceiling for every kernel."},
     {"set_num_threads", py_set_num_threads, METH_VARARGS,
      "set_num_threads(n)\n--\n\nUse n threads in every kernel of the C core."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS,

@@ -41,15 +41,23 @@ SHAPES = [
     (2, 8, 14, 14, 16, 3, 2, 1),   # EENet-8 f=4 16-channel stride 2
     (2, 32, 14, 14, 32, 3, 1, 1),  # 14-column tiles, 32 channels
     (2, 32, 8, 8, 16, 3, 1, 1),    # backward-data K-vectorised with 8-column tiles
+    (17, 4, 14, 14, 8, 3, 2, 1),   # batch-lane path: one group of 16 + a 1-sample tail, s2
+    (33, 3, 7, 9, 5, 3, 1, 1),     # batch-lane: 2 groups + tail, C, K not powers of 2
+    (18, 2, 9, 7, 3, 5, 1, 2),     # batch-lane: 5x5 kernel, odd sizes
 ]
 
 # conv2d implementation switch of the C core (kernels.h eenet_conv2d_set_impl):
 # 0 automatic, 1 im2col+GEMM everywhere, 2 the q-space direct path wherever possible,
-# 3 as 2 with the weight gradient K-vectorised on the q-space planes.
-IMPLS = [0, 1, 2, 3]
+# 3 as 2 with the weight gradient K-vectorised on the q-space planes,
+# 4 Winograd F(2x2,3x3) for forward and backward-data of every 3x3 stride-1 pad-1
+# layer (AVX-512 transforms where the CPU has them), 5 as 4 with the portable C path,
+# 6 the batch-lane path (16 samples per vector, C, K <= 16) for every sample.
+IMPLS = [0, 1, 2, 3, 4, 5, 6]
+WINO_IMPLS = [4, 5]
 
 
-@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt"])
+@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt", "wino", "wino-c",
+                                   "lanes"])
 def impl(request):
     lib = ctypes.CDLL(_core.__file__)
     old = lib.eenet_conv2d_set_impl(request.param)
@@ -163,7 +171,7 @@ def test_fast_matches_naive(rng, shape, impl):
 
 @requires_torch
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_torch(rng, shape):
+def test_matches_torch(rng, shape, impl):
     import torch
     import torch.nn.functional as F
 
@@ -214,9 +222,13 @@ def test_backward_finite_differences(rng, shape):
 
 
 @pytest.mark.parametrize("shape", [(8, 16, 16, 16, 32, 3, 1, 1), (16, 4, 28, 28, 8, 3, 1, 1),
-                                   (8, 32, 16, 16, 64, 3, 2, 1)])
+                                   (8, 32, 16, 16, 64, 3, 2, 1), (40, 8, 7, 7, 8, 3, 1, 1),
+                                   (35, 4, 14, 14, 8, 3, 2, 1), (1, 16, 32, 32, 16, 3, 1, 1),
+                                   (3, 32, 16, 16, 32, 3, 1, 1), (1, 3, 96, 96, 16, 3, 1, 1),
+                                   (1, 64, 64, 64, 64, 1, 2, 0), (3, 16, 33, 31, 8, 3, 2, 1)])
 def test_threads_give_same_results(rng, shape, impl):
-    """1 and 2 threads agree (shapes big enough for the kernels to use 2)."""
+    """1 and 2 threads agree (shapes big enough for the kernels to use 2;
+    batches of 1 and 3 split each sample's output rows over the threads)."""
     s, p = shape[6], shape[7]
     x, w, b, dy = _arrays(rng, shape)
     old = eenet.get_num_threads()
@@ -232,8 +244,8 @@ def test_threads_give_same_results(rng, shape, impl):
         _close(a, r, rtol=1e-5, atol=1e-6)
 
 
-def test_inputs_not_modified(rng):
-    shape = SHAPES[2]
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[19]])
+def test_inputs_not_modified(rng, shape, impl):
     s, p = shape[6], shape[7]
     x, w, b, dy = _arrays(rng, shape)
     copies = [a.copy() for a in (x, w, b, dy)]
@@ -266,8 +278,9 @@ def _p(a):
 
 
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[10], SHAPES[11],
-                                   (3, 16, 7, 7, 16, 3, 1, 1), SHAPES[-1]])
-def test_c_backward_accumulates(rng, shape):
+                                   (3, 16, 7, 7, 16, 3, 1, 1), SHAPES[18], SHAPES[19],
+                                   SHAPES[20]])
+def test_c_backward_accumulates(rng, shape, impl):
     """eenet_conv2d_backward(_ex) and the naive twin ADD into dinp/dw/dbias
     (the binding passes zeros; the engine relies on accumulation)."""
     lib = _lib()
@@ -295,11 +308,12 @@ def test_c_backward_accumulates(rng, shape):
         _close(db, db0 + rdb)
 
 
-def test_c_workspace_bound_respected(rng):
+@pytest.mark.parametrize("shape", [(8, 8, 16, 16, 16, 3, 1, 1), (34, 8, 14, 14, 8, 3, 1, 1)])
+def test_c_workspace_bound_respected(rng, shape, impl):
     """Sized for 1 thread, the _ex kernels must stay inside the workspace even
     when more threads are configured (a guard region after it stays intact)."""
     lib = _lib()
-    shape = (8, 8, 16, 16, 16, 3, 1, 1)  # enough work for 2 threads
+    # enough work for 2 threads; the second has batch-lane groups
     N, C, H, W, K, _, s, p = shape
     x, w, b, dy = _arrays(rng, shape)
     n = lib.eenet_conv2d_workspace_floats(N, C, H, W, K, 3, 3, s, p, 1)
@@ -420,3 +434,175 @@ def test_no_reference_or_memory_growth(rng):
     growth = sum(st.size_diff for st in snap1.compare_to(snap0, "filename"))
     assert growth < 64 * 1024, growth
     assert [sys.getrefcount(a) for a in args] == before
+
+
+# ---- Winograd F(2x2,3x3) (conv_winograd.c), forced with set_impl 4 / 5 ------
+
+# (N, C, H, W, K): batch 1, odd sizes whose 2x2 tiles overhang the border,
+# 1x1 and 2x3 planes, channel counts off multiples of 8/16, the ResNet-20 shapes
+WINO_SHAPES = [
+    (1, 16, 7, 7, 16),
+    (2, 3, 5, 9, 5),
+    (3, 16, 1, 1, 16),
+    (2, 5, 2, 3, 33),
+    (1, 17, 9, 6, 20),
+    (2, 64, 8, 8, 64),
+    (2, 16, 32, 32, 16),
+    (1, 32, 16, 16, 32),
+    (2, 24, 34, 35, 9),   # tile rows wider than 16 tiles (two vectors, tail of 2)
+    (5, 16, 3, 3, 16),    # blocks spanning several samples
+]
+
+
+@pytest.fixture(params=WINO_IMPLS, ids=["wino", "wino-c"])
+def wino_impl(request):
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(request.param)
+    yield request.param
+    lib.eenet_conv2d_set_impl(old)
+
+
+def _wshape(s5):
+    N, C, H, W, K = s5
+    return (N, C, H, W, K, 3, 1, 1)
+
+
+def _max_rel(a, ref):
+    return float(np.abs(a.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+@pytest.mark.parametrize("s5", WINO_SHAPES)
+def test_winograd_matches_numpy_and_naive(rng, s5, wino_impl):
+    shape = _wshape(s5)
+    for bias in (True, False):
+        x, w, b, dy = _arrays(rng, shape, bias)
+        ref = ref_forward(x, w, b, 1, 1)
+        y = _core.conv2d_forward(x, w, b, 1, 1)
+        _close(y, ref)
+        _close(y, _core.conv2d_forward(x, w, b, 1, 1, naive=True))
+        # F(2x2,3x3) stays within a few float32 roundings of the output's scale
+        assert _max_rel(y, ref) < 2e-6
+    rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+    dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
+    ndx, ndw, ndb = _core.conv2d_backward(dy, x, w, 1, 1, True, naive=True)
+    for a, r, n in ((dx, rdx, ndx), (dw, rdw, ndw), (db, rdb, ndb)):
+        _close(a, r)
+        _close(a, n)
+    assert _max_rel(dx, rdx) < 2e-6
+    dx3, dw3, db3 = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)
+    assert dw3 is None and db3 is None
+    _close(dx3, rdx)
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e-4])
+def test_winograd_large_and_small_values(rng, scale, wino_impl):
+    shape = (2, 16, 7, 9, 16, 3, 1, 1)
+    x, w, b, dy = _arrays(rng, shape)
+    x *= scale
+    dy *= scale
+    b *= scale
+    ref = ref_forward(x, w, b, 1, 1)
+    y = _core.conv2d_forward(x, w, b, 1, 1)
+    np.testing.assert_allclose(y, ref, rtol=RTOL, atol=ATOL * np.abs(ref).max())
+    rdx = ref_backward(dy, x, w, 1, 1)[0]
+    dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
+    np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=ATOL * np.abs(rdx).max())
+
+
+@requires_torch
+@pytest.mark.parametrize("s5", WINO_SHAPES[:6])
+def test_winograd_matches_torch(rng, s5, wino_impl):
+    import torch
+    import torch.nn.functional as F
+
+    x, w, b, dy = _arrays(rng, _wshape(s5))
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    yt = F.conv2d(xt, wt, bt, stride=1, padding=1)
+    yt.backward(torch.tensor(dy))
+    _close(_core.conv2d_forward(x, w, b, 1, 1), yt.detach().numpy())
+    dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
+    _close(dx, xt.grad.numpy())
+    _close(dw, wt.grad.numpy())
+    _close(db, bt.grad.numpy())
+
+
+@pytest.mark.parametrize("s5", [(1, 16, 8, 8, 16), (3, 32, 16, 16, 32), (16, 64, 8, 8, 64),
+                                (2, 16, 7, 7, 16)])
+def test_winograd_threads_give_same_results(rng, s5, wino_impl):
+    """1 and 2 threads agree, also at batch 1-3 (tile rows split across threads)."""
+    shape = _wshape(s5)
+    x, w, b, dy = _arrays(rng, shape)
+    old = eenet.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            eenet.set_num_threads(t)
+            outs.append((_core.conv2d_forward(x, w, b, 1, 1),
+                         _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]))
+    finally:
+        eenet.set_num_threads(old)
+    for a, r in zip(*outs):
+        _close(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_winograd_inputs_not_modified(rng, wino_impl):
+    shape = _wshape((2, 16, 7, 9, 16))
+    x, w, b, dy = _arrays(rng, shape)
+    copies = [a.copy() for a in (x, w, b, dy)]
+    _core.conv2d_forward(x, w, b, 1, 1)
+    _core.conv2d_backward(dy, x, w, 1, 1, True)
+    for a, c in zip((x, w, b, dy), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("s5", [(8, 16, 16, 16, 16), (3, 20, 7, 9, 24)])
+def test_winograd_c_accumulates_and_respects_workspace(rng, s5, wino_impl):
+    """Through the C API: backward-data ADDS into dinp, and a workspace sized
+    for 1 thread (then 2 threads configured) is never overrun."""
+    lib = _lib()
+    N, C, H, W, K = s5
+    x, w, b, dy = _arrays(rng, _wshape(s5))
+    n = lib.eenet_conv2d_workspace_floats(N, C, H, W, K, 3, 3, 1, 1, 1)
+    guard = 4096
+    ws = np.zeros(n + guard, np.float32)
+    ws[n:] = 12345.0
+    dx0 = rng.standard_normal(x.shape).astype(np.float32)
+    dw0 = rng.standard_normal(w.shape).astype(np.float32)
+    db0 = rng.standard_normal(K).astype(np.float32)
+    dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
+    y = np.empty((N, K, H, W), np.float32)
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(2)
+        assert lib.eenet_conv2d_forward_ex(_p(y), _p(x), _p(w), _p(b), _p(ws), N, C, H, W, K,
+                                           3, 3, 1, 1, 1) == 0
+        assert lib.eenet_conv2d_backward_ex(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
+                                            _p(ws), N, C, H, W, K, 3, 3, 1, 1, 1) == 0
+    finally:
+        eenet.set_num_threads(old)
+    assert np.all(ws[n:] == 12345.0)
+    _close(y, ref_forward(x, w, b, 1, 1))
+    rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+    _close(dx, dx0 + rdx)
+    _close(dw, dw0 + rdw)
+    _close(db, db0 + rdb)
+
+
+@pytest.mark.parametrize("s5", [(4, 16, 32, 32, 16), (4, 32, 16, 16, 32), (4, 64, 8, 8, 64),
+                                (1, 16, 7, 7, 16), (2, 8, 14, 14, 8)])
+def test_default_dispatch_on_winograd_shapes(rng, s5):
+    """The automatic choice (Winograd or direct) on the eligible shapes."""
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(0)
+    try:
+        x, w, b, dy = _arrays(rng, _wshape(s5))
+        _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
+        rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+        dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
+        _close(dx, rdx)
+        _close(dw, rdw)
+        _close(db, rdb)
+    finally:
+        lib.eenet_conv2d_set_impl(old)

@@ -1,0 +1,36 @@
+/* conv_winograd.h: internal interface between conv.c and the Winograd
+ * F(2x2,3x3) convolution of conv_winograd.c (3x3 kernels, stride 1, pad 1).
+ *
+ * Per 2x2 output tile (input tile d 4x4 at rows 2ty-1.., columns 2tx-1..):
+ *   Y = A^T [ (G g G^T) (.) (B^T d B) ] A,        (.) elementwise over 16 e
+ * so the transformed-domain product is, for each of the 16 elements e, one
+ * GEMM M_e (cout, tiles) = U_e (cout, cin) . V_e (cin, tiles).
+ * Tiles are processed in blocks of whole tile rows (global row index
+ * n*th + ty, any number of samples per block), each thread owning one
+ * V (16, cin, ldv) and M (16, cout, ldv) buffer in its workspace slot.
+ */
+#ifndef EENET_CONV_WINOGRAD_H
+#define EENET_CONV_WINOGRAD_H
+
+#include <stddef.h>
+
+/* Workspace of a Winograd convolution of (cin or cout) channels on an H x W
+ * plane, large enough for both directions (forward cin = C, cout = K;
+ * backward-data cin = K, cout = C): `shared` floats once (transformed
+ * weights, GEMM row offsets) and `slot` floats per thread.  Depends on the
+ * sizes only. */
+void eenet_wino_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
+
+/* out (N, cout, H, W) = conv3x3_pad1(inp (N, cin, H, W), w') + bias
+ * (accumulate = 0; bias NULL: none) or out += conv (accumulate = 1).
+ * flip = 0: w' = w (cout, cin, 3, 3) (forward);  flip = 1: w is the forward
+ * weight (cin, cout, 3, 3) and w'[co][ci][a][b] = w[ci][co][2-a][2-b]
+ * (backward-data: inp = dout, out = dinp).  shared/slots as sized by
+ * eenet_wino_sizes(C, K, H, W) (slots slot_stride floats apart, nt of them);
+ * avx = 1 uses the AVX-512 transforms and GEMM micro-kernel (caller checked
+ * the CPU), 0 the portable C transforms with eenet_sgemm. */
+void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *w, int flip,
+                     const float *bias, float *shared, float *slots, size_t slot_stride, int N,
+                     int cin, int cout, int H, int W, int nt, int avx);
+
+#endif /* EENET_CONV_WINOGRAD_H */
