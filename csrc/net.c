@@ -78,9 +78,10 @@ struct eenet_net {
     float **act;          /* (T) activation rows, max_batch * tsize */
     float **grad;         /* (T) gradient slot or NULL */
     int *last_consumer;   /* (T) index of the last op reading the tensor, -1 if none */
-    int *bn_relu;         /* (num_ops) backward fusion: for a batch norm whose output's only
-                           * reader is a ReLU, that ReLU's op index; -2 on that ReLU (its
-                           * backward runs inside the batch norm's); -1 otherwise */
+    int *fused_relu;      /* (num_ops) ReLU fusion: for a batch norm or add whose output's
+                           * only reader is a ReLU (in place, same segment), that ReLU's op
+                           * index; -2 on that ReLU (its forward and backward run inside
+                           * the batch norm's or add's); -1 otherwise */
     int num_ops;
     net_op *ops;
     int num_exits;        /* E1, final included */
@@ -142,7 +143,7 @@ void eenet_net_free(eenet_net *net) {
     free(net->act);
     free(net->grad);
     free(net->last_consumer);
-    free(net->bn_relu);
+    free(net->fused_relu);
     free(net->ops);
     free(net->exit_input);
     free(net->exit_prob);
@@ -369,7 +370,7 @@ static eenet_status plan_grads(eenet_net *net) {
     }
     for (int i = net->num_ops - 1; i >= 0; i--) {
         const net_op *op = &net->ops[i];
-        if (net->bn_relu[i] == -2) {
+        if (net->fused_relu[i] == -2) {
             continue; /* done inside the batch norm's backward */
         }
         int ins[2] = {op->in0, op->kind == EENET_OP_ADD ? op->in1 : -1};
@@ -381,7 +382,7 @@ static eenet_status plan_grads(eenet_net *net) {
         }
         /* a batch norm fused with its ReLU reads the ReLU's output gradient
          * (the ReLU was skipped above: its input's gradient is never born) */
-        const int done = net->bn_relu[i] >= 0 ? net->ops[net->bn_relu[i]].out : op->out;
+        const int done = net->fused_relu[i] >= 0 ? net->ops[net->fused_relu[i]].out : op->out;
         if (slot_of[done] >= 0) {
             slot_free[slot_of[done]] = 1;
         }
@@ -541,7 +542,7 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     ALLOC(net->bufs_snapshot, num_bufs);
     ALLOC(net->nbt, num_bn);
     ALLOC(net->nbt_snapshot, num_bn);
-    ALLOC(net->bn_relu, num_ops);
+    ALLOC(net->fused_relu, num_ops);
     /* In-place ReLU: a ReLU whose input has no other reader writes over that
      * input.  Safe because no backward reads the input of a ReLU's input
      * tensor's producer output (conv, batch norm and add backward read their
@@ -567,12 +568,13 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
                 alias[op->out] = alias[op->in0]; /* ops are in order: in0's root is final */
             }
         }
-        /* BN -> ReLU with the BN output read by that ReLU alone: the ReLU's
-         * backward (mask its output gradient, accumulate into a zeroed buffer)
-         * is done in place inside the batch norm's backward, which then reads
+        /* BN -> ReLU or add -> ReLU with the output read by that ReLU alone
+         * (so the ReLU runs in place): the producer's forward applies the ReLU
+         * as it writes, and its backward applies the ReLU's (mask the output
+         * gradient as relu_backward into a zeroed buffer would) while reading
          * the ReLU's output gradient; no other op reads either gradient. */
         for (int i = 0; i < num_ops; i++) {
-            net->bn_relu[i] = -1;
+            net->fused_relu[i] = -1;
         }
         for (int j = 0; j < num_ops; j++) {
             const net_op *op = &net->ops[j];
@@ -580,10 +582,12 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
                 continue;
             }
             for (int i = 0; i < j; i++) {
-                if (net->ops[i].out == op->in0 && net->ops[i].kind == EENET_OP_BATCHNORM2D &&
-                    net->bn_relu[i] == -1) {
-                    net->bn_relu[i] = j;
-                    net->bn_relu[j] = -2;
+                if (net->ops[i].out == op->in0 &&
+                    (net->ops[i].kind == EENET_OP_BATCHNORM2D ||
+                     net->ops[i].kind == EENET_OP_ADD) &&
+                    net->ops[i].segment == op->segment && net->fused_relu[i] == -1) {
+                    net->fused_relu[i] = j;
+                    net->fused_relu[j] = -2;
                 }
             }
         }
@@ -654,26 +658,27 @@ static eenet_status op_forward(eenet_net *net, int i, int N, int training) {
     }
     case EENET_OP_BATCHNORM2D: {
         bn_layer *L = &op->u.bn;
+        const int relu = net->fused_relu[i] >= 0; /* out is also the ReLU's output */
         if (training) {
             /* PyTorch: num_batches_tracked += 1 in train mode (momentum is fixed, so it is
              * only bookkeeping). */
             net->nbt[L->nbt] += 1;
-            return eenet_bn2d_forward_train(out, net->save_area + L->save,
-                                            net->save_area + L->save + L->C,
-                                            net->bufs + L->rmean, net->bufs + L->rvar, in,
-                                            net->params + L->gamma, net->params + L->beta,
-                                            L->momentum, L->eps, N, L->C, L->HW);
+            return (relu ? eenet_bn2d_relu_forward_train : eenet_bn2d_forward_train)(
+                out, net->save_area + L->save, net->save_area + L->save + L->C,
+                net->bufs + L->rmean, net->bufs + L->rvar, in, net->params + L->gamma,
+                net->params + L->beta, L->momentum, L->eps, N, L->C, L->HW);
         }
-        return eenet_bn2d_forward_eval(out, in, net->params + L->gamma, net->params + L->beta,
-                                       net->bufs + L->rmean, net->bufs + L->rvar, L->eps, N,
-                                       L->C, L->HW);
+        return (relu ? eenet_bn2d_relu_forward_eval : eenet_bn2d_forward_eval)(
+            out, in, net->params + L->gamma, net->params + L->beta, net->bufs + L->rmean,
+            net->bufs + L->rvar, L->eps, N, L->C, L->HW);
     }
     case EENET_OP_RELU:
         return eenet_relu_forward(out, in, (size_t)N * op->u.elt.n);
     case EENET_OP_SIGMOID:
         return eenet_sigmoid_forward(out, in, (size_t)N * op->u.elt.n);
     case EENET_OP_ADD:
-        return eenet_add_forward(out, in, net->act[op->in1], (size_t)N * op->u.elt.n);
+        return (net->fused_relu[i] >= 0 ? eenet_add_relu_forward : eenet_add_forward)(
+            out, in, net->act[op->in1], (size_t)N * op->u.elt.n);
     case EENET_OP_MAXPOOL2D: {
         maxpool_layer *L = &op->u.pool;
         return eenet_maxpool2d_forward(out, net->argmax_area + L->argmax, in, N, L->C, L->H,
@@ -709,14 +714,22 @@ static eenet_status op_forward(eenet_net *net, int i, int N, int training) {
     }
 }
 
+/* The output gradient op i's backward reads: its ReLU's when fused, else its own
+ * (NULL when nothing downstream has a gradient). */
+static float *op_dout(const eenet_net *net, int i) {
+    return net->fused_relu[i] >= 0 ? net->grad[net->ops[net->fused_relu[i]].out]
+                                   : net->grad[net->ops[i].out];
+}
+
 /* Backward of op i on N rows (training-mode statistics); ACCUMULATES into the
- * gradients of its inputs (when they have a slot) and of its parameters. */
-static eenet_status op_backward(eenet_net *net, int i, int N) {
+ * gradients of its inputs (when they have a slot) and of its parameters, except
+ * that input j's gradient is OVERWRITTEN (as if accumulated into zeros) where bit
+ * j of `set` is on -- only for kinds set_capable() accepts. */
+static eenet_status op_backward(eenet_net *net, int i, int N, int set) {
     net_op *op = &net->ops[i];
     const float *in = net->act[op->in0];
     const float *out = net->act[op->out];
-    const float *dout = net->bn_relu[i] >= 0 ? net->grad[net->ops[net->bn_relu[i]].out]
-                                             : net->grad[op->out];
+    float *dout = op_dout(net, i);
     float *din = net->grad[op->in0];
     if (!dout) {
         return EENET_OK; /* nothing downstream: no gradient flows */
@@ -732,14 +745,16 @@ static eenet_status op_backward(eenet_net *net, int i, int N) {
     }
     case EENET_OP_BATCHNORM2D: {
         bn_layer *L = &op->u.bn;
-        if (net->bn_relu[i] >= 0) {
-            const net_op *r = &net->ops[net->bn_relu[i]];
-            float *dy = net->grad[r->out];
-            if (!dy) {
-                return EENET_OK;
-            }
-            return eenet_bn2d_relu_backward(din, net->grads + L->gamma, net->grads + L->beta, dy,
-                                            net->act[r->out], in, net->params + L->gamma,
+        const float *relu_out = net->fused_relu[i] >= 0 ? out : NULL; /* in place */
+        if (set & 1) {
+            return eenet_bn2d_backward_set(din, net->grads + L->gamma, net->grads + L->beta,
+                                           dout, relu_out, in, net->params + L->gamma,
+                                           net->save_area + L->save,
+                                           net->save_area + L->save + L->C, N, L->C, L->HW);
+        }
+        if (relu_out) {
+            return eenet_bn2d_relu_backward(din, net->grads + L->gamma, net->grads + L->beta,
+                                            dout, relu_out, in, net->params + L->gamma,
                                             net->save_area + L->save,
                                             net->save_area + L->save + L->C, N, L->C, L->HW);
         }
@@ -752,19 +767,16 @@ static eenet_status op_backward(eenet_net *net, int i, int N) {
     case EENET_OP_SIGMOID:
         return din ? eenet_sigmoid_backward(din, dout, out, (size_t)N * op->u.elt.n) : EENET_OK;
     case EENET_OP_ADD: {
-        float *db = net->grad[op->in1];
-        if (din && db) {
-            return eenet_add_backward(din, db, dout, (size_t)N * op->u.elt.n);
+        /* either side may be the image (no gradient: NULL); in0 == in1 never
+         * comes with set bits (see set_capable) */
+        float *db = op->in1 == op->in0 ? NULL : net->grad[op->in1];
+        const float *relu_out = net->fused_relu[i] >= 0 ? out : NULL; /* in place */
+        const size_t n = (size_t)N * op->u.elt.n;
+        eenet_status st = eenet_add_relu_backward(din, db, dout, relu_out, n, set);
+        if (st == EENET_OK && op->in1 == op->in0 && din) {
+            st = eenet_add_relu_backward(din, NULL, dout, relu_out, n, 0);
         }
-        /* one side is the image (no gradient): accumulate the other alone */
-        float *d = din ? din : db;
-        if (d) {
-            size_t n = (size_t)N * op->u.elt.n;
-            for (size_t j = 0; j < n; j++) {
-                d[j] += dout[j];
-            }
-        }
-        return EENET_OK;
+        return st;
     }
     case EENET_OP_MAXPOOL2D: {
         maxpool_layer *L = &op->u.pool;
@@ -788,8 +800,30 @@ static eenet_status op_backward(eenet_net *net, int i, int N) {
     }
 }
 
+/* 1 if op i's backward can OVERWRITE the gradient of its input j (0 or 1)
+ * rather than accumulate into a zeroed one: batch norm and add, when an
+ * output gradient exists (else the backward returns without writing) and the
+ * add's two inputs are distinct tensors. */
+static int set_capable(const eenet_net *net, int i, int j) {
+    const net_op *op = &net->ops[i];
+    if (!op_dout(net, i)) {
+        return 0;
+    }
+    switch (op->kind) {
+    case EENET_OP_BATCHNORM2D:
+        return j == 0;
+    case EENET_OP_ADD:
+        return op->in0 != op->in1;
+    default:
+        return 0;
+    }
+}
+
 static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int training) {
     for (int i = begin; i < end; i++) {
+        if (net->fused_relu[i] == -2) {
+            continue; /* done inside its producer's forward */
+        }
         eenet_status st = op_forward(net, i, N, training);
         if (st != EENET_OK) {
             return st;
@@ -926,18 +960,25 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
     }
     for (int i = net->num_ops - 1; i >= 0; i--) {
         const net_op *op = &net->ops[i];
-        if (net->bn_relu[i] == -2) {
+        if (net->fused_relu[i] == -2) {
             continue; /* done inside the batch norm's backward */
         }
+        /* an input whose last reader (in forward order) is this op gets a fresh
+         * gradient: zeroed, or overwritten by a kernel that can */
         int ins[2] = {op->in0, op->kind == EENET_OP_ADD ? op->in1 : -1};
+        int set = 0;
         for (int j = 0; j < 2; j++) {
             int t = ins[j];
             if (t > 0 && net->last_consumer[t] == i && net->grad[t] &&
                 !(j == 1 && t == ins[0])) {
-                memset(net->grad[t], 0, sizeof(float) * (size_t)B * net->tsize[t]);
+                if (set_capable(net, i, j)) {
+                    set |= 1 << j;
+                } else {
+                    memset(net->grad[t], 0, sizeof(float) * (size_t)B * net->tsize[t]);
+                }
             }
         }
-        st = op_backward(net, i, B);
+        st = op_backward(net, i, B, set);
         if (st != EENET_OK) {
             return st;
         }

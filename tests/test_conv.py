@@ -41,18 +41,24 @@ SHAPES = [
     (2, 8, 14, 14, 16, 3, 2, 1),   # EENet-8 f=4 16-channel stride 2
     (2, 32, 14, 14, 32, 3, 1, 1),  # 14-column tiles, 32 channels
     (2, 32, 8, 8, 16, 3, 1, 1),    # backward-data K-vectorised with 8-column tiles
+    (17, 4, 14, 14, 8, 3, 2, 1),   # batch-lane path: one group of 16 + a 1-sample tail, s2
+    (33, 3, 7, 9, 5, 3, 1, 1),     # batch-lane: 2 groups + tail, C, K not powers of 2
+    (18, 2, 9, 7, 3, 5, 1, 2),     # batch-lane: 5x5 kernel, odd sizes
+    (17, 5, 9, 8, 6, 1, 2, 0),     # batch-lane 1x1 stride 2 (only even rows filled), odd H
 ]
 
 # conv2d implementation switch of the C core (kernels.h eenet_conv2d_set_impl):
 # 0 automatic, 1 im2col+GEMM everywhere, 2 the q-space direct path wherever possible,
 # 3 as 2 with the weight gradient K-vectorised on the q-space planes,
 # 4 Winograd F(2x2,3x3) for forward and backward-data of every 3x3 stride-1 pad-1
-# layer (AVX-512 transforms where the CPU has them), 5 as 4 with the portable C path.
-IMPLS = [0, 1, 2, 3, 4, 5]
+# layer (AVX-512 transforms where the CPU has them), 5 as 4 with the portable C path,
+# 6 the batch-lane path (16 samples per vector, C, K <= 16) for every sample.
+IMPLS = [0, 1, 2, 3, 4, 5, 6]
 WINO_IMPLS = [4, 5]
 
 
-@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt", "wino", "wino-c"])
+@pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt", "wino", "wino-c",
+                                   "lanes"])
 def impl(request):
     lib = ctypes.CDLL(_core.__file__)
     old = lib.eenet_conv2d_set_impl(request.param)
@@ -166,7 +172,7 @@ def test_fast_matches_naive(rng, shape, impl):
 
 @requires_torch
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_torch(rng, shape):
+def test_matches_torch(rng, shape, impl):
     import torch
     import torch.nn.functional as F
 
@@ -217,9 +223,13 @@ def test_backward_finite_differences(rng, shape):
 
 
 @pytest.mark.parametrize("shape", [(8, 16, 16, 16, 32, 3, 1, 1), (16, 4, 28, 28, 8, 3, 1, 1),
-                                   (8, 32, 16, 16, 64, 3, 2, 1)])
+                                   (8, 32, 16, 16, 64, 3, 2, 1), (40, 8, 7, 7, 8, 3, 1, 1),
+                                   (35, 4, 14, 14, 8, 3, 2, 1), (1, 16, 32, 32, 16, 3, 1, 1),
+                                   (3, 32, 16, 16, 32, 3, 1, 1), (1, 3, 96, 96, 16, 3, 1, 1),
+                                   (1, 64, 64, 64, 64, 1, 2, 0), (3, 16, 33, 31, 8, 3, 2, 1)])
 def test_threads_give_same_results(rng, shape, impl):
-    """1 and 2 threads agree (shapes big enough for the kernels to use 2)."""
+    """1 and 2 threads agree (shapes big enough for the kernels to use 2;
+    batches of 1 and 3 split each sample's output rows over the threads)."""
     s, p = shape[6], shape[7]
     x, w, b, dy = _arrays(rng, shape)
     old = eenet.get_num_threads()
@@ -235,8 +245,8 @@ def test_threads_give_same_results(rng, shape, impl):
         _close(a, r, rtol=1e-5, atol=1e-6)
 
 
-def test_inputs_not_modified(rng):
-    shape = SHAPES[2]
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[19]])
+def test_inputs_not_modified(rng, shape, impl):
     s, p = shape[6], shape[7]
     x, w, b, dy = _arrays(rng, shape)
     copies = [a.copy() for a in (x, w, b, dy)]
@@ -269,8 +279,9 @@ def _p(a):
 
 
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[10], SHAPES[11],
-                                   (3, 16, 7, 7, 16, 3, 1, 1), SHAPES[-1]])
-def test_c_backward_accumulates(rng, shape):
+                                   (3, 16, 7, 7, 16, 3, 1, 1), SHAPES[18], SHAPES[19],
+                                   SHAPES[20]])
+def test_c_backward_accumulates(rng, shape, impl):
     """eenet_conv2d_backward(_ex) and the naive twin ADD into dinp/dw/dbias
     (the binding passes zeros; the engine relies on accumulation)."""
     lib = _lib()
@@ -298,11 +309,12 @@ def test_c_backward_accumulates(rng, shape):
         _close(db, db0 + rdb)
 
 
-def test_c_workspace_bound_respected(rng):
+@pytest.mark.parametrize("shape", [(8, 8, 16, 16, 16, 3, 1, 1), (34, 8, 14, 14, 8, 3, 1, 1)])
+def test_c_workspace_bound_respected(rng, shape, impl):
     """Sized for 1 thread, the _ex kernels must stay inside the workspace even
     when more threads are configured (a guard region after it stays intact)."""
     lib = _lib()
-    shape = (8, 8, 16, 16, 16, 3, 1, 1)  # enough work for 2 threads
+    # enough work for 2 threads; the second has batch-lane groups
     N, C, H, W, K, _, s, p = shape
     x, w, b, dy = _arrays(rng, shape)
     n = lib.eenet_conv2d_workspace_floats(N, C, H, W, K, 3, 3, s, p, 1)

@@ -197,16 +197,66 @@ static BN_AVX512 void plane_affine_avx512(float *y, const float *x, float mean, 
     }
 }
 
-/* g = 0 + (y > 0 ? g : 0) on the first HW - HW % 16 elements; returns that count */
-static BN_AVX512 int plane_mask_avx512(float *g, const float *y, int HW) {
-    const __m512 zero = _mm512_setzero_ps();
+/* y = relu((x - mean) * scale + beta) over HW, relu(v) = v < 0 ? 0 : v as
+ * eenet_relu_forward (NaN and -0 pass through): max_ps(0, v) returns its second
+ * operand v when v is NaN or either zero, and 0 only when v < 0. */
+static BN_AVX512 void plane_affine_relu_avx512(float *y, const float *x, float mean,
+                                               float scale, float beta, int HW) {
+    const __m512 vm = _mm512_set1_ps(mean), vs = _mm512_set1_ps(scale),
+                 vb = _mm512_set1_ps(beta), zero = _mm512_setzero_ps();
     int i = 0;
     for (; i + 16 <= HW; i += 16) {
-        const __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), zero, _CMP_GT_OQ);
-        const __m512 kept = _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(g + i));
-        _mm512_storeu_ps(g + i, _mm512_add_ps(zero, kept));
+        const __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + i), vm);
+        _mm512_storeu_ps(y + i, _mm512_max_ps(zero, _mm512_add_ps(_mm512_mul_ps(v, vs), vb)));
     }
-    return i;
+    for (; i < HW; i++) {
+        const float v = (x[i] - mean) * scale + beta;
+        y[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
+/* The ReLU mask and plane_dsums in one pass: g <- 0 + (y > 0 ? g : 0) in place
+ * (relu_backward into a zeroed buffer), then the sums of plane_dsums over the
+ * masked g, with the same lanes and order as the two separate passes. */
+static BN_AVX512 void plane_mask_dsums_avx512(float *g, const float *y, const float *x,
+                                              float mean, int HW, double *sdy, double *sdyx) {
+    const __m512 m = _mm512_set1_ps(mean), zero = _mm512_setzero_ps();
+    __m512 a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + LANES <= HW; i += LANES) {
+        const __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), zero, _CMP_GT_OQ);
+        const __m512 gv = _mm512_add_ps(zero, _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(g + i)));
+        _mm512_storeu_ps(g + i, gv);
+        a1 = _mm512_add_ps(a1, gv);
+        a2 = _mm512_add_ps(a2, _mm512_mul_ps(gv, _mm512_sub_ps(_mm512_loadu_ps(x + i), m)));
+    }
+    double s1 = 0.0, s2 = 0.0;
+    for (; i < HW; i++) {
+        const float gi = g[i];
+        g[i] = 0.0f + (y[i] > 0.0f ? gi : 0.0f);
+        s1 += g[i];
+        s2 += (double)g[i] * ((double)x[i] - mean);
+    }
+    *sdy += lanes_after(s1, a1);
+    *sdyx += lanes_after(s2, a2);
+}
+
+/* dx = 0 + k * ((dy - mdy) - (x - mean) * c2) over HW: plane_dx_avx512 into a
+ * zeroed dx, without reading it */
+static BN_AVX512 void plane_dx_set_avx512(float *dx, const float *dy, const float *x, float k,
+                                          float mdy, float mean, float c2, int HW) {
+    const __m512 vk = _mm512_set1_ps(k), vmdy = _mm512_set1_ps(mdy), vm = _mm512_set1_ps(mean),
+                 vc2 = _mm512_set1_ps(c2), zero = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= HW; i += 16) {
+        const __m512 t =
+            _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(dy + i), vmdy),
+                          _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), vc2));
+        _mm512_storeu_ps(dx + i, _mm512_add_ps(zero, _mm512_mul_ps(vk, t)));
+    }
+    for (; i < HW; i++) {
+        dx[i] = 0.0f + k * (dy[i] - mdy - (x[i] - mean) * c2);
+    }
 }
 
 /* dx += k * ((dy - mdy) - (x - mean) * c2) over HW (the portable loop's operations) */
@@ -232,23 +282,25 @@ static int bn_use_avx512(void) {
 }
 #endif
 
-/* Training forward.  Overwrites out, save_mean, save_invstd (C); updates
- * running_mean/running_var (C) in place. */
-eenet_status eenet_bn2d_forward_train(float *out, float *save_mean, float *save_invstd,
-                                      float *running_mean, float *running_var,
-                                      const float *inp, const float *gamma, const float *beta,
-                                      float momentum, float eps, int N, int C, int HW) {
+/* Training forward (relu != 0: out = relu(bn(x)), the ReLU as eenet_relu_forward).
+ * Overwrites out, save_mean, save_invstd (C); updates running_mean/running_var (C)
+ * in place. */
+static eenet_status bn2d_forward_train_impl(const char *name, float *out, float *save_mean,
+                                            float *save_invstd, float *running_mean,
+                                            float *running_var, const float *inp,
+                                            const float *gamma, const float *beta,
+                                            float momentum, float eps, int N, int C, int HW,
+                                            int relu) {
     if (N < 1 || C < 1 || HW < 1) {
-        return eenet_set_error(EENET_ERR_VALUE,
-                               "bn2d_forward_train: sizes must be positive, got N=%d C=%d HW=%d",
-                               N, C, HW);
+        return eenet_set_error(EENET_ERR_VALUE, "%s: sizes must be positive, got N=%d C=%d HW=%d",
+                               name, N, C, HW);
     }
     const size_t M = (size_t)N * (size_t)HW;
     if (M < 2) {
         return eenet_set_error(EENET_ERR_VALUE,
-                               "bn2d_forward_train: expected more than 1 value per channel "
+                               "%s: expected more than 1 value per channel "
                                "when training, got N=%d HW=%d",
-                               N, HW);
+                               name, N, HW);
     }
     int bad = 0;
     const int wide = bn_use_avx512();
@@ -310,12 +362,23 @@ eenet_status eenet_bn2d_forward_train(float *out, float *save_mean, float *save_
             float *y = out + ((size_t)n * C + c) * HW;
 #if BN_HAVE_AVX512
             if (wide) {
-                plane_affine_avx512(y, x, fmean, scale, fbeta, HW);
+                if (relu) {
+                    plane_affine_relu_avx512(y, x, fmean, scale, fbeta, HW);
+                } else {
+                    plane_affine_avx512(y, x, fmean, scale, fbeta, HW);
+                }
                 continue;
             }
 #endif
-            for (int i = 0; i < HW; i++) {
-                y[i] = (x[i] - fmean) * scale + fbeta;
+            if (relu) {
+                for (int i = 0; i < HW; i++) {
+                    const float v = (x[i] - fmean) * scale + fbeta;
+                    y[i] = v < 0.0f ? 0.0f : v;
+                }
+            } else {
+                for (int i = 0; i < HW; i++) {
+                    y[i] = (x[i] - fmean) * scale + fbeta;
+                }
             }
         }
         const double unbiased = ss / (double)(M - 1);
@@ -324,24 +387,45 @@ eenet_status eenet_bn2d_forward_train(float *out, float *save_mean, float *save_
     }
     if (bad) {
         return eenet_set_error(EENET_ERR_NONFINITE,
-                               "bn2d_forward_train: non-finite batch statistics (NaN or "
-                               "infinity in the input)");
+                               "%s: non-finite batch statistics (NaN or "
+                               "infinity in the input)", name);
     }
     return EENET_OK;
 }
 
+eenet_status eenet_bn2d_forward_train(float *out, float *save_mean, float *save_invstd,
+                                      float *running_mean, float *running_var,
+                                      const float *inp, const float *gamma, const float *beta,
+                                      float momentum, float eps, int N, int C, int HW) {
+    return bn2d_forward_train_impl("bn2d_forward_train", out, save_mean, save_invstd,
+                                   running_mean, running_var, inp, gamma, beta, momentum, eps, N,
+                                   C, HW, 0);
+}
+
+eenet_status eenet_bn2d_relu_forward_train(float *out, float *save_mean, float *save_invstd,
+                                           float *running_mean, float *running_var,
+                                           const float *inp, const float *gamma,
+                                           const float *beta, float momentum, float eps, int N,
+                                           int C, int HW) {
+    return bn2d_forward_train_impl("bn2d_relu_forward_train", out, save_mean, save_invstd,
+                                   running_mean, running_var, inp, gamma, beta, momentum, eps, N,
+                                   C, HW, 1);
+}
+
 /* Eval forward, overwrites out:
- * out = (x - running_mean) / sqrt(running_var + eps) * gamma + beta. */
-eenet_status eenet_bn2d_forward_eval(float *out, const float *inp, const float *gamma,
-                                     const float *beta, const float *running_mean,
-                                     const float *running_var, float eps, int N, int C,
-                                     int HW) {
+ * out = (x - running_mean) / sqrt(running_var + eps) * gamma + beta, then the
+ * ReLU (v < 0 ? 0 : v) when relu != 0.  Per (n, c) plane, so a sample's output
+ * never depends on its batch neighbours. */
+static eenet_status bn2d_forward_eval_impl(const char *name, float *out, const float *inp,
+                                           const float *gamma, const float *beta,
+                                           const float *running_mean, const float *running_var,
+                                           float eps, int N, int C, int HW, int relu) {
     if (N < 1 || C < 1 || HW < 1) {
-        return eenet_set_error(EENET_ERR_VALUE,
-                               "bn2d_forward_eval: sizes must be positive, got N=%d C=%d HW=%d",
-                               N, C, HW);
+        return eenet_set_error(EENET_ERR_VALUE, "%s: sizes must be positive, got N=%d C=%d HW=%d",
+                               name, N, C, HW);
     }
     const int planes = N * C;
+    const int wide = bn_use_avx512();
 #pragma omp parallel for schedule(static) num_threads(eenet_get_num_threads()) \
     if ((size_t)planes * HW > 32768)
     for (int p = 0; p < planes; p++) {
@@ -351,24 +435,59 @@ eenet_status eenet_bn2d_forward_eval(float *out, const float *inp, const float *
         const float fmean = running_mean[c], fbeta = beta[c];
         const float *x = inp + (size_t)p * HW;
         float *y = out + (size_t)p * HW;
-        for (int i = 0; i < HW; i++) {
-            y[i] = (x[i] - fmean) * scale + fbeta;
+#if BN_HAVE_AVX512
+        if (wide) {
+            if (relu) {
+                plane_affine_relu_avx512(y, x, fmean, scale, fbeta, HW);
+            } else {
+                plane_affine_avx512(y, x, fmean, scale, fbeta, HW);
+            }
+            continue;
+        }
+#endif
+        if (relu) {
+            for (int i = 0; i < HW; i++) {
+                const float v = (x[i] - fmean) * scale + fbeta;
+                y[i] = v < 0.0f ? 0.0f : v;
+            }
+        } else {
+            for (int i = 0; i < HW; i++) {
+                y[i] = (x[i] - fmean) * scale + fbeta;
+            }
         }
     }
     return EENET_OK;
 }
 
-/* Shared body of the two backward entry points (dout == dmask when relu_out is
- * given).  Training backward, ACCUMULATES.  With xhat = (x - mean) * invstd, M = N*HW:
+eenet_status eenet_bn2d_forward_eval(float *out, const float *inp, const float *gamma,
+                                     const float *beta, const float *running_mean,
+                                     const float *running_var, float eps, int N, int C,
+                                     int HW) {
+    return bn2d_forward_eval_impl("bn2d_forward_eval", out, inp, gamma, beta, running_mean,
+                                  running_var, eps, N, C, HW, 0);
+}
+
+eenet_status eenet_bn2d_relu_forward_eval(float *out, const float *inp, const float *gamma,
+                                          const float *beta, const float *running_mean,
+                                          const float *running_var, float eps, int N, int C,
+                                          int HW) {
+    return bn2d_forward_eval_impl("bn2d_relu_forward_eval", out, inp, gamma, beta, running_mean,
+                                  running_var, eps, N, C, HW, 1);
+}
+
+/* Shared body of the backward entry points (dout == dmask when relu_out is
+ * given).  Training backward.  With xhat = (x - mean) * invstd, M = N*HW:
  *   dbeta  += sum dy
  *   dgamma += sum dy * xhat
  *   dx     += gamma * invstd / M * (M * dy - sum dy - xhat * sum(dy * xhat))
- * dinp may be NULL (skip). */
+ * dinp may be NULL (skip).  overwrite != 0: dx is written as 0 + (...) -- the
+ * same bits as accumulating into a zeroed buffer -- without reading it. */
 static eenet_status bn2d_backward_impl(const char *name, float *dinp, float *dgamma,
                                        float *dbeta, const float *dout, float *dmask,
                                        const float *relu_out, const float *inp,
                                        const float *gamma, const float *save_mean,
-                                       const float *save_invstd, int N, int C, int HW) {
+                                       const float *save_invstd, int N, int C, int HW,
+                                       int overwrite) {
     if (N < 1 || C < 1 || HW < 1) {
         return eenet_set_error(EENET_ERR_VALUE,
                                "%s: sizes must be positive, got N=%d C=%d HW=%d", name, N, C,
@@ -385,16 +504,16 @@ static eenet_status bn2d_backward_impl(const char *name, float *dinp, float *dga
             const size_t off = ((size_t)n * C + c) * HW;
             if (relu_out) {
                 /* the ReLU's backward, in place: 0 + (y > 0 ? g : 0) as relu_backward
-                 * gives into a zeroed buffer (plane stays in L1 for the sums) */
+                 * gives into a zeroed buffer, fused with the sums' pass */
                 float *g = dmask + off;
                 const float *yr = relu_out + off;
-                int i = 0;
 #if BN_HAVE_AVX512
                 if (wide) {
-                    i = plane_mask_avx512(g, yr, HW);
+                    plane_mask_dsums_avx512(g, yr, inp + off, mean, HW, &sdy, &sdxm);
+                    continue;
                 }
 #endif
-                for (; i < HW; i++) {
+                for (int i = 0; i < HW; i++) {
                     const float gi = g[i];
                     g[i] = 0.0f + (yr[i] > 0.0f ? gi : 0.0f);
                 }
@@ -422,12 +541,22 @@ static eenet_status bn2d_backward_impl(const char *name, float *dinp, float *dga
                 float *dx = dinp + off;
 #if BN_HAVE_AVX512
                 if (wide) {
-                    plane_dx_avx512(dx, dy, x, k, mdy, mean, c2, HW);
+                    if (overwrite) {
+                        plane_dx_set_avx512(dx, dy, x, k, mdy, mean, c2, HW);
+                    } else {
+                        plane_dx_avx512(dx, dy, x, k, mdy, mean, c2, HW);
+                    }
                     continue;
                 }
 #endif
-                for (int i = 0; i < HW; i++) {
-                    dx[i] += k * (dy[i] - mdy - (x[i] - mean) * c2);
+                if (overwrite) {
+                    for (int i = 0; i < HW; i++) {
+                        dx[i] = 0.0f + k * (dy[i] - mdy - (x[i] - mean) * c2);
+                    }
+                } else {
+                    for (int i = 0; i < HW; i++) {
+                        dx[i] += k * (dy[i] - mdy - (x[i] - mean) * c2);
+                    }
                 }
             }
         }
@@ -439,7 +568,7 @@ eenet_status eenet_bn2d_backward(float *dinp, float *dgamma, float *dbeta, const
                                  const float *inp, const float *gamma, const float *save_mean,
                                  const float *save_invstd, int N, int C, int HW) {
     return bn2d_backward_impl("bn2d_backward", dinp, dgamma, dbeta, dout, NULL, NULL, inp, gamma,
-                              save_mean, save_invstd, N, C, HW);
+                              save_mean, save_invstd, N, C, HW, 0);
 }
 
 /* Backward of relu(bn(x)) with y = relu output (N,C,HW): first
@@ -450,5 +579,17 @@ eenet_status eenet_bn2d_relu_backward(float *dinp, float *dgamma, float *dbeta, 
                                       const float *gamma, const float *save_mean,
                                       const float *save_invstd, int N, int C, int HW) {
     return bn2d_backward_impl("bn2d_relu_backward", dinp, dgamma, dbeta, dy, dy, relu_out, inp,
-                              gamma, save_mean, save_invstd, N, C, HW);
+                              gamma, save_mean, save_invstd, N, C, HW, 0);
+}
+
+/* Either of the two above (relu_out NULL: plain batch norm, dy read only), with
+ * dinp OVERWRITTEN (= 0 + the value the accumulating forms add) instead of
+ * accumulated; dgamma and dbeta still accumulate. */
+eenet_status eenet_bn2d_backward_set(float *dinp, float *dgamma, float *dbeta, float *dy,
+                                     const float *relu_out, const float *inp, const float *gamma,
+                                     const float *save_mean, const float *save_invstd, int N,
+                                     int C, int HW) {
+    return bn2d_backward_impl("bn2d_backward_set", dinp, dgamma, dbeta, dy,
+                              relu_out ? dy : NULL, relu_out, inp, gamma, save_mean,
+                              save_invstd, N, C, HW, 1);
 }

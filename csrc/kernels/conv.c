@@ -82,12 +82,13 @@ static size_t round16(size_t n) {
  * possible, 3: as 2 with the weight gradient K-vectorised on q-space planes,
  * 4: Winograd (conv_winograd.c) for forward and backward-data of every 3x3
  * stride-1 pad-1 layer (AVX-512 where the CPU has it), 5: as 4 with the
- * portable C transforms and OpenBLAS. */
+ * portable C transforms and OpenBLAS, 6: the batch-lane path wherever
+ * possible (every sample, partial groups included), the rest as 0. */
 static int conv_impl = 0;
 
 int eenet_conv2d_set_impl(int impl) {
     int old = conv_impl;
-    conv_impl = (impl >= 0 && impl <= 5) ? impl : 0;
+    conv_impl = (impl >= 0 && impl <= 6) ? impl : 0;
     return old;
 }
 
@@ -131,6 +132,8 @@ typedef struct {
     int use_fwd, use_bw, use_bd; /* q-space direct paths chosen for this call */
     int use_kf, use_kw, use_kd;  /* K-vectorised paths chosen for this call */
     int use_kwq;                 /* K-vectorised backward-weight on q-space planes */
+    int lanes_ok;                /* C, K <= 16: batch-lane regions reserved */
+    int use_lf, use_lw, use_ld;  /* batch-lane forward, weight gradient, data gradient */
     int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
     int use_wf, use_wd, wino_avx; /* Winograd forward / backward-data; its AVX-512 path */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
@@ -139,10 +142,11 @@ typedef struct {
     int nbk;         /* samples per K-vectorised weight-gradient group (padded input) */
     dgeom g, gd;     /* forward geometry; backward-data geometry (dout planes) */
     /* shared region: packed weights and tap offsets (forward, backward-data) */
-    size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_wino, shared;
+    size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_wino, o_offl, o_offl2;
+    size_t shared;
     /* per-thread slot */
     size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, s_wino;
-    size_t slot;
+    size_t s_xl, s_dl, s_dxl, s_dwl, slot; /* batch-lane buffers */
 } conv_plan;
 
 static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, int kw, int s,
@@ -199,6 +203,13 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         eenet_wino_sizes(C, K, H, W, &wino_shared, &wino_slot);
         pl->o_wino = at, at += round16(wino_shared);
     }
+    /* batch-lane path (few channels): tap offsets of the padded input and of
+     * the padded dout, in floats */
+    pl->lanes_ok = pl->direct_ok && C <= 16 && K <= 16;
+    if (pl->lanes_ok) {
+        pl->o_offl = at, at += round16(ntaps);
+        pl->o_offl2 = at, at += round16((size_t)K * kh * kw);
+    }
     pl->shared = at;
     at = 0;
     if (pl->direct_ok) {
@@ -213,6 +224,18 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         pl->s_dyt = at, at += (size_t)(pl->nb > pl->nbk ? pl->nb : pl->nbk) *
                               round16((size_t)K * pl->Ho * pl->Wo);
         pl->s_tile = at, at += 16 * 16 * 2;
+    }
+    if (pl->lanes_ok) {
+        /* one group of 16 samples: padded input, dout (padded for the data
+         * gradient; the forward's output), data gradient, lane partial dw */
+        size_t dl = (size_t)pl->Ho * pl->Wo;
+        if (pl->bd_ok && (size_t)pl->hpd * pl->wpd > dl) {
+            dl = (size_t)pl->hpd * pl->wpd;
+        }
+        pl->s_xl = at, at += 16 * (size_t)C * pl->hp * pl->wp;
+        pl->s_dl = at, at += 16 * (size_t)K * dl;
+        pl->s_dxl = at, at += pl->bd_ok ? 16 * (size_t)C * H * W : 0;
+        pl->s_dwl = at, at += 16 * (size_t)K * ntaps;
     }
     pl->s_pdw = at, at += round16((size_t)K * ntaps);
     pl->s_pdb = at, at += round16((size_t)K);
@@ -276,12 +299,12 @@ static eenet_status check_sizes(int N, int C, int H, int W, int K, int kh, int k
  * setting, the batch, and the work: at least ~2M multiply-adds per thread,
  * since waking a worker costs microseconds (milliseconds on a loaded machine)
  * and tiny convolutions are faster on one thread. */
-static int pick_threads(int nthreads_ws, const conv_plan *pl) {
+static int pick_threads(int nthreads_ws, const conv_plan *pl, int split_rows) {
     int t = eenet_get_num_threads();
     if (nthreads_ws >= 1 && t > nthreads_ws) {
         t = nthreads_ws;
     }
-    if (t > pl->N) {
+    if (!split_rows && t > pl->N) {
         t = pl->N;
     }
     double macs = (double)pl->N * pl->K * pl->Ho * pl->Wo * (double)pl->ckk;
@@ -323,6 +346,51 @@ static int pick_cols(int wo, int pmax) {
         }
     }
     return 0;
+}
+
+/* Whether the batch-lane path wins for op 0 forward, 1 weight gradient,
+ * 2 data gradient.  Measured (1 thread, Zen 4, batch 128, GFLOP/s lanes vs
+ * the per-sample path chosen before): forward 4->8 3x3 s2 14x14 67 vs 36,
+ * 8->8 7x7 86 vs 59, 8->8 14x14 91 vs 66, 8->16 s2 84 vs 79, 16->16 32x32
+ * 90 vs 72, 3->16 32x32 54 vs 48; weight gradient 4->8 s2 14x14 56 vs 33,
+ * 8->8 7x7 76 vs 50, 8->8 14x14 89 vs 63, 8->16 s2 72 vs 63 but 16->16
+ * 7x7 76 vs 89 (K-vectorised on q-space planes); data gradient 8->8 7x7
+ * 83 vs 40, 16->16 7x7 95 vs 88 but 16->16 32x32 76 vs 83; 1x1 stride 2
+ * (im2col+GEMM before) forward 2->4 28x28 9.6 vs 9.1, 8->16 14x14 28.5 vs
+ * 23.0, weight gradient 2->4 10.2 vs 3.8, 8->16 31.7 vs 16.6. */
+static int lanes_pick(const conv_plan *pl, int op) {
+    if (pl->kh * pl->kw == 1) {
+        /* strided 1x1 (the shortcut projections): lanes fill only the rows
+         * read; a stride-1 1x1 is one GEMM on the input as it is */
+        return pl->s > 1 && pl->p == 0;
+    }
+    if (op == 1) {
+        return pl->C * pl->K <= 128;
+    }
+    if (op == 2) {
+        return pl->C * pl->K < 256 || pl->W % 8 != 0;
+    }
+    return 1;
+}
+
+/* Input rows the lane path must fill: every row, or every s-th for a 1x1
+ * stride-s convolution without padding (it reads no others). */
+static int lanes_ystep(const conv_plan *pl) {
+    return (pl->kh == 1 && pl->p == 0) ? pl->s : 1;
+}
+
+/* Samples run on the batch-lane path: whole groups of 16 (every sample with
+ * conv_impl 6), as many groups as split evenly over nt threads; the rest
+ * take the per-sample path (split by samples, so both threads stay busy). */
+static int lanes_count(const conv_plan *pl, int nt) {
+    if (conv_impl == 6) {
+        return pl->N;
+    }
+    int ng = pl->N / 16;
+    if (nt > 1) {
+        ng -= ng % nt;
+    }
+    return 16 * ng;
 }
 
 /* Winograd in the automatic dispatch (measured on Zen 4, one thread, see
@@ -378,6 +446,11 @@ static void plan_choose(conv_plan *pl) {
     pl->use_wf = pl->wino_ok && (wforce || wauto);
     pl->use_wd = pl->wino_ok && (wforce || wauto);
     pl->wino_avx = conv_impl != 5 && eenet_conv_direct_available();
+    /* batch-lane path: 16 samples per vector, for the few-channel layers */
+    int lanes = avail && pl->lanes_ok && (conv_impl == 6 || conv_impl == 0);
+    pl->use_lf = lanes && (conv_impl == 6 || lanes_pick(pl, 0)) && !pl->use_wf;
+    pl->use_lw = lanes && (conv_impl == 6 || lanes_pick(pl, 1));
+    pl->use_ld = lanes && pl->bd_ok && (conv_impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -575,6 +648,14 @@ static void kvec_offsets(int *off, int cin, int kh, int kw, int hp, int wp) {
     }
 }
 
+/* Batch-lane path: offsets 16*((c*hp + i)*wp + j) in the lane layout. */
+static void lanes_offsets(int *off16, int cin, int kh, int kw, int hp, int wp) {
+    kvec_offsets(off16, cin, kh, kw, hp, wp);
+    for (int t = 0; t < cin * kh * kw; t++) {
+        off16[t] *= 16;
+    }
+}
+
 /* Hint the next sample's n floats at p into the cache (one prefetch per
  * 64-byte line) while the current one is computed; no-op without GCC/Clang. */
 static void prefetch_floats(const float *p, size_t n, int write) {
@@ -601,6 +682,14 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     const dgeom *g = &pl->g;
     float *shared = workspace;
     float *slots = workspace + pl->shared;
+    int nlane = pl->use_lf ? lanes_count(pl, nt) : 0;
+    int parts = (nt > 1 && (N - nlane) % nt != 0) ? nt : 1;
+    if (nlane > 0) {
+        lanes_offsets((int *)(shared + pl->o_offl), C, pl->kh, pl->kw, pl->hp, pl->wp);
+        if (!pl->use_fwd) {
+            direct_pack(shared + pl->o_wp, w, K, ckk, 0);
+        }
+    }
     if (pl->use_fwd) {
         direct_offsets((int *)(shared + pl->o_off), g);
         direct_pack(shared + pl->o_wp, w, K, ckk, 0);
@@ -625,44 +714,100 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
         if (pl->use_kf) {
             memset(slot + pl->s_xp, 0, sizeof(float) * (size_t)C * pl->hp * pl->wp);
         }
+        if (nlane > 0) {
+            /* groups of 16 samples in the vector lanes; out (16, K, Ho, Wo)
+             * per group through yl (K, Ho, Wo, 16) */
+            float *xl = slot + pl->s_xl, *yl = slot + pl->s_dl;
+            memset(xl, 0, sizeof(float) * 16 * (size_t)C * pl->hp * pl->wp);
+            int ng = (nlane + 15) / 16;
+            size_t in_img = (size_t)C * H * W, out_img = (size_t)K * howo;
+#ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+            for (int gi = 0; gi < ng; gi++) {
+                int n0 = 16 * gi, nimg = nlane - n0 < 16 ? nlane - n0 : 16;
+                eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W, pl->p,
+                                    pl->p, lanes_ystep(pl));
+                eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s, (const int *)(shared + pl->o_offl),
+                                     shared + pl->o_wp, K, ckk, pl->Ho, pl->Wo);
+                eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, nimg, K, howo,
+                                     bias, 0);
+            }
+        }
+        /* the samples [nlane, N), each cut into `parts` bands of output rows
+         * when the samples alone would not split evenly over the threads
+         * (small batches of early-exit inference: N = 1 runs on both
+         * threads); a thread fills a sample's planes once for its bands */
+        int last_n = -1;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int n = 0; n < N; n++) {
+        for (int u = 0; u < (N - nlane) * parts; u++) {
+            int n = nlane + u / parts, part = u % parts;
+            int r0 = (int)((long long)pl->Ho * part / parts);
+            int r1 = (int)((long long)pl->Ho * (part + 1) / parts);
+            if (r1 <= r0) {
+                continue;
+            }
+            int fresh = n != last_n;
+            last_n = n;
             const float *x = inp + (size_t)n * C * H * W;
             float *y = out + (size_t)n * K * howo;
             if (pl->use_fwd) {
                 float *src = slot + pl->s_src, *yq = slot + pl->s_dq;
-                direct_fill(src, x, g);
-                eenet_conv_direct_fwd(yq, g->ldq, src, (const int *)(shared + pl->o_off),
-                                      shared + pl->o_wp, K, ckk, g->nq);
-                direct_store(y, yq, bias, g);
+                if (fresh) {
+                    direct_fill(src, x, g);
+                }
+                if (parts == 1) {
+                    eenet_conv_direct_fwd(yq, g->ldq, src, (const int *)(shared + pl->o_off),
+                                          shared + pl->o_wp, K, ckk, g->nq);
+                    direct_store(y, yq, bias, g);
+                    continue;
+                }
+                /* q vectors covering rows [r0, r1): q in [r0*ws, r1*ws) */
+                size_t q0 = (size_t)r0 * g->ws / 16 * 16;
+                size_t q1 = ((size_t)r1 * g->ws + 15) / 16 * 16;
+                q1 = q1 < g->ldq ? q1 : g->ldq;
+                eenet_conv_direct_fwd(yq + q0, g->ldq, src + q0,
+                                      (const int *)(shared + pl->o_off), shared + pl->o_wp, K,
+                                      ckk, (int)((q1 - q0) / 16));
+                for (int k = 0; k < K; k++) {
+                    eenet_conv_store_rows(y + (size_t)k * howo + (size_t)r0 * pl->Wo,
+                                          yq + (size_t)k * g->ldq + (size_t)r0 * g->ws, g->ldq,
+                                          g->ws, 1, r1 - r0, pl->Wo, bias ? bias + k : NULL, 0);
+                }
                 continue;
             }
             if (pl->use_kf) {
                 float *xp = slot + pl->s_xp;
-                eenet_conv_pad_fill(xp, x, C, H, W, pl->p, pl->p);
-                if (n + 1 < N) {
-                    prefetch_floats(x + (size_t)C * H * W, (size_t)C * H * W, 0);
+                if (fresh) {
+                    eenet_conv_pad_fill(xp, x, C, H, W, pl->p, pl->p);
+                    if (n + 1 < N) {
+                        prefetch_floats(x + (size_t)C * H * W, (size_t)C * H * W, 0);
+                    }
                 }
                 eenet_conv_kvec_fwd(y, 0, bias, xp, pl->wp, pl->s,
                                     (const int *)(shared + pl->o_offk), shared + pl->o_wk, K,
-                                    ckk, pl->Ho, pl->Wo, pl->kvf, pl->pf, slot + pl->s_tile);
+                                    ckk, pl->Ho, pl->Wo, r0, r1, pl->kvf, pl->pf,
+                                    slot + pl->s_tile);
                 continue;
             }
             const float *b = x;
             if (!pointwise) {
                 float *col = slot + pl->s_col;
-                im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
+                if (fresh) {
+                    im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
+                }
                 b = col;
             }
-            /* y (K, HoWo) = w (K, CKK) @ col (CKK, HoWo) */
-            eenet_sgemm(0, 0, K, howo, ckk, 1.0f, w, ckk, b, howo, 0.0f, y, howo);
+            /* y[:, band] (K, cols) = w (K, CKK) @ col[:, band] (CKK, cols) */
+            int c0 = r0 * pl->Wo, nc = (r1 - r0) * pl->Wo;
+            eenet_sgemm(0, 0, K, nc, ckk, 1.0f, w, ckk, b + c0, howo, 0.0f, y + c0, howo);
             if (bias) {
                 for (int k = 0; k < K; k++) {
                     float bk = bias[k];
-                    float *yk = y + (size_t)k * howo;
-                    for (int q = 0; q < howo; q++) {
+                    float *yk = y + (size_t)k * howo + c0;
+                    for (int q = 0; q < nc; q++) {
                         yk[q] += bk;
                     }
                 }
@@ -689,8 +834,22 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     int do_kw = dw && pl->use_kw;
     int do_kwq = dw && pl->use_kwq;
     int do_gw = dw && !pl->use_bw && !pl->use_kw && !pl->use_kwq;
+    /* batch-lane path for the samples [0, nlane): weight (and bias) gradient
+     * and/or data gradient; the per-sample paths do the rest */
+    int lane_w = dw && pl->use_lw;
+    int lane_d = dinp && pl->use_ld;
+    int nlane = (lane_w || lane_d) ? lanes_count(pl, nt) : 0;
     float *shared = workspace;
     float *slots = workspace + pl->shared;
+    if (nlane > 0 && lane_w) {
+        lanes_offsets((int *)(shared + pl->o_offl), C, pl->kh, pl->kw, pl->hp, pl->wp);
+    }
+    if (nlane > 0 && lane_d) {
+        lanes_offsets((int *)(shared + pl->o_offl2), K, pl->kh, pl->kw, pl->hpd, pl->wpd);
+        if (!use_bd) {
+            direct_pack_flipped(shared + pl->o_wp2, w, C, K, pl->kh, pl->kw, 0);
+        }
+    }
     if (do_bw) {
         direct_offsets((int *)(shared + pl->o_off), g);
     }
@@ -742,60 +901,131 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         if (use_kd) {
             memset(slot + pl->s_dp, 0, sizeof(float) * (size_t)K * pl->hpd * pl->wpd);
         }
-        /* contiguous share of the batch: [n0, n1) */
-        int n0 = (int)((long long)N * tid / nt), n1 = (int)((long long)N * (tid + 1) / nt);
-        int gsz = do_kw ? pl->nbk : pl->nb;
-        for (int g0 = n0; g0 < n1; g0 += gsz) {
-            int nb = n1 - g0 < gsz ? n1 - g0 : gsz;
-            if (do_kw || do_kwq) {
-                /* dw^T (CKK, K) += sum over the group and positions of
-                 * x(tap, pos) dy^T (pos, K); on the padded input (kw) or on
-                 * the q-space planes (kwq: positions q = oy*ws + ox, stride 1) */
-                float *dyt = slot + pl->s_dyt;
-                float *xs = slot + (do_kw ? pl->s_xp : pl->s_src);
-                size_t xs_stride = do_kw ? xp_stride : g->src;
-                for (int b = 0; b < nb; b++) {
-                    int n = g0 + b;
-                    const float *x = inp + (size_t)n * C * H * W;
-                    if (do_kw) {
-                        eenet_conv_pad_fill(xs + (size_t)b * xs_stride, x, C, H, W, pl->p, pl->p);
-                    } else {
-                        direct_fill(xs + (size_t)b * xs_stride, x, g);
-                    }
-                    eenet_conv_transpose_dy(dyt + (size_t)b * dyt_stride, dbias ? pdb : NULL,
-                                            dout + (size_t)n * K * howo, K, howo);
-                }
-                eenet_conv_kvec_bw(pdw, dyt, xs, do_kw ? pl->wp : g->ws, do_kw ? pl->s : 1,
-                                   (const int *)(shared + (do_kw ? pl->o_offk : pl->o_off)), K,
-                                   ckk, pl->Ho, pl->Wo, nb, dyt_stride, xs_stride);
+        if (nlane > 0) {
+            /* lane pass: groups of 16 samples; dl (K, Ho+2phd, Wo+2pwd, 16) the
+             * group's dout, padded for the data gradient (a stride-1 forward
+             * of dout with the flipped kernel) */
+            int phd = lane_d ? pl->kh - 1 - pl->p : 0, pwd = lane_d ? pl->kw - 1 - pl->p : 0;
+            int hd = pl->Ho + 2 * phd, wd = pl->Wo + 2 * pwd;
+            size_t dplane = 16 * (size_t)hd * wd;
+            size_t in_img = (size_t)C * H * W, out_img = (size_t)K * howo;
+            float *xl = slot + pl->s_xl, *dl = slot + pl->s_dl, *dxl = slot + pl->s_dxl;
+            float *dwl = slot + pl->s_dwl;
+            const float *dli = dl + 16 * ((size_t)phd * wd + pwd); /* dout (0, 0) */
+            if (lane_w) {
+                memset(xl, 0, sizeof(float) * 16 * (size_t)C * pl->hp * pl->wp);
+                memset(dwl, 0, sizeof(float) * 16 * (size_t)K * ckk);
             }
-            if (do_bw) {
-                /* dw (K, CKK) += sum over the group of dq (K, q) . planes (taps, q) */
-                for (int b = 0; b < nb; b++) {
-                    int n = g0 + b;
-                    direct_fill(slot + pl->s_src + (size_t)b * g->src,
-                                inp + (size_t)n * C * H * W, g);
-                    direct_fill_dq(slot + pl->s_dq + (size_t)b * dq_stride,
-                                   dbias ? pdb : NULL, dout + (size_t)n * K * howo, g);
-                }
-                eenet_conv_direct_bw(pdw, slot + pl->s_dq, g->ldq, dq_stride,
-                                     slot + pl->s_src, g->src,
-                                     (const int *)(shared + pl->o_off), K, ckk, g->nq, nb);
+            if (phd > 0 || pwd > 0) {
+                memset(dl, 0, sizeof(float) * (size_t)K * dplane);
             }
-            for (int n = g0; n < g0 + nb; n++) {
-                const float *x = inp + (size_t)n * C * H * W;
-                const float *dy = dout + (size_t)n * K * howo;
-                const float *b = x;
-                if (do_kw || do_kwq) {
-                    /* done for the whole group above */
-                } else if (do_gw) {
-                    if (!pointwise) {
-                        im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
-                        b = col;
-                    }
-                    /* dw (K, CKK) += dy (K, HoWo) @ col^T */
-                    eenet_sgemm(0, 1, K, ckk, howo, 1.0f, dy, howo, b, howo, 1.0f, pdw, ckk);
+            int ng = (nlane + 15) / 16;
+            int gs = (int)((long long)ng * tid / nt), ge = (int)((long long)ng * (tid + 1) / nt);
+            for (int gi = gs; gi < ge; gi++) {
+                int n0 = 16 * gi, nimg = nlane - n0 < 16 ? nlane - n0 : 16;
+                if (phd == 0 && pwd == 0) {
+                    /* unpadded: the planes as single rows (fewer, fuller transposes) */
+                    eenet_conv_lanes_in(dl, dout + (size_t)n0 * out_img, nimg, out_img, K, 1,
+                                        howo, 0, 0, 1);
+                } else {
+                    eenet_conv_lanes_in(dl, dout + (size_t)n0 * out_img, nimg, out_img, K,
+                                        pl->Ho, pl->Wo, phd, pwd, 1);
+                }
+                if (lane_w) {
+                    /* dwl (K, CKK, 16) += per-lane sums of dout x input(tap) */
+                    eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W,
+                                        pl->p, pl->p, lanes_ystep(pl));
+                    eenet_conv_lanes_bw(dwl, dli, dplane, wd, xl, pl->wp, pl->s,
+                                        (const int *)(shared + pl->o_offl), K, ckk, pl->Ho,
+                                        pl->Wo);
                     if (dbias) {
+                        eenet_conv_lanes_bias(pdb, dli, dplane, wd, K, pl->Ho, pl->Wo);
+                    }
+                }
+                if (lane_d) {
+                    /* dxl (C, H, W, 16) = full correlation of dout with the flipped kernel */
+                    eenet_conv_lanes_fwd(dxl, dl, wd, 1, (const int *)(shared + pl->o_offl2),
+                                         shared + pl->o_wp2, C, K * pl->kh * pl->kw, H, W);
+                    eenet_conv_lanes_out(dinp + (size_t)n0 * in_img, in_img, dxl, nimg, C,
+                                         H * W, NULL, 1);
+                }
+            }
+            if (lane_w) {
+                /* into this thread's partial, in the layout the reduction reads */
+                int tr = do_kw || do_kwq;
+                eenet_conv_lanes_reduce(pdw, tr ? 1 : (size_t)ckk, tr ? (size_t)K : 1, dwl, K,
+                                        ckk);
+            }
+        }
+        for (int seg = 0; seg < 2; seg++) {
+            /* segment 0: the samples [0, nlane) for what the lane pass did not
+             * do; segment 1: the samples [nlane, N).  Contiguous shares [n0, n1) */
+            int lo = seg == 0 ? 0 : nlane, hi = seg == 0 ? nlane : N;
+            int sw = seg == 1 || !lane_w, sd = seg == 1 || !lane_d;
+            int n0 = lo + (int)((long long)(hi - lo) * tid / nt);
+            int n1 = lo + (int)((long long)(hi - lo) * (tid + 1) / nt);
+            int gsz = do_kw ? pl->nbk : pl->nb;
+            for (int g0 = n0; g0 < n1; g0 += gsz) {
+                int nb = n1 - g0 < gsz ? n1 - g0 : gsz;
+                if (sw && (do_kw || do_kwq)) {
+                    /* dw^T (CKK, K) += sum over the group and positions of
+                     * x(tap, pos) dy^T (pos, K); on the padded input (kw) or on
+                     * the q-space planes (kwq: positions q = oy*ws + ox, stride 1) */
+                    float *dyt = slot + pl->s_dyt;
+                    float *xs = slot + (do_kw ? pl->s_xp : pl->s_src);
+                    size_t xs_stride = do_kw ? xp_stride : g->src;
+                    for (int b = 0; b < nb; b++) {
+                        int n = g0 + b;
+                        const float *x = inp + (size_t)n * C * H * W;
+                        if (do_kw) {
+                            eenet_conv_pad_fill(xs + (size_t)b * xs_stride, x, C, H, W, pl->p, pl->p);
+                        } else {
+                            direct_fill(xs + (size_t)b * xs_stride, x, g);
+                        }
+                        eenet_conv_transpose_dy(dyt + (size_t)b * dyt_stride, dbias ? pdb : NULL,
+                                                dout + (size_t)n * K * howo, K, howo);
+                    }
+                    eenet_conv_kvec_bw(pdw, dyt, xs, do_kw ? pl->wp : g->ws, do_kw ? pl->s : 1,
+                                       (const int *)(shared + (do_kw ? pl->o_offk : pl->o_off)), K,
+                                       ckk, pl->Ho, pl->Wo, nb, dyt_stride, xs_stride);
+                }
+                if (sw && do_bw) {
+                    /* dw (K, CKK) += sum over the group of dq (K, q) . planes (taps, q) */
+                    for (int b = 0; b < nb; b++) {
+                        int n = g0 + b;
+                        direct_fill(slot + pl->s_src + (size_t)b * g->src,
+                                    inp + (size_t)n * C * H * W, g);
+                        direct_fill_dq(slot + pl->s_dq + (size_t)b * dq_stride,
+                                       dbias ? pdb : NULL, dout + (size_t)n * K * howo, g);
+                    }
+                    eenet_conv_direct_bw(pdw, slot + pl->s_dq, g->ldq, dq_stride,
+                                         slot + pl->s_src, g->src,
+                                         (const int *)(shared + pl->o_off), K, ckk, g->nq, nb);
+                }
+                for (int n = g0; n < g0 + nb; n++) {
+                    const float *x = inp + (size_t)n * C * H * W;
+                    const float *dy = dout + (size_t)n * K * howo;
+                    const float *b = x;
+                    if (!sw || do_kw || do_kwq) {
+                        /* done for the whole group above, or by the lane pass */
+                    } else if (do_gw) {
+                        if (!pointwise) {
+                            im2col(col, x, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
+                            b = col;
+                        }
+                        /* dw (K, CKK) += dy (K, HoWo) @ col^T */
+                        eenet_sgemm(0, 1, K, ckk, howo, 1.0f, dy, howo, b, howo, 1.0f, pdw, ckk);
+                        if (dbias) {
+                            for (int k = 0; k < K; k++) {
+                                const float *dyk = dy + (size_t)k * howo;
+                                float acc = 0.0f;
+                                for (int q = 0; q < howo; q++) {
+                                    acc += dyk[q];
+                                }
+                                pdb[k] += acc;
+                            }
+                        }
+                    } else if (!dw && dbias) {
                         for (int k = 0; k < K; k++) {
                             const float *dyk = dy + (size_t)k * howo;
                             float acc = 0.0f;
@@ -805,47 +1035,38 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                             pdb[k] += acc;
                         }
                     }
-                } else if (!dw && dbias) {
-                    for (int k = 0; k < K; k++) {
-                        const float *dyk = dy + (size_t)k * howo;
-                        float acc = 0.0f;
-                        for (int q = 0; q < howo; q++) {
-                            acc += dyk[q];
+                    if (!dinp || !sd) {
+                        continue;
+                    }
+                    float *dx = dinp + (size_t)n * C * H * W;
+                    if (use_kd) {
+                        float *dp = slot + pl->s_dp;
+                        eenet_conv_pad_fill(dp, dy, K, pl->Ho, pl->Wo, pl->kh - 1 - pl->p,
+                                            pl->kw - 1 - pl->p);
+                        if (n + 1 < n1) {
+                            /* the next sample's dout and dinp (read, then written) */
+                            prefetch_floats(dy + (size_t)K * howo, (size_t)K * howo, 0);
+                            prefetch_floats(dx + (size_t)C * H * W, (size_t)C * H * W, 1);
                         }
-                        pdb[k] += acc;
+                        eenet_conv_kvec_fwd(dx, 1, NULL, dp, pl->wpd, 1,
+                                            (const int *)(shared + pl->o_offk2), shared + pl->o_wk2,
+                                            C, K * pl->kh * pl->kw, H, W, 0, H, pl->kvd,
+                                            pl->pd, slot + pl->s_tile);
+                    } else if (use_bd) {
+                        /* dx (C, H, W) += full correlation of dy with the flipped kernel */
+                        float *src2 = slot + pl->s_src2, *yq2 = slot + pl->s_yq2;
+                        direct_fill(src2, dy, gd);
+                        eenet_conv_direct_fwd(yq2, gd->ldq, src2, (const int *)(shared + pl->o_off2),
+                                              shared + pl->o_wp2, C, gd->ntaps, gd->nq);
+                        direct_store_add(dx, yq2, gd);
+                    } else if (pointwise) {
+                        /* dx (C, HW) += w^T (C, K) @ dy (K, HW) */
+                        eenet_sgemm(1, 0, ckk, howo, K, 1.0f, w, ckk, dy, howo, 1.0f, dx, howo);
+                    } else {
+                        /* dcol (CKK, HoWo) = w^T @ dy, scattered back into dx */
+                        eenet_sgemm(1, 0, ckk, howo, K, 1.0f, w, ckk, dy, howo, 0.0f, col, howo);
+                        col2im_add(dx, col, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
                     }
-                }
-                if (!dinp) {
-                    continue;
-                }
-                float *dx = dinp + (size_t)n * C * H * W;
-                if (use_kd) {
-                    float *dp = slot + pl->s_dp;
-                    eenet_conv_pad_fill(dp, dy, K, pl->Ho, pl->Wo, pl->kh - 1 - pl->p,
-                                        pl->kw - 1 - pl->p);
-                    if (n + 1 < n1) {
-                        /* the next sample's dout and dinp (read, then written) */
-                        prefetch_floats(dy + (size_t)K * howo, (size_t)K * howo, 0);
-                        prefetch_floats(dx + (size_t)C * H * W, (size_t)C * H * W, 1);
-                    }
-                    eenet_conv_kvec_fwd(dx, 1, NULL, dp, pl->wpd, 1,
-                                        (const int *)(shared + pl->o_offk2), shared + pl->o_wk2,
-                                        C, K * pl->kh * pl->kw, H, W, pl->kvd, pl->pd,
-                                        slot + pl->s_tile);
-                } else if (use_bd) {
-                    /* dx (C, H, W) += full correlation of dy with the flipped kernel */
-                    float *src2 = slot + pl->s_src2, *yq2 = slot + pl->s_yq2;
-                    direct_fill(src2, dy, gd);
-                    eenet_conv_direct_fwd(yq2, gd->ldq, src2, (const int *)(shared + pl->o_off2),
-                                          shared + pl->o_wp2, C, gd->ntaps, gd->nq);
-                    direct_store_add(dx, yq2, gd);
-                } else if (pointwise) {
-                    /* dx (C, HW) += w^T (C, K) @ dy (K, HW) */
-                    eenet_sgemm(1, 0, ckk, howo, K, 1.0f, w, ckk, dy, howo, 1.0f, dx, howo);
-                } else {
-                    /* dcol (CKK, HoWo) = w^T @ dy, scattered back into dx */
-                    eenet_sgemm(1, 0, ckk, howo, K, 1.0f, w, ckk, dy, howo, 0.0f, col, howo);
-                    col2im_add(dx, col, C, H, W, pl->kh, pl->kw, pl->s, pl->p, pl->Ho, pl->Wo);
                 }
             }
         }
@@ -901,7 +1122,7 @@ eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *
                         pick_threads_wino(nthreads, &pl), pl.wino_avx);
         return EENET_OK;
     }
-    conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, &pl), &pl);
+    conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, &pl, 1), &pl);
     return EENET_OK;
 }
 
@@ -932,14 +1153,14 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
          * Winograd convolution of dout with the flipped, transposed kernel */
         if (dw || dbias) {
             conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
-                              pick_threads(nthreads, &pl), &pl);
+                              pick_threads(nthreads, &pl, 0), &pl);
         }
         eenet_wino_conv(dinp, 1, dout, w, 1, NULL, workspace + pl.o_wino,
                         workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W,
                         pick_threads_wino(nthreads, &pl), pl.wino_avx);
         return EENET_OK;
     }
-    conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, &pl),
+    conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, &pl, 0),
                       &pl);
     return EENET_OK;
 }

@@ -495,7 +495,7 @@ static EENET_AVX512 void store_t8x16(float *o, size_t hw, const float *t, size_t
 EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias,
                                       const float *xp, int wp, int s, const int *off,
                                       const float *wk, int cout, int ntaps, int ho, int wo,
-                                      int kv, int P, float *tile) {
+                                      int r0, int r1, int kv, int P, float *tile) {
     kf_fn fn;
     if (s == 1) {
         fn = kv == 2 ? (P == 8 ? kf1_2x8 : P == 7 ? kf1_2x7 : kf1_2x4)
@@ -510,8 +510,8 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
     size_t hw = (size_t)ho * wo;
     for (int k0 = 0; k0 < cout; k0 += kb) {
         const float *wkb = wk + (size_t)k0 * ntaps;
-        for (int oy = 0; oy < ho; oy++) {
-            if (kv == 1 && P == 7 && wo == 7 && oy + 1 < ho) {
+        for (int oy = r0; oy < r1; oy++) {
+            if (kv == 1 && P == 7 && wo == 7 && oy + 1 < r1) {
                 /* rows oy and oy+1 in one 14-position tile */
                 kf2_1x7(tile, xp + (size_t)oy * s * wp, s, (size_t)s * wp, off, wkb, ntaps);
                 /* rows oy, oy+1 are 14 contiguous floats of each channel */
@@ -621,7 +621,318 @@ EENET_AVX512 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *
     }
 }
 
+
+/* ---- batch-lane kernels: 16 samples in the zmm lanes --------------------
+ * For layers with few channels (EENet-8: 1-16) a sample's planes are too
+ * small to fill vectors without waste (q-space garbage columns: 7-wide rows
+ * use 49 of 64 lanes; stride-2 phase planes cost a de-interleave per
+ * sample).  Here a group of up to 16 samples is transposed into "lane
+ * layout" (C, H, W, 16): every pixel is one vector holding that pixel of the
+ * 16 samples, so any stride, tail or padding is a plain vector address and
+ * every lane does useful work.  Lanes of missing samples (a group of
+ * nimg < 16) are zero on input and never stored on output. */
+
+/* r[0..16) (rows) -> c[0..16) (columns): c[j] lane i = r[i] lane j. */
+static EENET_AVX512 inline __attribute__((always_inline)) void tr16(__m512 *c, const __m512 *r) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 4; g++) {
+        const __m512 *tg = t + 4 * g;
+        u[4 * g + 0] = _mm512_shuffle_ps(tg[0], tg[2], 0x44);
+        u[4 * g + 1] = _mm512_shuffle_ps(tg[0], tg[2], 0xEE);
+        u[4 * g + 2] = _mm512_shuffle_ps(tg[1], tg[3], 0x44);
+        u[4 * g + 3] = _mm512_shuffle_ps(tg[1], tg[3], 0xEE);
+    }
+    /* u[4g+m] 128-bit lane j = rows 4g..4g+3 of column 4j+m */
+    for (int mm = 0; mm < 4; mm++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[mm], u[4 + mm], 0x88);
+        __m512 v1 = _mm512_shuffle_f32x4(u[mm], u[4 + mm], 0xDD);
+        __m512 w0 = _mm512_shuffle_f32x4(u[8 + mm], u[12 + mm], 0x88);
+        __m512 w1 = _mm512_shuffle_f32x4(u[8 + mm], u[12 + mm], 0xDD);
+        c[mm] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+        c[4 + mm] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+        c[8 + mm] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+        c[12 + mm] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+    }
+}
+
+EENET_AVX512 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride,
+                                      int cin, int h, int w, int ph, int pw, int ystep) {
+    size_t hp = (size_t)h + 2 * (size_t)ph, wpad = (size_t)w + 2 * (size_t)pw;
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < h; y += ystep) {
+            const float *xr = x + ((size_t)c * h + y) * w;
+            float *dst = xl + 16 * (((size_t)c * hp + y + ph) * wpad + pw);
+            for (int x0 = 0; x0 < w; x0 += 16) {
+                int nx = w - x0 < 16 ? w - x0 : 16;
+                __mmask16 m = tail_mask(nx);
+                __m512 r[16], cc[16];
+                for (int b = 0; b < 16; b++) {
+                    r[b] = b < nimg ? _mm512_maskz_loadu_ps(m, xr + (size_t)b * img_stride + x0)
+                                    : _mm512_setzero_ps();
+                }
+                tr16(cc, r);
+                for (int j = 0; j < nx; j++) {
+                    _mm512_storeu_ps(dst + 16 * (size_t)(x0 + j), cc[j]);
+                }
+            }
+        }
+    }
+}
+
+EENET_AVX512 void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int nimg,
+                                       int cout, int hw, const float *bias, int accumulate) {
+    __mmask16 mimg = tail_mask(nimg);
+    (void)mimg;
+    for (int k = 0; k < cout; k++) {
+        __m512 bv = _mm512_set1_ps((!accumulate && bias) ? bias[k] : 0.0f);
+        const float *yk = yl + 16 * (size_t)k * hw;
+        for (int p0 = 0; p0 < hw; p0 += 16) {
+            int np = hw - p0 < 16 ? hw - p0 : 16;
+            __mmask16 m = tail_mask(np);
+            __m512 r[16], cc[16];
+            for (int i = 0; i < 16; i++) {
+                r[i] = i < np ? _mm512_loadu_ps(yk + 16 * (size_t)(p0 + i)) : _mm512_setzero_ps();
+            }
+            tr16(cc, r);
+            for (int b = 0; b < nimg; b++) {
+                float *dst = out + (size_t)b * img_stride + (size_t)k * hw + p0;
+                __m512 v = accumulate ? _mm512_add_ps(cc[b], _mm512_maskz_loadu_ps(m, dst))
+                                      : _mm512_add_ps(cc[b], bv);
+                _mm512_mask_storeu_ps(dst, m, v);
+            }
+        }
+    }
+}
+
+/* Forward tile in lane layout: acc[KB][PX] for KB output channels and PX
+ * consecutive output columns of one row; per tap PX vector loads (stride s
+ * apart), KB weight broadcasts, KB*PX FMAs.  y: first output vector, rows
+ * of channel a at y + a*ystride; xb: the input vector of tap offset 0 for
+ * the first column; off16[t] in floats. */
+#define DEFINE_LF(KB, PX)                                                                   \
+    static EENET_AVX512 void lf_##KB##x##PX(float *y, size_t ystride, const float *xb,      \
+                                             int s, const int *off16, const float *wpb,     \
+                                             int ntaps) {                                   \
+        __m512 acc[KB][PX];                                                                 \
+        for (int a = 0; a < KB; a++) {                                                      \
+            for (int v = 0; v < PX; v++) {                                                  \
+                acc[a][v] = _mm512_setzero_ps();                                            \
+            }                                                                               \
+        }                                                                                   \
+        size_t sv = 16 * (size_t)s;                                                         \
+        for (int t = 0; t < ntaps; t++) {                                                   \
+            const float *p = xb + off16[t];                                                 \
+            __m512 x[PX];                                                                   \
+            for (int v = 0; v < PX; v++) {                                                  \
+                x[v] = _mm512_loadu_ps(p + sv * v);                                         \
+            }                                                                               \
+            const float *wt = wpb + (size_t)t * KB;                                         \
+            for (int a = 0; a < KB; a++) {                                                  \
+                __m512 wv = _mm512_set1_ps(wt[a]);                                          \
+                for (int v = 0; v < PX; v++) {                                              \
+                    acc[a][v] = _mm512_fmadd_ps(wv, x[v], acc[a][v]);                       \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int a = 0; a < KB; a++) {                                                      \
+            for (int v = 0; v < PX; v++) {                                                  \
+                _mm512_storeu_ps(y + (size_t)a * ystride + 16 * v, acc[a][v]);              \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEFINE_LF(8, 3)
+DEFINE_LF(8, 2)
+DEFINE_LF(8, 1)
+DEFINE_LF(4, 6)
+DEFINE_LF(4, 5)
+DEFINE_LF(4, 4)
+DEFINE_LF(4, 3)
+DEFINE_LF(4, 2)
+DEFINE_LF(4, 1)
+DEFINE_LF(2, 8)
+DEFINE_LF(2, 4)
+DEFINE_LF(2, 2)
+DEFINE_LF(2, 1)
+DEFINE_LF(1, 8)
+DEFINE_LF(1, 4)
+DEFINE_LF(1, 2)
+DEFINE_LF(1, 1)
+
+typedef void (*lf_fn)(float *, size_t, const float *, int, const int *, const float *, int);
+
+EENET_AVX512 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s,
+                                       const int *off16, const float *wpk, int cout, int ntaps,
+                                       int ho, int wo) {
+    static const lf_fn t8[4] = {0, lf_8x1, lf_8x2, lf_8x3};
+    static const lf_fn t4[7] = {0, lf_4x1, lf_4x2, lf_4x3, lf_4x4, lf_4x5, lf_4x6};
+    static const lf_fn t2[9] = {0, lf_2x1, lf_2x2, 0, lf_2x4, 0, 0, 0, lf_2x8};
+    static const lf_fn t1[9] = {0, lf_1x1, lf_1x2, 0, lf_1x4, 0, 0, 0, lf_1x8};
+    size_t plane = 16 * (size_t)ho * wo;
+    for (int k0 = 0; k0 < cout;) {
+        int kb = eenet_conv_fwd_kblock(cout - k0);
+        const lf_fn *tab = kb == 8 ? t8 : kb == 4 ? t4 : kb == 2 ? t2 : t1;
+        int pmax = kb == 8 ? 3 : kb == 4 ? 6 : 8;
+        const float *wpb = wpk + (size_t)k0 * ntaps;
+        for (int oy = 0; oy < ho; oy++) {
+            float *y = yl + (size_t)k0 * plane + 16 * (size_t)oy * wo;
+            const float *xr = xl + 16 * (size_t)oy * s * wp;
+            for (int ox = 0; ox < wo;) {
+                int v = wo - ox < pmax ? wo - ox : pmax;
+                while (!tab[v]) {
+                    v--;
+                }
+                tab[v](y + 16 * (size_t)ox, plane, xr + 16 * (size_t)ox * s, s, off16, wpb,
+                       ntaps);
+                ox += v;
+            }
+        }
+        k0 += kb;
+    }
+}
+
+/* Backward-weight tile in lane layout: acc[KB][TB] (lane partial sums over
+ * the group's samples) for KB output channels and TB taps over all output
+ * positions, added into the lane partials dwl (cout, ntaps, 16). */
+#define DEFINE_LB(KB, TB)                                                                    \
+    static EENET_AVX512 void lb_##KB##x##TB(float *dwl, int ntaps, const float *dy,          \
+                                             size_t dplane, int ldr, const float *xl, int wp, \
+                                             int s, const int *off16, int ho, int wo) {      \
+        __m512 acc[KB][TB];                                                                  \
+        for (int a = 0; a < KB; a++) {                                                       \
+            for (int b = 0; b < TB; b++) {                                                   \
+                acc[a][b] = _mm512_loadu_ps(dwl + 16 * ((size_t)a * ntaps + b));             \
+            }                                                                                \
+        }                                                                                    \
+        const float *sp[TB];                                                                 \
+        for (int b = 0; b < TB; b++) {                                                       \
+            sp[b] = xl + off16[b];                                                           \
+        }                                                                                    \
+        for (int oy = 0; oy < ho; oy++) {                                                    \
+            const float *dr = dy + 16 * (size_t)oy * ldr;                                    \
+            size_t base = 16 * (size_t)oy * s * wp;                                          \
+            for (int ox = 0; ox < wo; ox++, base += 16 * (size_t)s) {                        \
+                __m512 d[KB];                                                                \
+                for (int a = 0; a < KB; a++) {                                               \
+                    d[a] = _mm512_loadu_ps(dr + (size_t)a * dplane + 16 * (size_t)ox);       \
+                }                                                                            \
+                for (int b = 0; b < TB; b++) {                                               \
+                    __m512 xv = _mm512_loadu_ps(sp[b] + base);                               \
+                    for (int a = 0; a < KB; a++) {                                           \
+                        acc[a][b] = _mm512_fmadd_ps(d[a], xv, acc[a][b]);                    \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        for (int a = 0; a < KB; a++) {                                                       \
+            for (int b = 0; b < TB; b++) {                                                   \
+                _mm512_storeu_ps(dwl + 16 * ((size_t)a * ntaps + b), acc[a][b]);             \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_LB(4, 6)
+DEFINE_LB(4, 3)
+DEFINE_LB(4, 1)
+DEFINE_LB(2, 6)
+DEFINE_LB(2, 3)
+DEFINE_LB(2, 1)
+DEFINE_LB(1, 6)
+DEFINE_LB(1, 3)
+DEFINE_LB(1, 1)
+
+typedef void (*lb_fn)(float *, int, const float *, size_t, int, const float *, int, int,
+                      const int *, int, int);
+
+EENET_AVX512 void eenet_conv_lanes_bw(float *dwl, const float *dy, size_t dplane, int ldr,
+                                      const float *xl, int wp, int s, const int *off16,
+                                      int cout, int ntaps, int ho, int wo) {
+    static const lb_fn table[3][3] = {{lb_4x6, lb_4x3, lb_4x1},
+                                      {lb_2x6, lb_2x3, lb_2x1},
+                                      {lb_1x6, lb_1x3, lb_1x1}};
+    for (int k0 = 0; k0 < cout;) {
+        int rem = cout - k0;
+        int ka = rem >= 4 ? 0 : rem >= 2 ? 1 : 2;
+        int kb = 4 >> ka;
+        for (int t0 = 0; t0 < ntaps;) {
+            int trem = ntaps - t0;
+            int ta = trem >= 6 ? 0 : trem >= 3 ? 1 : 2;
+            int tb = ta == 0 ? 6 : ta == 1 ? 3 : 1;
+            table[ka][ta](dwl + 16 * ((size_t)k0 * ntaps + t0), ntaps, dy + (size_t)k0 * dplane,
+                          dplane, ldr, xl, wp, s, off16 + t0, ho, wo);
+            t0 += tb;
+        }
+        k0 += kb;
+    }
+}
+
+/* dw[k*sk + t*st] += sum over lanes of dwl (cout, ntaps, 16); db[k] += sum
+ * over lanes and positions of dy (cout, planes dplane apart; rows ldr apart,
+ * ho x wo) when db is not NULL. */
+EENET_AVX512 void eenet_conv_lanes_reduce(float *dw, size_t sk, size_t st, const float *dwl,
+                                          int cout, int ntaps) {
+    for (int k = 0; k < cout; k++) {
+        for (int t = 0; t < ntaps; t++) {
+            dw[(size_t)k * sk + (size_t)t * st] +=
+                _mm512_reduce_add_ps(_mm512_loadu_ps(dwl + 16 * ((size_t)k * ntaps + t)));
+        }
+    }
+}
+
+EENET_AVX512 void eenet_conv_lanes_bias(float *db, const float *dy, size_t dplane, int ldr,
+                                        int cout, int ho, int wo) {
+    for (int k = 0; k < cout; k++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int oy = 0; oy < ho; oy++) {
+            const float *dr = dy + (size_t)k * dplane + 16 * (size_t)oy * ldr;
+            for (int ox = 0; ox < wo; ox++) {
+                acc = _mm512_add_ps(acc, _mm512_loadu_ps(dr + 16 * (size_t)ox));
+            }
+        }
+        db[k] += _mm512_reduce_add_ps(acc);
+    }
+}
+
 #else /* not x86-64 GCC/Clang: no direct path, conv.c uses im2col+GEMM */
+
+void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride, int cin, int h,
+                         int w, int ph, int pw, int ystep) {
+    (void)xl, (void)x, (void)nimg, (void)img_stride, (void)cin, (void)h, (void)w, (void)ph;
+    (void)pw, (void)ystep;
+}
+
+void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int nimg, int cout,
+                          int hw, const float *bias, int accumulate) {
+    (void)out, (void)img_stride, (void)yl, (void)nimg, (void)cout, (void)hw, (void)bias;
+    (void)accumulate;
+}
+
+void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s, const int *off16,
+                          const float *wpk, int cout, int ntaps, int ho, int wo) {
+    (void)yl, (void)xl, (void)wp, (void)s, (void)off16, (void)wpk, (void)cout, (void)ntaps;
+    (void)ho, (void)wo;
+}
+
+void eenet_conv_lanes_bw(float *dwl, const float *dy, size_t dplane, int ldr, const float *xl,
+                         int wp, int s, const int *off16, int cout, int ntaps, int ho, int wo) {
+    (void)dwl, (void)dy, (void)dplane, (void)ldr, (void)xl, (void)wp, (void)s, (void)off16;
+    (void)cout, (void)ntaps, (void)ho, (void)wo;
+}
+
+void eenet_conv_lanes_reduce(float *dw, size_t sk, size_t st, const float *dwl, int cout,
+                             int ntaps) {
+    (void)dw, (void)sk, (void)st, (void)dwl, (void)cout, (void)ntaps;
+}
+
+void eenet_conv_lanes_bias(float *db, const float *dy, size_t dplane, int ldr, int cout, int ho,
+                           int wo) {
+    (void)db, (void)dy, (void)dplane, (void)ldr, (void)cout, (void)ho, (void)wo;
+}
+
 
 int eenet_conv_direct_available(void) {
     return 0;
@@ -641,9 +952,10 @@ void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stri
 
 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
-                         int wo, int kv, int P, float *tile) {
+                         int wo, int r0, int r1, int kv, int P, float *tile) {
     (void)out, (void)accumulate, (void)bias, (void)xp, (void)wp, (void)s, (void)off, (void)wk;
-    (void)cout, (void)ntaps, (void)ho, (void)wo, (void)kv, (void)P, (void)tile;
+    (void)cout, (void)ntaps, (void)ho, (void)wo, (void)r0, (void)r1, (void)kv, (void)P;
+    (void)tile;
 }
 
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,

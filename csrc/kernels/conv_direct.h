@@ -42,10 +42,11 @@ void eenet_conv_direct_bw(float *dw, const float *dq, size_t ldq, size_t dq_stri
  * c*hp*wp + i*wp + j.  wk packed like the forward q-space weights with
  * blocks of 16*kv channels.  Forward writes out (cout, ho, wo) = result + bias
  * (accumulate = 0) or adds the result (accumulate = 1); P (16, 14, 8, 7 or 4;
- * 8, 7 or 4 when kv = 2) divides wo; tile holds P*16*kv floats. */
+ * 8, 7 or 4 when kv = 2) divides wo; tile holds P*16*kv floats.  Only the
+ * output rows [r0, r1) are computed (0, ho: all). */
 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const float *xp, int wp,
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
-                         int wo, int kv, int P, float *tile);
+                         int wo, int r0, int r1, int kv, int P, float *tile);
 
 /* dwt (ntaps, cout) += sum over nb samples and their positions of x(tap) *
  * dyt (ho*wo, cout); sample b's dyt at dyt + b*dyt_stride, its input at
@@ -78,5 +79,43 @@ void eenet_conv_pad_fill(float *xp, const float *x, int cin, int h, int w, int p
 /* dyt (howo, K) = dy (K, howo)^T, K a multiple of 16; adds the channel sums
  * of dy into pdb (NULL: skip). */
 void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int howo);
+
+/* ---- batch-lane path (conv_avx512.c): 16 samples in the zmm lanes ------
+ * Lane layout of a group of nimg <= 16 samples: (C, H, W, 16), pixel
+ * (c, y, x) of sample b at [((c*H + y)*W + x)*16 + b]; lanes b >= nimg are
+ * zero (inputs) or ignored (outputs). */
+
+/* xl (cin, h+2ph, w+2pw, 16) interior = samples x + b*img_stride (cin, h, w),
+ * b < nimg; lanes b >= nimg of the interior are zeroed; the border is not
+ * written (the caller zeroes it once).  Only the rows y = 0, ystep, 2*ystep..
+ * are written (ystep = s for a 1x1 stride-s convolution, which reads no
+ * others). */
+void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride, int cin, int h,
+                         int w, int ph, int pw, int ystep);
+
+/* Sample b < nimg of out (its (cout, hw) block at out + b*img_stride) =
+ * yl (cout, hw, 16) lane b + bias[k] (bias NULL: none), or += (accumulate). */
+void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int nimg, int cout,
+                          int hw, const float *bias, int accumulate);
+
+/* yl (cout, ho, wo, 16) = sum_t wpk[t] * xl[off16[t] + 16*(oy*s*wp + ox*s)]
+ * (overwrites); xl rows wp vectors wide; off16[t] = 16*((c*hp + i)*wp + j);
+ * wpk packed like the q-space forward weights (eenet_conv_fwd_kblock). */
+void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s, const int *off16,
+                          const float *wpk, int cout, int ntaps, int ho, int wo);
+
+/* dwl (cout, ntaps, 16) += dy(k, oy, ox) * xl[off16[t] + 16*(oy*s*wp + ox*s)]
+ * summed over the ho x wo positions, per lane; dy channel k at dy + k*dplane,
+ * rows ldr vectors apart (accumulates). */
+void eenet_conv_lanes_bw(float *dwl, const float *dy, size_t dplane, int ldr, const float *xl,
+                         int wp, int s, const int *off16, int cout, int ntaps, int ho, int wo);
+
+/* dw[k*sk + t*st] += sum over the 16 lanes of dwl (cout, ntaps, 16). */
+void eenet_conv_lanes_reduce(float *dw, size_t sk, size_t st, const float *dwl, int cout,
+                             int ntaps);
+
+/* db[k] += sum over lanes and the ho x wo positions of dy (as in lanes_bw). */
+void eenet_conv_lanes_bias(float *db, const float *dy, size_t dplane, int ldr, int cout, int ho,
+                           int wo);
 
 #endif /* EENET_CONV_DIRECT_H */

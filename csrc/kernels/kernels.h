@@ -108,11 +108,37 @@ eenet_status eenet_bn2d_relu_backward(float *dinp, float *dgamma, float *dbeta, 
                                       const float *gamma, const float *save_mean,
                                       const float *save_invstd, int N, int C, int HW);
 
+/* Fused forms for the engine (same bits as the separate kernels):
+ * out = relu(bn(x)), train and eval mode, arguments as the forms above. */
+eenet_status eenet_bn2d_relu_forward_train(float *out, float *save_mean, float *save_invstd,
+                                           float *running_mean, float *running_var,
+                                           const float *inp, const float *gamma,
+                                           const float *beta, float momentum, float eps, int N,
+                                           int C, int HW);
+eenet_status eenet_bn2d_relu_forward_eval(float *out, const float *inp, const float *gamma,
+                                          const float *beta, const float *running_mean,
+                                          const float *running_var, float eps, int N, int C,
+                                          int HW);
+/* eenet_bn2d_relu_backward (relu_out given; dy overwritten with the masked
+ * gradient) or eenet_bn2d_backward (relu_out NULL; dy read only), except that dinp
+ * (N,C,HW) is OVERWRITTEN with 0 + the value those ACCUMULATE (same bits as
+ * accumulating into zeros), without being read; dgamma, dbeta accumulate. */
+eenet_status eenet_bn2d_backward_set(float *dinp, float *dgamma, float *dbeta, float *dy,
+                                     const float *relu_out, const float *inp, const float *gamma,
+                                     const float *save_mean, const float *save_invstd, int N,
+                                     int C, int HW);
+
 /* -- elementwise (act.c).  out/inp (n).  Backward ACCUMULATES into dinp. */
 eenet_status eenet_relu_forward(float *out, const float *inp, size_t n);
 eenet_status eenet_relu_backward(float *dinp, const float *dout, const float *out, size_t n);
 eenet_status eenet_add_forward(float *out, const float *a, const float *b, size_t n);
 eenet_status eenet_add_backward(float *da, float *db, const float *dout, size_t n);
+/* out = relu(a + b).  Backward of relu(a + b) (relu_out = its output) or of a + b
+ * (relu_out NULL): da, db (n; NULL to skip) ACCUMULATE, or are OVERWRITTEN with
+ * 0 + gradient where bit 1 (da) / bit 2 (db) of `set` is on. */
+eenet_status eenet_add_relu_forward(float *out, const float *a, const float *b, size_t n);
+eenet_status eenet_add_relu_backward(float *da, float *db, const float *dy, const float *relu_out,
+                                     size_t n, int set);
 eenet_status eenet_sigmoid_forward(float *out, const float *inp, size_t n);
 eenet_status eenet_sigmoid_backward(float *dinp, const float *dout, const float *out, size_t n);
 /* softmax over the last axis: prob, logits (N,K); backward
