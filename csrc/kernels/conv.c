@@ -25,7 +25,7 @@
  *     transforms fill the vector lanes well (wino_auto below); 2.25x fewer
  *     multiply-adds, the 16 transformed-domain GEMMs run on the direct
  *     path's register-blocked micro-kernel (64->64 8x8 at batch 128, one
- *     thread: 5.7 -> 3.5 ms forward, 1.4x PyTorch);
+ *     thread: 5.6 -> 3.4 ms forward);
  *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
  *     backward-data of strided layers (dcol = w^T dout, col2im), and every
  *     layer on CPUs without AVX-512 or other architectures (the portable
@@ -393,14 +393,20 @@ static int lanes_count(const conv_plan *pl, int nt) {
     return 16 * ng;
 }
 
-/* Winograd in the automatic dispatch (measured on Zen 4, one thread, see
- * the file header).  Its GEMMs cost ~C*K per tile, its transforms ~(C+K)
- * vector operations per 16-tile row segment, so it wins where
- * C*K/(C+K) times the lanes' fill (tw/16 for tw < 16 tiles per row) is >= 8:
- * 64->64 8x8 (1.3-1.4x the direct kernels), 32->32 16x16 (1.2x), 16->16
- * 32x32 (1.1x), 32->32 32x32 (1.5x); it loses on 32->32 8x8 (0.8-0.97x),
- * 16->16 28x28 (0.83-0.94x), 14x14 and 7x7 (0.55-0.6x).  Only measured up
- * to 64 channels (ResNet-20/EENet-20 sizes): larger ones keep the direct
+/* Winograd in the automatic dispatch.  Measured (1 thread CPU time, Zen 4,
+ * batch 128, ms forward / backward-data, direct paths -> Winograd):
+ * 64->64 8x8 5.57/5.62 -> 3.38/3.49; 32->32 16x16 5.91/6.01 -> 4.56/4.26;
+ * 32->32 8x8 1.42/1.42 -> 1.06/1.13; 32->32 32x32 24.3/27.0 -> 18.5/19.8;
+ * 16->32 16x16 3.08/3.48 -> 2.75/2.40; 16->16 16x16 1.63/1.74 -> 1.52/1.46;
+ * 16->16 8x8 0.42/0.59 -> 0.38/0.41; 16->16 32x32 6.96/7.24 -> 6.83/7.45
+ * (even); but 16->16 14x14 1.13/1.15 -> 1.54/1.64, 16->16 28x28
+ * 4.82/5.04 -> 5.92/5.87, 16->16 7x7 (batch 32) 0.076/0.078 -> 0.091/0.100.
+ * The transforms cost ~(C+K) per tile against the GEMMs' ~C*K, and fill
+ * the vector lanes fully when a tile row has 4 or 8 tiles (several rows
+ * stacked per vector) or a multiple of 16, partly otherwise (tw/16 of the
+ * lanes for tw < 16): Winograd where tw is 4 or 8, else where
+ * C*K/(C+K) times the lanes' fill is >= 8.  Only measured from 16 to 64
+ * channels (ResNet-20/EENet-20 sizes): larger ones keep the direct
  * kernels.  The choice never depends on the batch size: every path computes
  * a sample the same way at any batch, so batched early-exit inference gives
  * bit-identical results to one sample at a time (test_net.py), which a
@@ -410,7 +416,8 @@ static int wino_auto(const conv_plan *pl) {
     int tw = (pl->W + 1) / 2;
     double fill = tw >= 16 ? (double)tw / (16.0 * ((tw + 15) / 16)) : tw / 16.0;
     double ck = (double)pl->C * pl->K / ((double)pl->C + pl->K);
-    return pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 && ck * fill >= 8.0;
+    return pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 &&
+           (tw == 4 || tw == 8 || ck * fill >= 8.0);
 }
 
 static void plan_choose(conv_plan *pl) {
