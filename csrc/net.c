@@ -18,6 +18,18 @@
 
 #include "kernels.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+static double now_seconds(void) { return omp_get_wtime(); }
+#else
+#include <time.h>
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+#endif
+
 /* ---- per-kind layer structs ---------------------------------------------- */
 
 typedef struct {
@@ -110,7 +122,51 @@ struct eenet_net {
 
     float *probs_all, *conf_all, *dprobs_all, *dconf_all; /* (E1,max_batch,K), (E1,max_batch) */
     int *active;          /* (max_batch) original index of each active row in predict */
+
+    int profiling;                   /* eenet_net_set_profiling */
+    double prof[EENET_PROF_SLOTS];   /* seconds per slot */
+    double prof_t;                   /* time of the last mark */
 };
+
+/* ---- profiling ---------------------------------------------------------------- */
+
+static const char *const prof_names[EENET_PROF_SLOTS] = {
+    "conv2d.forward", "batchnorm2d.forward", "relu.forward", "add.forward",
+    "maxpool2d.forward", "global_avgpool.forward", "linear.forward", "sigmoid.forward",
+    "softmax.forward", "conv2d.backward", "batchnorm2d.backward", "relu.backward",
+    "add.backward", "maxpool2d.backward", "global_avgpool.backward", "linear.backward",
+    "sigmoid.backward", "softmax.backward", "zero_grad", "loss", "optimizer", "exit_output",
+    "other"};
+
+void eenet_net_set_profiling(eenet_net *net, int on) {
+    net->profiling = on != 0;
+    memset(net->prof, 0, sizeof net->prof);
+    net->prof_t = now_seconds();
+}
+
+void eenet_net_profile(const eenet_net *net, double *out) {
+    memcpy(out, net->prof, sizeof net->prof);
+}
+
+const char *eenet_net_profile_name(int i) {
+    return i >= 0 && i < EENET_PROF_SLOTS ? prof_names[i] : NULL;
+}
+
+/* Start of a timed part (profiling on). */
+static void prof_start(eenet_net *net) {
+    if (net->profiling) {
+        net->prof_t = now_seconds();
+    }
+}
+
+/* End of a timed part: charge the time since the last mark to slot, restart. */
+static void prof_mark(eenet_net *net, int slot) {
+    if (net->profiling) {
+        const double t = now_seconds();
+        net->prof[slot] += t - net->prof_t;
+        net->prof_t = t;
+    }
+}
 
 /* ---- accessors ------------------------------------------------------------ */
 
@@ -825,6 +881,7 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
             continue; /* done inside its producer's forward */
         }
         eenet_status st = op_forward(net, i, N, training);
+        prof_mark(net, EENET_PROF_FWD + net->ops[i].kind);
         if (st != EENET_OK) {
             return st;
         }
@@ -862,7 +919,9 @@ eenet_status eenet_net_forward(eenet_net *net, float *probs, float *conf, const 
     if (st != EENET_OK) {
         return st;
     }
+    prof_start(net);
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
+    prof_mark(net, EENET_PROF_OTHER);
     st = run_ops(net, 0, net->num_ops, B, training);
     if (st == EENET_OK) {
         gather_outputs(net, probs, conf, B);
@@ -908,6 +967,7 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
     int E1 = net->num_exits, K = net->K;
     eenet_status st;
     memset(net->grads, 0, sizeof(float) * net->num_params);
+    prof_mark(net, EENET_PROF_ZERO);
     st = run_ops(net, 0, net->num_ops, B, 1);
     if (st != EENET_OK) {
         return st;
@@ -958,6 +1018,7 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
                    sizeof(float) * (size_t)B);
         }
     }
+    prof_mark(net, EENET_PROF_LOSS);
     for (int i = net->num_ops - 1; i >= 0; i--) {
         const net_op *op = &net->ops[i];
         if (net->fused_relu[i] == -2) {
@@ -978,7 +1039,9 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
                 }
             }
         }
+        prof_mark(net, EENET_PROF_ZERO);
         st = op_backward(net, i, B, set);
+        prof_mark(net, EENET_PROF_BWD + op->kind);
         if (st != EENET_OK) {
             return st;
         }
@@ -990,16 +1053,18 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
                                (long long)opt->step, (double)stats->parts[0]);
     }
     if (opt->kind == EENET_OPT_SGD) {
-        return eenet_sgd_step(net->params, net->opt_state, net->grads, net->num_params, opt->lr,
-                              opt->momentum, opt->dampening, opt->weight_decay, opt->nesterov,
-                              opt->first_step);
+        st = eenet_sgd_step(net->params, net->opt_state, net->grads, net->num_params, opt->lr,
+                            opt->momentum, opt->dampening, opt->weight_decay, opt->nesterov,
+                            opt->first_step);
+    } else if (opt->kind == EENET_OPT_ADAM) {
+        st = eenet_adam_step(net->params, net->opt_state, net->opt_state + net->num_params,
+                             net->grads, net->num_params, opt->lr, opt->beta1, opt->beta2,
+                             opt->eps, opt->weight_decay, (int)opt->step);
+    } else {
+        st = eenet_set_error(EENET_ERR_VALUE, "unknown optimiser kind %d", opt->kind);
     }
-    if (opt->kind == EENET_OPT_ADAM) {
-        return eenet_adam_step(net->params, net->opt_state, net->opt_state + net->num_params,
-                               net->grads, net->num_params, opt->lr, opt->beta1, opt->beta2,
-                               opt->eps, opt->weight_decay, (int)opt->step);
-    }
-    return eenet_set_error(EENET_ERR_VALUE, "unknown optimiser kind %d", opt->kind);
+    prof_mark(net, EENET_PROF_OPTIM);
+    return st;
 }
 
 eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64_t *exit_counts,
@@ -1019,9 +1084,11 @@ eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64
     }
     /* BN running statistics change in forward: keep a copy so a failed step
      * leaves the whole state as it was */
+    prof_start(net);
     memcpy(net->bufs_snapshot, net->bufs, sizeof(float) * net->num_bufs);
     memcpy(net->nbt_snapshot, net->nbt, sizeof(int64_t) * (size_t)net->num_bn);
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
+    prof_mark(net, EENET_PROF_OTHER);
     st = train_step_inner(net, stats, exit_counts, nll, labels, tags, B, version, lambda_coef,
                           threshold, opt);
     if (st == EENET_ERR_NONFINITE && strstr(eenet_last_error(), " at step ") == NULL) {
@@ -1049,10 +1116,12 @@ eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, in
         return st;
     }
     int E1 = net->num_exits, K = net->K;
+    prof_start(net);
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
     for (int n = 0; n < B; n++) {
         net->active[n] = n;
     }
+    prof_mark(net, EENET_PROF_OTHER);
     int n_active = B;
     for (int s = 0; s < E1 && n_active > 0; s++) {
         st = run_ops(net, net->seg_begin[2 * s], net->seg_begin[2 * s + 2], n_active, 0);
@@ -1082,6 +1151,7 @@ eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, in
             }
         }
         n_active = kept;
+        prof_mark(net, EENET_PROF_EXIT);
     }
     return st;
 }
