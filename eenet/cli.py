@@ -234,7 +234,9 @@ def add_evaluate_command(subparsers) -> None:
                    help="dataset root (default: $EENET_DATA, the per-user cache, then "
                         "system locations such as /usr/share/datasets/fashion-mnist)")
     p.add_argument("--threshold", type=_probability, default=None, metavar="T",
-                   help="confidence threshold of early exit (default: 0.5; 1/num-ee for v3)")
+                   help="confidence threshold of early exit (default: the --threshold the "
+                        "run was trained with, from config.json beside MODEL, else 0.5; "
+                        "1/num-ee for v3)")
     p.add_argument("--target-cost", type=_probability, default=None, metavar="C",
                    help="use the largest threshold whose average cost on this same data "
                         "is at most C (eenet.calibrate; replaces --threshold)")
@@ -249,12 +251,13 @@ def add_evaluate_command(subparsers) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads of the C core (default: the cores available)")
     p.add_argument("--json", default=None, metavar="PATH",
-                   help="also write the figures as JSON to PATH")
+                   help="also write the figures as JSON to PATH (written atomically)")
     p.set_defaults(func=run_evaluate, _parser=p)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     import os
+    from ._io import atomic_write_text
     from .training import ConfigError, _jsonable, evaluate, format_summary
     parser = args._parser
     target = args.target_cost
@@ -272,8 +275,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_summary(res, f"{args.model_path} on {res['dataset']} ({args.split} set)"))
     if args.json:
         out = {k: v for k, v in res.items() if k != "outputs"}
-        with open(args.json, "w") as f:
-            json.dump(_jsonable(out), f, indent=2)
+        atomic_write_text(args.json, json.dumps(_jsonable(out), indent=2) + "\n")
     return 0
 
 

@@ -607,12 +607,12 @@ def _validation_outputs(result: Mapping, config: Mapping) -> dict | None:
         return None
     cfg = training.TrainConfig.from_dict(dict(result.get("config") or config))
     cfg.progress = False
-    splits = training._load_splits(cfg)
+    splits = training.load_splits(cfg)
     net = eenet.load(model)
     # only the per-exit outputs are kept; the threshold is the run's own for consistency
-    ev = training._evaluate_net(net, splits.val, batch_size=256,
-                                threshold=cfg.exit_threshold(),
-                                lambda_coef=cfg.lambda_coef, with_outputs=True)
+    ev = training.evaluate_net(net, splits.val, batch_size=256,
+                               threshold=cfg.exit_threshold(),
+                               lambda_coef=cfg.lambda_coef, with_outputs=True)
     outs = dict(ev["outputs"])
     outs["costs"] = np.asarray(net.exit_costs, dtype=np.float64)
     outs["split"] = np.asarray("val" if cfg.val_fraction > 0 else "test")

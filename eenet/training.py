@@ -34,6 +34,7 @@ Differences from the authors' loop, all deliberate:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -321,7 +322,8 @@ def _sem(values) -> float:
 # ---- data (the only code that touches eenet.datasets / eenet.data) ----------------------
 
 @dataclass
-class _Splits:
+class Splits:
+    """The datasets of a run (:func:`load_splits`)."""
     train: Any
     val: Any
     test: Any
@@ -335,9 +337,14 @@ def _cap(ds, n: Optional[int], seed: int):
     return data.subset(ds, n, seed=seed)
 
 
-def _load_splits(cfg: TrainConfig, need_train: bool = True) -> _Splits:
-    """Test set, and the training set split into train and validation (seeded), with the
-    size caps applied."""
+def load_splits(cfg: TrainConfig, need_train: bool = True) -> Splits:
+    """The data of a run: ``cfg.dataset``'s test set, and (``need_train``) its training
+    set split into train and validation (seeded by ``cfg.seed``, ``cfg.val_fraction``;
+    with ``val_fraction == 0`` the test set serves as validation), each capped at
+    ``cfg.train_size`` / ``cfg.val_size`` / ``cfg.test_size`` samples.  Returns an
+    object with ``train``, ``val``, ``test`` (datasets; train and val are None without
+    ``need_train``), ``num_classes`` and ``input_shape`` (C, H, W).  Used by
+    :func:`run_training` and :mod:`eenet.sweep`."""
     from . import data, datasets
     test = datasets.load(cfg.dataset, split="test", data_dir=cfg.data_dir, progress=cfg.progress)
     test = _cap(test, cfg.test_size, cfg.seed + 2)
@@ -351,7 +358,7 @@ def _load_splits(cfg: TrainConfig, need_train: bool = True) -> _Splits:
         else:
             train, val = full, test
         train = _cap(train, cfg.train_size, cfg.seed)
-    return _Splits(train, val, test, int(test.num_classes), tuple(test.image_shape))
+    return Splits(train, val, test, int(test.num_classes), tuple(test.image_shape))
 
 
 def _batches(ds, batch_size: int, *, epoch: int, seed: int, train: bool) -> Iterator:
@@ -371,9 +378,12 @@ def _num_batches(n: int, batch_size: int) -> int:
 
 # ---- evaluation ----------------------------------------------------------------------------
 
-def _evaluate_net(net, ds, *, batch_size: int, threshold: float, lambda_coef: float,
-                  with_outputs: bool = False) -> dict:
-    """Early-exit inference (``net.predict``) over dataset ``ds``.
+def evaluate_net(net, ds, *, batch_size: int, threshold: float, lambda_coef: float,
+                 with_outputs: bool = False) -> dict:
+    """Early-exit inference (``net.predict``) of an in-memory network over dataset
+    ``ds`` (an eenet dataset, e.g. from :func:`load_splits`), in order and without
+    augmentation, ``batch_size`` samples at a time (at most ``net.max_batch``).
+    :func:`evaluate` does the same for a saved model; :mod:`eenet.sweep` uses this.
 
     Returns accuracy, avg_cost, flop_cost (measured FLOP ratio), flops, loss
     (per sample ``-log p_exit[y] + lambda * c_exit``; no cost term for plain
@@ -511,13 +521,33 @@ def train(model: str = "eenet20", dataset: str = "cifar10", **kwargs) -> dict:
     return run_training(cfg)
 
 
-def run_training(cfg: TrainConfig) -> dict:
-    """:func:`train` on a :class:`TrainConfig`."""
+@contextlib.contextmanager
+def threads_set_to(n: Optional[int]) -> Iterator[None]:
+    """Run the block with the C core's thread count (``eenet.set_num_threads``, which
+    is process-wide) at ``n``, and put the previous count back on the way out, error or
+    not.  ``n=None`` leaves the count alone."""
     import eenet
-    validate_config(cfg)
-    if cfg.threads is not None:
-        eenet.set_num_threads(cfg.threads)
+    if n is None:
+        yield
+        return
+    before = eenet.get_num_threads()
+    eenet.set_num_threads(n)
+    try:
+        yield
+    finally:
+        eenet.set_num_threads(before)
 
+
+def run_training(cfg: TrainConfig) -> dict:
+    """:func:`train` on a :class:`TrainConfig`.  ``cfg.threads`` applies for the run
+    only: the process's thread count is restored afterwards, also on error."""
+    validate_config(cfg)
+    with threads_set_to(cfg.threads):
+        return _run_training(cfg)
+
+
+def _run_training(cfg: TrainConfig) -> dict:
+    import eenet
     results_dir = cfg.results_dir or cfg.default_results_dir()
     write_files = cfg.save_model or cfg.results_dir is not None
     ckpt_path = os.path.join(results_dir, CHECKPOINT)
@@ -538,7 +568,7 @@ def run_training(cfg: TrainConfig) -> dict:
         _atomic_write_text(os.path.join(results_dir, "config.json"),
                            json.dumps(_jsonable(cfg.to_dict()), indent=2) + "\n")
 
-    splits = _load_splits(cfg)
+    splits = load_splits(cfg)
     max_batch = max(cfg.batch_size, cfg.test_batch)
 
     # ---- network, optimiser, training state ------------------------------------------
@@ -636,7 +666,7 @@ def run_training(cfg: TrainConfig) -> dict:
 
         validated = epoch % cfg.log_interval == 0 or epoch == cfg.epochs
         if validated:
-            ev = _evaluate_net(net, splits.val, batch_size=max(cfg.test_batch, 1),
+            ev = evaluate_net(net, splits.val, batch_size=max(cfg.test_batch, 1),
                                threshold=threshold, lambda_coef=cfg.lambda_coef)
             row.update({"acc": ev["accuracy"], "acc_sem": ev["accuracy_sem"],
                         "cost": ev["avg_cost"], "cost_sem": ev["avg_cost_sem"],
@@ -669,7 +699,7 @@ def run_training(cfg: TrainConfig) -> dict:
             net = eenet.load(best_path)
         elif best_state is not None:
             net.load_state_dict(best_state)
-    final = _evaluate_net(net, splits.test, batch_size=cfg.test_batch, threshold=threshold,
+    final = evaluate_net(net, splits.test, batch_size=cfg.test_batch, threshold=threshold,
                           lambda_coef=cfg.lambda_coef)
     title = (f"{cfg.model} on {cfg.dataset} (test set; best epoch "
              f"{best.get('epoch', cfg.epochs)} of {cfg.epochs})")
@@ -711,6 +741,14 @@ def _progress(cfg: TrainConfig, total: int, desc: str):
                 dynamic_ncols=True, mininterval=0.5)
 
 
+def _saved_threshold(saved_cfg: dict, net) -> float:
+    """The threshold a saved run used: its ``--threshold`` (``threshold`` in
+    config.json) if it gave one, else the default for the loss it ended with."""
+    if saved_cfg.get("threshold") is not None:
+        return float(saved_cfg["threshold"])
+    return net.default_threshold(_saved_final_loss(saved_cfg))
+
+
 def _saved_final_loss(saved_cfg: dict) -> str:
     """The loss a saved run ended with (``TrainConfig.final_loss`` of its config.json;
     ``v2`` without one)."""
@@ -727,18 +765,30 @@ def evaluate(model_path: str, dataset: Optional[str] = None, *, threshold: Optio
     """Evaluate a saved model (``eenet.save`` file) with early-exit inference.
 
     ``dataset=None`` takes the dataset from the ``config.json`` beside the
-    model.  ``split`` is ``"test"`` or ``"train"``.  ``target_cost`` (needs
-    :mod:`eenet.calibrate`) uses the largest threshold whose average cost on this
-    same data is at most the target (ValueError if it is below the first exit's cost).  Returns the figures of :func:`train` (no
-    history) plus ``"outputs": {"probs": (E+1, N, K), "conf": (E+1, N),
+    model.  ``split`` is ``"test"`` or ``"train"``.  ``threshold=None`` uses the
+    threshold the run was trained with: the ``threshold`` stored in that
+    config.json (``--threshold`` of ``eenet train``) if any, else the default of the
+    loss the run ended with (0.5; 1/num_ee for v3); an explicit ``threshold``
+    overrides it.  ``target_cost`` (needs :mod:`eenet.calibrate`) uses the largest
+    threshold whose average cost on this same data is at most the target (ValueError
+    if it is below the first exit's cost).  ``threads`` sets the C core's thread
+    count for this call only (restored afterwards).  Returns the figures of
+    :func:`train` (no history) plus ``"outputs": {"probs": (E+1, N, K), "conf": (E+1, N),
     "labels": (N,)}`` of the eval-mode forward of every exit.
     """
-    import eenet
-    from . import datasets
     if threshold is not None and target_cost is not None:
         raise ConfigError("give either threshold or target_cost, not both")
-    if threads is not None:
-        eenet.set_num_threads(threads)
+    with threads_set_to(threads):
+        return _evaluate_saved(model_path, dataset, threshold=threshold, data_dir=data_dir,
+                               split=split, batch_size=batch_size, test_size=test_size,
+                               target_cost=target_cost, lambda_coef=lambda_coef, seed=seed,
+                               progress=progress)
+
+
+def _evaluate_saved(model_path, dataset, *, threshold, data_dir, split, batch_size, test_size,
+                    target_cost, lambda_coef, seed, progress) -> dict:
+    import eenet
+    from . import datasets
     cfg_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
     saved_cfg = {}
     if os.path.exists(cfg_path):
@@ -756,17 +806,17 @@ def evaluate(model_path: str, dataset: Optional[str] = None, *, threshold: Optio
     ds = datasets.load(dataset, split=split, data_dir=data_dir, progress=progress)
     ds = _cap(ds, test_size, seed + 2)
     if threshold is None and target_cost is None:
-        threshold = net.default_threshold(_saved_final_loss(saved_cfg))
-    res = _evaluate_net(net, ds, batch_size=batch_size,
-                        threshold=0.5 if threshold is None else threshold,
-                        lambda_coef=lambda_coef, with_outputs=True)
+        threshold = _saved_threshold(saved_cfg, net)
+    res = evaluate_net(net, ds, batch_size=batch_size,
+                       threshold=0.5 if threshold is None else threshold,
+                       lambda_coef=lambda_coef, with_outputs=True)
     if target_cost is not None:
         from . import calibrate
         threshold = calibrate.threshold_for_cost(res["outputs"], np.asarray(net.exit_costs),
                                                  target_cost)
         outputs = res["outputs"]
-        res = _evaluate_net(net, ds, batch_size=batch_size, threshold=threshold,
-                            lambda_coef=lambda_coef)
+        res = evaluate_net(net, ds, batch_size=batch_size, threshold=threshold,
+                           lambda_coef=lambda_coef)
         res["outputs"] = outputs
         res["target_cost"] = float(target_cost)
     res["model_path"] = model_path

@@ -186,3 +186,34 @@ def test_kill_mid_epoch_then_resume_gives_same_weights(tmp_path):
     h_cut = pd.read_csv(cut / "history.csv")
     assert list(h_cut["epoch"]) == [1, 2, 3]
     np.testing.assert_array_equal(h_full["val_loss"], h_cut["val_loss"])
+
+
+def test_evaluate_help_says_the_default_threshold_is_the_runs():
+    p = cli.build_parser()
+    sub = next(a for a in p._actions if a.dest == "command").choices["evaluate"]
+    text = " ".join(sub.format_help().split())
+    assert "the --threshold the run was trained with" in text
+    assert "atomically" in text
+
+
+@requires_fashion
+def test_evaluate_json_is_written_atomically(tmp_path, monkeypatch):
+    """--json PATH replaces PATH in one step: a failure while producing the JSON leaves
+    the old file whole (a plain open(PATH, "w") would have truncated it)."""
+    net = eenet.build("eenet8", num_classes=10, input_shape=(1, 28, 28), max_batch=64, seed=0)
+    model = tmp_path / "model.eenet"
+    eenet.save(net, str(model))
+    (tmp_path / "config.json").write_text(json.dumps({"model": "eenet8",
+                                                      "dataset": "fashion-mnist",
+                                                      "threshold": 1.0}))
+    out = tmp_path / "ev.json"
+    assert cli.main(["evaluate", str(model), "--test-size", "32", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["threshold"] == 1.0 and res["exit_counts"] == [0, 0, 32]   # stored threshold
+    out.write_text("old")
+    from eenet import training
+    monkeypatch.setattr(training, "_jsonable", lambda obj: {"a": 1, "b": object()})
+    with pytest.raises(TypeError):
+        cli.main(["evaluate", str(model), "--test-size", "32", "--json", str(out)])
+    assert out.read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "ev.json", "model.eenet"]

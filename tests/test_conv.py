@@ -44,6 +44,7 @@ SHAPES = [
     (17, 4, 14, 14, 8, 3, 2, 1),   # batch-lane path: one group of 16 + a 1-sample tail, s2
     (33, 3, 7, 9, 5, 3, 1, 1),     # batch-lane: 2 groups + tail, C, K not powers of 2
     (18, 2, 9, 7, 3, 5, 1, 2),     # batch-lane: 5x5 kernel, odd sizes
+    (17, 5, 9, 8, 6, 1, 2, 0),     # batch-lane 1x1 stride 2 (only even rows filled), odd H
 ]
 
 # conv2d implementation switch of the C core (kernels.h eenet_conv2d_set_impl):

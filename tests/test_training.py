@@ -306,3 +306,85 @@ def test_plain_resnet_trains_with_cross_entropy(tmp_path):
     # v0 on a single exit is the cross-entropy: no cost or confidence part
     assert hist["loss_cost"].iloc[0] == 0 and hist["loss_conf"].iloc[0] == 0
     assert hist["train_loss"].iloc[0] == pytest.approx(hist["loss_cls"].iloc[0])
+
+
+# ---- review fixes: thread count, stored threshold, public helpers for sweeps ---------------
+
+
+def _other_thread_count() -> int:
+    return 2 if eenet.get_num_threads() == 1 else 1
+
+
+def test_train_and_evaluate_restore_the_thread_count_on_error(tmp_path):
+    """threads=N applies to one call: the process-wide count is put back, also when the
+    call fails after setting it (here: no dataset files, a missing model)."""
+    before = eenet.get_num_threads()
+    n = _other_thread_count()
+    with pytest.raises((FileNotFoundError, ValueError)):
+        T.train(model="eenet8", dataset="mnist", data_dir=str(tmp_path), epochs=1,
+                threads=n, save_model=False, progress=False)
+    assert eenet.get_num_threads() == before
+    with pytest.raises(FileNotFoundError):
+        T.evaluate(str(tmp_path / "absent.eenet"), "mnist", threads=n)
+    assert eenet.get_num_threads() == before
+
+
+def test_threads_set_to_sets_inside_and_restores():
+    before = eenet.get_num_threads()
+    n = _other_thread_count()
+    with T.threads_set_to(n):
+        assert eenet.get_num_threads() == n
+    assert eenet.get_num_threads() == before
+    with T.threads_set_to(None):
+        assert eenet.get_num_threads() == before
+
+
+@needs_fashion
+def test_train_restores_the_thread_count(tmp_path):
+    before = eenet.get_num_threads()
+    n = _other_thread_count()
+    T.train(**{**SMALL, "epochs": 1, "threads": n, "save_model": False, "train_size": 64,
+               "val_size": 32, "test_size": 32})
+    assert eenet.get_num_threads() == before
+
+
+def _saved_untrained(tmp_path, **config) -> str:
+    """An untrained eenet8 saved with a config.json beside it (no training needed)."""
+    net = eenet.build("eenet8", num_classes=10, input_shape=(1, 28, 28), max_batch=64, seed=0)
+    path = tmp_path / "model.eenet"
+    eenet.save(net, str(path))
+    cfg = {"model": "eenet8", "dataset": "fashion-mnist", **config}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_saved_threshold_prefers_the_runs_own_threshold():
+    net = eenet.build("eenet8", num_classes=10, input_shape=(1, 28, 28), max_batch=4)
+    assert T._saved_threshold({}, net) == 0.5
+    assert T._saved_threshold({"threshold": None}, net) == 0.5
+    assert T._saved_threshold({"threshold": 0.8}, net) == 0.8
+    assert T._saved_threshold({"loss_func": "v3", "threshold": 0.8}, net) == 0.8
+    assert T._saved_threshold({"loss_func": "v3"}, net) == 0.5   # 1/num_ee, num_ee = 2
+
+
+@needs_fashion
+def test_evaluate_uses_the_stored_threshold_unless_given(tmp_path):
+    """A run trained with --threshold T is evaluated at T by default; an explicit
+    threshold overrides it.  T = 1 sends every sample to the final exit (sigmoid > 1
+    never holds), T = 0 every sample to the first."""
+    model = _saved_untrained(tmp_path, threshold=1.0)
+    stored = T.evaluate(model, test_size=64)
+    assert stored["threshold"] == 1.0 and stored["exit_counts"] == [0, 0, 64]
+    given = T.evaluate(model, test_size=64, threshold=0.0)
+    assert given["threshold"] == 0.0 and given["exit_counts"] == [64, 0, 0]
+
+
+def test_sweep_uses_only_public_training_helpers():
+    """eenet.sweep reaches training's data and evaluation through documented public
+    functions, not private ones."""
+    import inspect
+    import re
+    from eenet import sweep
+    assert not re.findall(r"training\._\w+", inspect.getsource(sweep))
+    for fn in (T.load_splits, T.evaluate_net):
+        assert fn.__doc__ and len(fn.__doc__) > 100

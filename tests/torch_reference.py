@@ -72,6 +72,11 @@ class TorchEENet(nn.Module):
         if k == "linear":
             return self._mods[id(op)](x.flatten(1))
         if k == "relu":
+            if self._track:
+                # distance of the nearest ReLU input from zero, relative to the
+                # tensor's largest magnitude
+                m = float(x.detach().abs().min() / x.detach().abs().max().clamp_min(1e-300))
+                self.kink_margin = min(self.kink_margin, m)
             return F.relu(x)
         if k == "add":
             return x + t[op.inputs[1]]
@@ -82,7 +87,14 @@ class TorchEENet(nn.Module):
             return x.mean(dim=(2, 3))
         raise ValueError(f"unknown op {k}")
 
-    def forward(self, x):
+    _track = False
+    kink_margin = float("inf")
+
+    def forward(self, x, track_kinks: bool = False):
+        """track_kinks: set ``self.kink_margin`` to the smallest |ReLU input| /
+        max|that ReLU's input| of this pass (how close the pass is to a kink)."""
+        self._track = track_kinks
+        self.kink_margin = float("inf")
         t = {0: x}
         probs, confs = [], []
         for stage, ex in zip(self.spec.stages, self.spec.exits):

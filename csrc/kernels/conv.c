@@ -349,19 +349,30 @@ static int pick_cols(int wo, int pmax) {
  * 90 vs 72, 3->16 32x32 54 vs 48; weight gradient 4->8 s2 14x14 56 vs 33,
  * 8->8 7x7 76 vs 50, 8->8 14x14 89 vs 63, 8->16 s2 72 vs 63 but 16->16
  * 7x7 76 vs 89 (K-vectorised on q-space planes); data gradient 8->8 7x7
- * 83 vs 40, 16->16 7x7 95 vs 88 but 16->16 32x32 76 vs 83.  1x1 layers
- * stay on GEMM (the lane transposes cost more than the small GEMM). */
+ * 83 vs 40, 16->16 7x7 95 vs 88 but 16->16 32x32 76 vs 83; 1x1 stride 2
+ * (im2col+GEMM before) forward 2->4 28x28 9.6 vs 9.1, 8->16 14x14 28.5 vs
+ * 23.0, weight gradient 2->4 10.2 vs 3.8, 8->16 31.7 vs 16.6. */
 static int lanes_pick(const conv_plan *pl, int op) {
     if (pl->kh * pl->kw == 1) {
-        return 0;
+        /* strided 1x1 (the shortcut projections): lanes fill only the rows
+         * read; a stride-1 1x1 is one GEMM on the input as it is */
+        return pl->s > 1 && pl->p == 0;
     }
     if (op == 1) {
-        return pl->C * pl->K <= 128;
+        /* 1-2 input channels (9-18 taps): the q-space kernel wins (1->2
+         * 28x28 48 vs 42, 2->2 54 vs 40, 1->4 54 vs 45 GFLOP/s) */
+        return pl->C * pl->K <= 128 && pl->ckk >= 27;
     }
     if (op == 2) {
         return pl->C * pl->K < 256 || pl->W % 8 != 0;
     }
     return 1;
+}
+
+/* Input rows the lane path must fill: every row, or every s-th for a 1x1
+ * stride-s convolution without padding (it reads no others). */
+static int lanes_ystep(const conv_plan *pl) {
+    return (pl->kh == 1 && pl->p == 0) ? pl->s : 1;
 }
 
 /* Samples run on the batch-lane path: whole groups of 16 (every sample with
@@ -699,7 +710,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
             for (int gi = 0; gi < ng; gi++) {
                 int n0 = 16 * gi, nimg = nlane - n0 < 16 ? nlane - n0 : 16;
                 eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W, pl->p,
-                                    pl->p);
+                                    pl->p, lanes_ystep(pl));
                 eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s, (const int *)(shared + pl->o_offl),
                                      shared + pl->o_wp, K, ckk, pl->Ho, pl->Wo);
                 eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, nimg, K, howo,
@@ -895,12 +906,18 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
             int gs = (int)((long long)ng * tid / nt), ge = (int)((long long)ng * (tid + 1) / nt);
             for (int gi = gs; gi < ge; gi++) {
                 int n0 = 16 * gi, nimg = nlane - n0 < 16 ? nlane - n0 : 16;
-                eenet_conv_lanes_in(dl, dout + (size_t)n0 * out_img, nimg, out_img, K, pl->Ho,
-                                    pl->Wo, phd, pwd);
+                if (phd == 0 && pwd == 0) {
+                    /* unpadded: the planes as single rows (fewer, fuller transposes) */
+                    eenet_conv_lanes_in(dl, dout + (size_t)n0 * out_img, nimg, out_img, K, 1,
+                                        howo, 0, 0, 1);
+                } else {
+                    eenet_conv_lanes_in(dl, dout + (size_t)n0 * out_img, nimg, out_img, K,
+                                        pl->Ho, pl->Wo, phd, pwd, 1);
+                }
                 if (lane_w) {
                     /* dwl (K, CKK, 16) += per-lane sums of dout x input(tap) */
                     eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W,
-                                        pl->p, pl->p);
+                                        pl->p, pl->p, lanes_ystep(pl));
                     eenet_conv_lanes_bw(dwl, dli, dplane, wd, xl, pl->wp, pl->s,
                                         (const int *)(shared + pl->o_offl), K, ckk, pl->Ho,
                                         pl->Wo);

@@ -660,10 +660,10 @@ static EENET_AVX512 inline __attribute__((always_inline)) void tr16(__m512 *c, c
 }
 
 EENET_AVX512 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride,
-                                      int cin, int h, int w, int ph, int pw) {
+                                      int cin, int h, int w, int ph, int pw, int ystep) {
     size_t hp = (size_t)h + 2 * (size_t)ph, wpad = (size_t)w + 2 * (size_t)pw;
     for (int c = 0; c < cin; c++) {
-        for (int y = 0; y < h; y++) {
+        for (int y = 0; y < h; y += ystep) {
             const float *xr = x + ((size_t)c * h + y) * w;
             float *dst = xl + 16 * (((size_t)c * hp + y + ph) * wpad + pw);
             for (int x0 = 0; x0 < w; x0 += 16) {
@@ -900,9 +900,9 @@ EENET_AVX512 void eenet_conv_lanes_bias(float *db, const float *dy, size_t dplan
 #else /* not x86-64 GCC/Clang: no direct path, conv.c uses im2col+GEMM */
 
 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride, int cin, int h,
-                         int w, int ph, int pw) {
+                         int w, int ph, int pw, int ystep) {
     (void)xl, (void)x, (void)nimg, (void)img_stride, (void)cin, (void)h, (void)w, (void)ph;
-    (void)pw;
+    (void)pw, (void)ystep;
 }
 
 void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int nimg, int cout,

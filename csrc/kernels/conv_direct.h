@@ -87,9 +87,11 @@ void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int
 
 /* xl (cin, h+2ph, w+2pw, 16) interior = samples x + b*img_stride (cin, h, w),
  * b < nimg; lanes b >= nimg of the interior are zeroed; the border is not
- * written (the caller zeroes it once). */
+ * written (the caller zeroes it once).  Only the rows y = 0, ystep, 2*ystep..
+ * are written (ystep = s for a 1x1 stride-s convolution, which reads no
+ * others). */
 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride, int cin, int h,
-                         int w, int ph, int pw);
+                         int w, int ph, int pw, int ystep);
 
 /* Sample b < nimg of out (its (cout, hw) block at out + b*img_stride) =
  * yl (cout, hw, 16) lane b + bias[k] (bias NULL: none), or += (accumulate). */
