@@ -12,6 +12,12 @@ SHARED_DATA = SHARED / "data"
 REFERENCE = SHARED / "reference"
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
+# torch ships its own libgomp.so.1: whichever of torch and eenet loads first starts the
+# one OpenMP runtime of the process, so give it eenet's passive wait policy (see
+# eenet/__init__.py) before torch loads; with spinning threads the torch comparisons run
+# ~10x slower on busy cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     import torch  # noqa: F401
     HAVE_TORCH = True

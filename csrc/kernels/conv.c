@@ -365,12 +365,36 @@ static int lanes_pick(const conv_plan *pl, int op) {
         return pl->s > 1 && pl->p == 0;
     }
     if (op == 1) {
-        return pl->C * pl->K <= 128;
+        /* 1-2 input channels (9-18 taps), stride 1: the q-space kernel
+         * wins (1->2 28x28 48 vs 42, 2->2 54 vs 40, 1->4 54 vs 45 GFLOP/s);
+         * stride 2 not (2->4 28x28 s2: lanes 49 vs 36) */
+        return pl->C * pl->K <= 128 && (pl->ckk >= 27 || pl->s > 1);
     }
     if (op == 2) {
         return pl->C * pl->K < 256 || pl->W % 8 != 0;
     }
     return 1;
+}
+
+/* Zero the border (ph rows, pw columns on each side) of a lane-layout
+ * buffer (cin, hp, wp, 16); lanes_in overwrites the interior of every group
+ * (the rows it skips are never read), so this is all the zeroing needed. */
+static void lanes_zero_border(float *xl, int cin, int hp, int wp, int ph, int pw) {
+    if (ph == 0 && pw == 0) {
+        return;
+    }
+    size_t row = 16 * (size_t)wp;
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < hp; y++) {
+            float *r = xl + ((size_t)c * hp + y) * row;
+            if (y < ph || y >= hp - ph) {
+                memset(r, 0, sizeof(float) * row);
+            } else if (pw > 0) {
+                memset(r, 0, sizeof(float) * 16 * (size_t)pw);
+                memset(r + row - 16 * (size_t)pw, 0, sizeof(float) * 16 * (size_t)pw);
+            }
+        }
+    }
 }
 
 /* Input rows the lane path must fill: every row, or every s-th for a 1x1
@@ -725,7 +749,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
             /* groups of 16 samples in the vector lanes; out (16, K, Ho, Wo)
              * per group through yl (K, Ho, Wo, 16) */
             float *xl = slot + pl->s_xl, *yl = slot + pl->s_dl;
-            memset(xl, 0, sizeof(float) * 16 * (size_t)C * pl->hp * pl->wp);
+            lanes_zero_border(xl, C, pl->hp, pl->wp, pl->p, pl->p);
             int ng = (nlane + 15) / 16;
             size_t in_img = (size_t)C * H * W, out_img = (size_t)K * howo;
 #ifdef _OPENMP
@@ -920,11 +944,11 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
             float *dwl = slot + pl->s_dwl;
             const float *dli = dl + 16 * ((size_t)phd * wd + pwd); /* dout (0, 0) */
             if (lane_w) {
-                memset(xl, 0, sizeof(float) * 16 * (size_t)C * pl->hp * pl->wp);
+                lanes_zero_border(xl, C, pl->hp, pl->wp, pl->p, pl->p);
                 memset(dwl, 0, sizeof(float) * 16 * (size_t)K * ckk);
             }
             if (phd > 0 || pwd > 0) {
-                memset(dl, 0, sizeof(float) * (size_t)K * dplane);
+                lanes_zero_border(dl, K, hd, wd, phd, pwd);
             }
             int ng = (nlane + 15) / 16;
             int gs = (int)((long long)ng * tid / nt), ge = (int)((long long)ng * (tid + 1) / nt);
