@@ -1957,6 +1957,37 @@ cleanup:
     return res;
 }
 
+static PyObject *Net_set_profiling(NetObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p:set_profiling", &on) || !net_ready(self)) {
+        return NULL;
+    }
+    eenet_net_set_profiling(self->net, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_profile(NetObject *self, PyObject *noargs) {
+    if (!net_ready(self)) {
+        return NULL;
+    }
+    double t[EENET_PROF_SLOTS];
+    eenet_net_profile(self->net, t);
+    PyObject *d = PyDict_New();
+    if (!d) {
+        return NULL;
+    }
+    for (int i = 0; i < EENET_PROF_SLOTS; i++) {
+        PyObject *v = PyFloat_FromDouble(t[i]);
+        if (!v || PyDict_SetItemString(d, eenet_net_profile_name(i), v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
 static PyObject *Net_get_max_batch(NetObject *self, void *closure) {
     return self->net ? PyLong_FromLong(eenet_net_max_batch(self->net)) : PyLong_FromLong(0);
 }
@@ -1978,6 +2009,13 @@ static PyMethodDef Net_methods[] = {
     {"predict", (PyCFunction)(void (*)(void))Net_predict, METH_VARARGS | METH_KEYWORDS,
      "predict(x, threshold=0.5)\n--\n\nBatched early exit: (labels (B,), probs (B,K), "
      "exit (B,), conf (B,))."},
+    {"set_profiling", (PyCFunction)Net_set_profiling, METH_VARARGS,
+     "set_profiling(on)\n--\n\nStart (and reset) or stop per-part timing of forward, "
+     "train_step and predict."},
+    {"profile", (PyCFunction)Net_profile, METH_NOARGS,
+     "profile()\n--\n\n{part: wall-clock seconds} summed since set_profiling(True): "
+     "'<op kind>.forward', '<op kind>.backward', 'zero_grad', 'loss', 'optimizer', "
+     "'exit_output', 'other'."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Net_getset[] = {
