@@ -9,6 +9,15 @@
  *
  * Paths, chosen per call by plan_choose() from measurements on the 2-core
  * AMD EPYC (Zen 4, AVX-512) build machine:
+ *   - batch-lane direct (conv_avx512.c, conv_direct.h: 16 SAMPLES in the zmm
+ *     lanes, each pixel one vector of the group's 16 values, so strides,
+ *     tails and 7-wide rows waste no lane): layers with C, K <= 16 (all of
+ *     EENet-8, the ResNet-20 stem and 16->16 forward), whole groups of 16
+ *     samples; forward, weight gradient (lane partial sums, reduced once per
+ *     call) and stride-1 data gradient; lanes_pick() lists the measured
+ *     exceptions.  EENet-8 batch 128, one thread: 8->8 7x7 forward 59 -> 86
+ *     GFLOP/s, 4->8 s2 weight gradient 33 -> 56, 8->8 7x7 data gradient
+ *     40 -> 83;
  *   - K-vectorised direct (conv_avx512.c, 16*kv output channels in zmm lanes,
  *     P output columns per tile): forward and backward-data (a forward of
  *     dout with the flipped kernel) of layers with 32+ channels, or 16 on
@@ -19,7 +28,8 @@
  *     PyTorch, one thread);
  *   - q-space direct (conv_avx512.c, conv_direct.h: positions in zmm lanes over
  *     zero-padded phase planes, so stride s becomes contiguous reads): every
- *     other 3x3/7x7 layer, i.e. the small-channel EENet-8 layers;
+ *     other 3x3/7x7 layer, and the samples of a small-channel layer left
+ *     over after the whole lane groups;
  *   - Winograd F(2x2,3x3) (conv_winograd.c): forward and backward-data of
  *     3x3 stride-1 pad-1 layers with 16..64 channels on planes where the
  *     transforms fill the vector lanes well (wino_auto below); 2.25x fewer
@@ -35,9 +45,13 @@
  *   30-40% on top, so im2col+GEMM ran at 0.4-0.75x PyTorch's oneDNN (one
  *   thread) in forward and weight gradient of the ResNet-20 3x3 layers; the
  *   direct kernels run at 70-105 GFLOP/s there (0.9-1.3x).
- *   All paths: OpenMP over the batch (each thread whole samples; OpenBLAS
- *   single-threaded inside), weight/bias gradients in per-thread partials in
- *   the workspace, reduced at the end (race-free, no atomics).
+ *   All paths: OpenMP over the batch (each thread whole samples or lane
+ *   groups; OpenBLAS single-threaded inside), weight/bias gradients in
+ *   per-thread partials in the workspace, reduced at the end (race-free, no
+ *   atomics).  Lane groups are split evenly over the threads (the odd group
+ *   goes per sample); when the samples do not split evenly over the threads
+ *   (N = 1, 3, 7... in early-exit inference), the forward cuts each sample's
+ *   output rows into one band per thread, so every thread is busy.
  *   - the naive references: direct loops with double accumulation.
  *
  * Threads and workspace: the workspace holds a shared part (packed weights,
@@ -48,8 +62,8 @@
  * their workspace must be sized for at least that many; callers whose thread
  * count may grow after sizing (the engine sizes once at build time) call the
  * *_ex forms with the count they sized for: the kernels then use
- * min(that, eenet_get_num_threads(), N, work/2M MACs) threads and never touch
- * memory beyond the workspace.
+ * min(that, eenet_get_num_threads(), N (backward only), work/2M MACs) threads
+ * and never touch memory beyond the workspace.
  */
 #include "kernels.h"
 
@@ -487,6 +501,12 @@ static void plan_choose(conv_plan *pl) {
      * gradient keeps the paths above) */
     int wforce = conv_impl == 4 || conv_impl == 5;
     int wauto = conv_impl == 0 && eenet_conv_direct_available() && wino_auto(pl);
+    /* ... except where whole lane groups run the batch-lane path faster:
+     * 16->16 7x7 (EENet-8 f=4), batch 32 and 128, one thread: forward 97
+     * vs 72-76 GFLOP/s, backward-data 91 vs 68-69 */
+    if (wauto && pl->lanes_ok && pl->N >= 16 && pl->Wo <= 8) {
+        wauto = 0;
+    }
     pl->use_wf = pl->wino_ok && (wforce || wauto);
     pl->use_wd = pl->wino_ok && (wforce || wauto);
     pl->wino_avx = conv_impl != 5 && eenet_conv_direct_available();
