@@ -532,6 +532,22 @@ SGD_CONFIGS = {"momentum": dict(lr=0.01, momentum=0.9, weight_decay=1e-3),
                "plain": dict(lr=0.01)}
 
 
+def test_optimizers_refuse_unsupported_torch_options():
+    """maximize, amsgrad and torch's implementation switches are not supported:
+    passing them raises rather than being silently ignored."""
+    net = make_net("eenet8", (1, 28, 28), 10, "pool", max_batch=2)
+    for kw in (dict(maximize=True), dict(foreach=True), dict(fused=True)):
+        with pytest.raises(TypeError):
+            optim.SGD(net, lr=0.1, **kw)
+    for kw in (dict(amsgrad=True), dict(maximize=True), dict(decoupled_weight_decay=True)):
+        with pytest.raises(TypeError):
+            optim.Adam(net, **kw)
+    with pytest.raises(ValueError):
+        optim.SGD(net, lr=0.1, nesterov=True)            # Nesterov needs momentum
+    with pytest.raises(ValueError):
+        optim.SGD(net, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)
+
+
 @requires_torch
 @pytest.mark.parametrize("sgd", ["momentum", "nesterov"])
 @pytest.mark.parametrize("case", STEP_CASES, ids=_STEP_IDS)
