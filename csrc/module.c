@@ -590,13 +590,14 @@ static PyArrayObject *ops_check_nchw(PyObject *obj, const char *name) {
 
 static PyObject *py_bn2d_forward_train(PyObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "gamma", "beta", "running_mean", "running_var", "momentum",
-                             "eps", NULL};
+                             "eps", "relu", NULL};
     PyObject *ox, *og, *ob, *orm, *orv;
     double momentum = 0.1, eps = 1e-5;
+    int relu = 0;
     PyArrayObject *y = NULL, *smean = NULL, *sinv = NULL;
     PyObject *result = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|dd:bn2d_forward_train", kwlist, &ox,
-                                     &og, &ob, &orm, &orv, &momentum, &eps)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|ddp:bn2d_forward_train", kwlist, &ox,
+                                     &og, &ob, &orm, &orv, &momentum, &eps, &relu)) {
         return NULL;
     }
     PyArrayObject *x = ops_check_nchw(ox, "x");
@@ -634,9 +635,9 @@ static PyObject *py_bn2d_forward_train(PyObject *self, PyObject *args, PyObject 
     }
     eenet_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = eenet_bn2d_forward_train(FDATA(y), FDATA(smean), FDATA(sinv), FDATA(rm), FDATA(rv),
-                                  CFDATA(x), CFDATA(g), CFDATA(b), (float)momentum, (float)eps,
-                                  N, C, HW);
+    st = (relu ? eenet_bn2d_relu_forward_train : eenet_bn2d_forward_train)(
+        FDATA(y), FDATA(smean), FDATA(sinv), FDATA(rm), FDATA(rv), CFDATA(x), CFDATA(g),
+        CFDATA(b), (float)momentum, (float)eps, N, C, HW);
     Py_END_ALLOW_THREADS
     if (st != EENET_OK) {
         raise_status(st);
@@ -651,11 +652,13 @@ cleanup:
 }
 
 static PyObject *py_bn2d_forward_eval(PyObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"x", "gamma", "beta", "running_mean", "running_var", "eps", NULL};
+    static char *kwlist[] = {"x", "gamma", "beta", "running_mean", "running_var", "eps", "relu",
+                             NULL};
     PyObject *ox, *og, *ob, *orm, *orv;
     double eps = 1e-5;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|d:bn2d_forward_eval", kwlist, &ox, &og,
-                                     &ob, &orm, &orv, &eps)) {
+    int relu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|dp:bn2d_forward_eval", kwlist, &ox, &og,
+                                     &ob, &orm, &orv, &eps, &relu)) {
         return NULL;
     }
     PyArrayObject *x = ops_check_nchw(ox, "x");
@@ -682,8 +685,8 @@ static PyObject *py_bn2d_forward_eval(PyObject *self, PyObject *args, PyObject *
     }
     eenet_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = eenet_bn2d_forward_eval(FDATA(y), CFDATA(x), CFDATA(g), CFDATA(b), CFDATA(rm),
-                                 CFDATA(rv), (float)eps, N, C, HW);
+    st = (relu ? eenet_bn2d_relu_forward_eval : eenet_bn2d_forward_eval)(
+        FDATA(y), CFDATA(x), CFDATA(g), CFDATA(b), CFDATA(rm), CFDATA(rv), (float)eps, N, C, HW);
     Py_END_ALLOW_THREADS
     if (st != EENET_OK) {
         Py_DECREF(y);
@@ -693,18 +696,28 @@ static PyObject *py_bn2d_forward_eval(PyObject *self, PyObject *args, PyObject *
 }
 
 static PyObject *py_bn2d_backward(PyObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"dy", "x", "gamma", "save_mean", "save_invstd", NULL};
-    PyObject *ody, *ox, *og, *om, *os;
-    PyArrayObject *dx = NULL, *dg = NULL, *db = NULL;
+    static char *kwlist[] = {"dy", "x", "gamma", "save_mean", "save_invstd", "relu_out",
+                             "overwrite", NULL};
+    PyObject *ody, *ox, *og, *om, *os, *oyr = Py_None;
+    int overwrite = 0;
+    PyArrayObject *dx = NULL, *dg = NULL, *db = NULL, *dmask = NULL;
     PyObject *result = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO:bn2d_backward", kwlist, &ody, &ox, &og,
-                                     &om, &os)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|Op:bn2d_backward", kwlist, &ody, &ox,
+                                     &og, &om, &os, &oyr, &overwrite)) {
         return NULL;
     }
     PyArrayObject *x = ops_check_nchw(ox, "x");
     PyArrayObject *dy = x ? check_float_array(ody, "dy", 4) : NULL;
     if (!dy || !ops_same_shape(x, "x", dy, "dy")) {
         return NULL;
+    }
+    /* relu_out: backward of relu(bn(x)) with y = relu_out (the fused kernel) */
+    PyArrayObject *yr = NULL;
+    if (oyr != Py_None) {
+        yr = check_float_array(oyr, "relu_out", 4);
+        if (!yr || !ops_same_shape(x, "x", yr, "relu_out")) {
+            return NULL;
+        }
     }
     const npy_intp cdim[1] = {PyArray_DIM(x, 1)};
     PyArrayObject *g = check_float_shape(og, "gamma", 1, cdim);
@@ -718,13 +731,32 @@ static PyObject *py_bn2d_backward(PyObject *self, PyObject *args, PyObject *kwds
     dx = new_float_array(4, PyArray_DIMS(x));
     dg = new_float_array(1, cdim);
     db = new_float_array(1, cdim);
-    if (!dx || !dg || !db) {
+    /* the kernels given relu_out overwrite dy with the masked gradient: a copy */
+    dmask = yr ? (PyArrayObject *)PyArray_NewCopy(dy, NPY_CORDER) : NULL;
+    if (!dx || !dg || !db || (yr && !dmask)) {
         goto cleanup;
+    }
+    if (overwrite) {
+        /* dx is written, not accumulated: start from NaN so a skipped element shows */
+        float *p = FDATA(dx);
+        for (npy_intp i = 0; i < PyArray_SIZE(dx); i++) {
+            p[i] = NAN;
+        }
     }
     eenet_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = eenet_bn2d_backward(FDATA(dx), FDATA(dg), FDATA(db), CFDATA(dy), CFDATA(x), CFDATA(g),
-                             CFDATA(m), CFDATA(s), N, C, HW);
+    if (overwrite) {
+        st = eenet_bn2d_backward_set(FDATA(dx), FDATA(dg), FDATA(db),
+                                     yr ? FDATA(dmask) : (float *)CFDATA(dy),
+                                     yr ? CFDATA(yr) : NULL, CFDATA(x), CFDATA(g), CFDATA(m),
+                                     CFDATA(s), N, C, HW);
+    } else if (yr) {
+        st = eenet_bn2d_relu_backward(FDATA(dx), FDATA(dg), FDATA(db), FDATA(dmask), CFDATA(yr),
+                                      CFDATA(x), CFDATA(g), CFDATA(m), CFDATA(s), N, C, HW);
+    } else {
+        st = eenet_bn2d_backward(FDATA(dx), FDATA(dg), FDATA(db), CFDATA(dy), CFDATA(x),
+                                 CFDATA(g), CFDATA(m), CFDATA(s), N, C, HW);
+    }
     Py_END_ALLOW_THREADS
     if (st != EENET_OK) {
         raise_status(st);
@@ -732,6 +764,7 @@ static PyObject *py_bn2d_backward(PyObject *self, PyObject *args, PyObject *kwds
     }
     result = Py_BuildValue("(OOO)", dx, dg, db);
 cleanup:
+    Py_XDECREF(dmask);
     Py_XDECREF(dx);
     Py_XDECREF(dg);
     Py_XDECREF(db);
@@ -814,7 +847,8 @@ static PyObject *py_sigmoid_backward(PyObject *self, PyObject *args) {
 
 static PyObject *py_add_forward(PyObject *self, PyObject *args) {
     PyObject *oa, *ob;
-    if (!PyArg_ParseTuple(args, "OO:add_forward", &oa, &ob)) {
+    int relu = 0;
+    if (!PyArg_ParseTuple(args, "OO|p:add_forward", &oa, &ob, &relu)) {
         return NULL;
     }
     PyArrayObject *a = check_float_array(oa, "a", -1);
@@ -829,7 +863,7 @@ static PyObject *py_add_forward(PyObject *self, PyObject *args) {
     const size_t n = (size_t)PyArray_SIZE(a);
     eenet_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = eenet_add_forward(FDATA(y), CFDATA(a), CFDATA(b), n);
+    st = (relu ? eenet_add_relu_forward : eenet_add_forward)(FDATA(y), CFDATA(a), CFDATA(b), n);
     Py_END_ALLOW_THREADS
     if (st != EENET_OK) {
         Py_DECREF(y);
@@ -839,14 +873,28 @@ static PyObject *py_add_forward(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_add_backward(PyObject *self, PyObject *args) {
-    PyObject *ody;
+    PyObject *ody, *oyr = Py_None;
+    int set = 0;
     PyArrayObject *da = NULL, *db = NULL;
     PyObject *result = NULL;
-    if (!PyArg_ParseTuple(args, "O:add_backward", &ody)) {
+    if (!PyArg_ParseTuple(args, "O|Oi:add_backward", &ody, &oyr, &set)) {
         return NULL;
     }
     PyArrayObject *dy = check_float_array(ody, "dy", -1);
     if (!dy || !ops_require_nonempty(dy, "dy")) {
+        return NULL;
+    }
+    /* relu_out: backward of relu(a + b) with y = relu_out (the fused kernel);
+     * set: bit 1 / bit 2 overwrite da / db instead of accumulating */
+    PyArrayObject *yr = NULL;
+    if (oyr != Py_None) {
+        yr = check_float_array(oyr, "relu_out", -1);
+        if (!yr || !ops_same_shape(dy, "dy", yr, "relu_out")) {
+            return NULL;
+        }
+    }
+    if (set < 0 || set > 3) {
+        PyErr_Format(PyExc_ValueError, "set: expected 0..3 (bit 1 da, bit 2 db), got %d", set);
         return NULL;
     }
     da = new_float_array(PyArray_NDIM(dy), PyArray_DIMS(dy));
@@ -855,9 +903,23 @@ static PyObject *py_add_backward(PyObject *self, PyObject *args) {
         goto cleanup;
     }
     const size_t n = (size_t)PyArray_SIZE(dy);
+    for (int side = 0; side < 2; side++) {
+        if (set & (1 << side)) {
+            /* overwritten, not accumulated: start from NaN so a skipped element shows */
+            float *p = FDATA(side ? db : da);
+            for (size_t i = 0; i < n; i++) {
+                p[i] = NAN;
+            }
+        }
+    }
     eenet_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = eenet_add_backward(FDATA(da), FDATA(db), CFDATA(dy), n);
+    if (yr || set) {
+        st = eenet_add_relu_backward(FDATA(da), FDATA(db), CFDATA(dy), yr ? CFDATA(yr) : NULL,
+                                     n, set);
+    } else {
+        st = eenet_add_backward(FDATA(da), FDATA(db), CFDATA(dy), n);
+    }
     Py_END_ALLOW_THREADS
     if (st != EENET_OK) {
         raise_status(st);
@@ -1521,22 +1583,29 @@ static PyMethodDef ops_methods[] = {
     /* BEGIN ops methods */
     {"bn2d_forward_train", (PyCFunction)(void (*)(void))py_bn2d_forward_train,
      METH_VARARGS | METH_KEYWORDS,
-     "bn2d_forward_train(x, gamma, beta, running_mean, running_var, momentum=0.1, eps=1e-5)"
-     " -> (y, save_mean, save_invstd); running stats updated in place."},
+     "bn2d_forward_train(x, gamma, beta, running_mean, running_var, momentum=0.1, eps=1e-5,"
+     " relu=False) -> (y, save_mean, save_invstd); running stats updated in place; relu:"
+     " y = relu(bn(x)) (the fused kernel)."},
     {"bn2d_forward_eval", (PyCFunction)(void (*)(void))py_bn2d_forward_eval,
      METH_VARARGS | METH_KEYWORDS,
-     "bn2d_forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5) -> y"},
+     "bn2d_forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, relu=False) -> y"
+     " (relu: relu(bn(x)), fused)"},
     {"bn2d_backward", (PyCFunction)(void (*)(void))py_bn2d_backward,
      METH_VARARGS | METH_KEYWORDS,
-     "bn2d_backward(dy, x, gamma, save_mean, save_invstd) -> (dx, dgamma, dbeta)"},
+     "bn2d_backward(dy, x, gamma, save_mean, save_invstd, relu_out=None, overwrite=False) ->"
+     " (dx, dgamma, dbeta); relu_out: backward of relu(bn(x)) whose output it is (fused);"
+     " overwrite: the kernel that writes dx instead of accumulating."},
     {"relu_forward", py_relu_forward, METH_VARARGS, "relu_forward(x) -> max(x, 0)"},
     {"relu_backward", py_relu_backward, METH_VARARGS,
      "relu_backward(dy, y) -> dx = dy * (y > 0)"},
     {"sigmoid_forward", py_sigmoid_forward, METH_VARARGS, "sigmoid_forward(x) -> 1/(1+e^-x)"},
     {"sigmoid_backward", py_sigmoid_backward, METH_VARARGS,
      "sigmoid_backward(dy, y) -> dx = dy * y * (1 - y)"},
-    {"add_forward", py_add_forward, METH_VARARGS, "add_forward(a, b) -> a + b"},
-    {"add_backward", py_add_backward, METH_VARARGS, "add_backward(dy) -> (da, db)"},
+    {"add_forward", py_add_forward, METH_VARARGS,
+     "add_forward(a, b, relu=False) -> a + b, or relu(a + b) (fused)"},
+    {"add_backward", py_add_backward, METH_VARARGS,
+     "add_backward(dy, relu_out=None, set=0) -> (da, db); relu_out: backward of relu(a + b)"
+     " whose output it is (fused); set bit 1 / 2: da / db overwritten, not accumulated."},
     {"softmax_forward", py_softmax_forward, METH_VARARGS,
      "softmax_forward(logits (N,K)) -> prob (N,K)"},
     {"softmax_backward", py_softmax_backward, METH_VARARGS,
@@ -1957,6 +2026,37 @@ cleanup:
     return res;
 }
 
+static PyObject *Net_set_profiling(NetObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p:set_profiling", &on) || !net_ready(self)) {
+        return NULL;
+    }
+    eenet_net_set_profiling(self->net, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_profile(NetObject *self, PyObject *noargs) {
+    if (!net_ready(self)) {
+        return NULL;
+    }
+    double t[EENET_PROF_SLOTS];
+    eenet_net_profile(self->net, t);
+    PyObject *d = PyDict_New();
+    if (!d) {
+        return NULL;
+    }
+    for (int i = 0; i < EENET_PROF_SLOTS; i++) {
+        PyObject *v = PyFloat_FromDouble(t[i]);
+        if (!v || PyDict_SetItemString(d, eenet_net_profile_name(i), v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
 static PyObject *Net_get_max_batch(NetObject *self, void *closure) {
     return self->net ? PyLong_FromLong(eenet_net_max_batch(self->net)) : PyLong_FromLong(0);
 }
@@ -1978,6 +2078,13 @@ static PyMethodDef Net_methods[] = {
     {"predict", (PyCFunction)(void (*)(void))Net_predict, METH_VARARGS | METH_KEYWORDS,
      "predict(x, threshold=0.5)\n--\n\nBatched early exit: (labels (B,), probs (B,K), "
      "exit (B,), conf (B,))."},
+    {"set_profiling", (PyCFunction)Net_set_profiling, METH_VARARGS,
+     "set_profiling(on)\n--\n\nStart (and reset) or stop per-part timing of forward, "
+     "train_step and predict."},
+    {"profile", (PyCFunction)Net_profile, METH_NOARGS,
+     "profile()\n--\n\n{part: wall-clock seconds} summed since set_profiling(True): "
+     "'<op kind>.forward', '<op kind>.backward', 'zero_grad', 'loss', 'optimizer', "
+     "'exit_output', 'other'."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Net_getset[] = {

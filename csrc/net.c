@@ -18,6 +18,23 @@
 
 #include "kernels.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+static double now_seconds(void) { return omp_get_wtime(); }
+#else
+#include <time.h>
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+#endif
+
+/* Eval runs on at least SPLIT_MIN_ROWS rows split them between threads (at
+ * most SPLIT_MAX_THREADS, each with its own conv scratch); see run_ops. */
+#define SPLIT_MIN_ROWS 2
+#define SPLIT_MAX_THREADS 64
+
 /* ---- per-kind layer structs ---------------------------------------------- */
 
 typedef struct {
@@ -110,7 +127,55 @@ struct eenet_net {
 
     float *probs_all, *conf_all, *dprobs_all, *dconf_all; /* (E1,max_batch,K), (E1,max_batch) */
     int *active;          /* (max_batch) original index of each active row in predict */
+
+    int split_threads;    /* eval runs split rows between up to this many threads */
+    float *split_ws;      /* split_threads conv scratches of split_ws_floats (1 thread) */
+    size_t split_ws_floats;
+
+    int profiling;                   /* eenet_net_set_profiling */
+    double prof[EENET_PROF_SLOTS];   /* seconds per slot */
+    double prof_t;                   /* time of the last mark */
 };
+
+/* ---- profiling ---------------------------------------------------------------- */
+
+static const char *const prof_names[EENET_PROF_SLOTS] = {
+    "conv2d.forward", "batchnorm2d.forward", "relu.forward", "add.forward",
+    "maxpool2d.forward", "global_avgpool.forward", "linear.forward", "sigmoid.forward",
+    "softmax.forward", "conv2d.backward", "batchnorm2d.backward", "relu.backward",
+    "add.backward", "maxpool2d.backward", "global_avgpool.backward", "linear.backward",
+    "sigmoid.backward", "softmax.backward", "zero_grad", "loss", "optimizer", "exit_output",
+    "other"};
+
+void eenet_net_set_profiling(eenet_net *net, int on) {
+    net->profiling = on != 0;
+    memset(net->prof, 0, sizeof net->prof);
+    net->prof_t = now_seconds();
+}
+
+void eenet_net_profile(const eenet_net *net, double *out) {
+    memcpy(out, net->prof, sizeof net->prof);
+}
+
+const char *eenet_net_profile_name(int i) {
+    return i >= 0 && i < EENET_PROF_SLOTS ? prof_names[i] : NULL;
+}
+
+/* Start of a timed part (profiling on). */
+static void prof_start(eenet_net *net) {
+    if (net->profiling) {
+        net->prof_t = now_seconds();
+    }
+}
+
+/* End of a timed part: charge the time since the last mark to slot, restart. */
+static void prof_mark(eenet_net *net, int slot) {
+    if (net->profiling) {
+        const double t = now_seconds();
+        net->prof[slot] += t - net->prof_t;
+        net->prof_t = t;
+    }
+}
 
 /* ---- accessors ------------------------------------------------------------ */
 
@@ -130,6 +195,7 @@ size_t eenet_net_input_size(const eenet_net *net) { return net->tsize[0]; }
 size_t eenet_net_bytes(const eenet_net *net) {
     size_t f = 4 * net->num_params + 2 * net->num_bufs + net->arena_floats +
                net->grad_arena_floats + net->save_floats + net->workspace_floats +
+               (net->split_ws ? (size_t)net->split_threads * net->split_ws_floats : 0) +
                2 * (size_t)net->num_exits * net->max_batch * (net->K + 1);
     return f * sizeof(float) + net->argmax_count * sizeof(int32_t) +
            2 * (size_t)net->num_bn * sizeof(int64_t);
@@ -162,6 +228,7 @@ void eenet_net_free(eenet_net *net) {
     free(net->save_area);
     free(net->argmax_area);
     free(net->workspace);
+    free(net->split_ws);
     free(net->probs_all);
     free(net->conf_all);
     free(net->dprobs_all);
@@ -230,6 +297,11 @@ static eenet_status decode_op(eenet_net *net, int i, const int32_t *rec, const f
         }
         size_t ws = eenet_conv2d_workspace_floats(net->max_batch, L->C, L->H, L->W, L->K, L->k,
                                                   L->k, L->stride, L->pad, net->nthreads);
+        size_t ws1 = eenet_conv2d_workspace_floats(net->max_batch, L->C, L->H, L->W, L->K,
+                                                   L->k, L->k, L->stride, L->pad, 1);
+        if (ws1 > net->split_ws_floats) {
+            net->split_ws_floats = ws1;
+        }
         if (ws > net->workspace_floats) {
             net->workspace_floats = ws;
         }
@@ -625,6 +697,10 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     ALLOC(net->save_area, net->save_floats);
     ALLOC(net->argmax_area, net->argmax_count);
     ALLOC(net->workspace, net->workspace_floats);
+    net->split_threads = net->nthreads < SPLIT_MAX_THREADS ? net->nthreads : SPLIT_MAX_THREADS;
+    if (net->split_threads >= 2) {
+        ALLOC(net->split_ws, (size_t)net->split_threads * net->split_ws_floats);
+    }
     ALLOC(net->probs_all, (size_t)num_exits * max_batch * net->K);
     ALLOC(net->dprobs_all, (size_t)num_exits * max_batch * net->K);
     ALLOC(net->conf_all, (size_t)num_exits * max_batch);
@@ -643,18 +719,21 @@ fail:
 
 /* ---- running ops ----------------------------------------------------------- */
 
-/* Forward of op i on N rows.  training: BN batch statistics + running update. */
-static eenet_status op_forward(eenet_net *net, int i, int N, int training) {
+/* Forward of op i on rows [r0, r0 + N).  training: BN batch statistics +
+ * running update (only with r0 = 0 and the whole batch).  The conv kernels run
+ * with scratch ws sized for nth threads. */
+static eenet_status op_forward_rows(eenet_net *net, int i, int r0, int N, int training,
+                                    float *ws, int nth) {
     net_op *op = &net->ops[i];
-    const float *in = net->act[op->in0];
-    float *out = net->act[op->out];
+    const float *in = net->act[op->in0] + (size_t)r0 * net->tsize[op->in0];
+    float *out = net->act[op->out] + (size_t)r0 * net->tsize[op->out];
     switch (op->kind) {
     case EENET_OP_CONV2D: {
         conv_layer *L = &op->u.conv;
         return eenet_conv2d_forward_ex(out, in, net->params + L->w,
-                                       L->bias >= 0 ? net->params + L->bias : NULL,
-                                       net->workspace, N, L->C, L->H, L->W, L->K, L->k, L->k,
-                                       L->stride, L->pad, net->nthreads);
+                                       L->bias >= 0 ? net->params + L->bias : NULL, ws, N,
+                                       L->C, L->H, L->W, L->K, L->k, L->k, L->stride, L->pad,
+                                       nth);
     }
     case EENET_OP_BATCHNORM2D: {
         bn_layer *L = &op->u.bn;
@@ -678,11 +757,14 @@ static eenet_status op_forward(eenet_net *net, int i, int N, int training) {
         return eenet_sigmoid_forward(out, in, (size_t)N * op->u.elt.n);
     case EENET_OP_ADD:
         return (net->fused_relu[i] >= 0 ? eenet_add_relu_forward : eenet_add_forward)(
-            out, in, net->act[op->in1], (size_t)N * op->u.elt.n);
+            out, in, net->act[op->in1] + (size_t)r0 * net->tsize[op->in1],
+            (size_t)N * op->u.elt.n);
     case EENET_OP_MAXPOOL2D: {
         maxpool_layer *L = &op->u.pool;
-        return eenet_maxpool2d_forward(out, net->argmax_area + L->argmax, in, N, L->C, L->H,
-                                       L->W, L->k, L->stride, L->pad);
+        return eenet_maxpool2d_forward(out,
+                                       net->argmax_area + L->argmax +
+                                           (size_t)r0 * net->tsize[op->out],
+                                       in, N, L->C, L->H, L->W, L->k, L->stride, L->pad);
     }
     case EENET_OP_GLOBAL_AVGPOOL:
         return eenet_global_avgpool_forward(out, in, N, op->u.gap.C, op->u.gap.HW);
@@ -819,15 +901,76 @@ static int set_capable(const eenet_net *net, int i, int j) {
     }
 }
 
-static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int training) {
+/* Ops [begin, end) forward on rows [r0, r0 + N); timed when `timed`. */
+static eenet_status run_ops_rows(eenet_net *net, int begin, int end, int r0, int N,
+                                 int training, float *ws, int nth, int timed) {
     for (int i = begin; i < end; i++) {
         if (net->fused_relu[i] == -2) {
             continue; /* done inside its producer's forward */
         }
-        eenet_status st = op_forward(net, i, N, training);
+        eenet_status st = op_forward_rows(net, i, r0, N, training, ws, nth);
+        if (timed) {
+            prof_mark(net, EENET_PROF_FWD + net->ops[i].kind);
+        }
         if (st != EENET_OK) {
             return st;
         }
+    }
+    return EENET_OK;
+}
+
+/* Threads for an eval-mode run on N rows split between threads: 1 for no split. */
+static int split_threads(const eenet_net *net, int N) {
+    int T = eenet_get_num_threads();
+    T = T < net->split_threads ? T : net->split_threads;
+    T = T < N ? T : N;
+    return N >= SPLIT_MIN_ROWS && T >= 2 ? T : 1;
+}
+
+/* Ops [begin, end) forward on the first N rows.  Eval mode with several
+ * threads: the rows are split into contiguous parts, one per thread, each
+ * running every op single-threaded with its own conv scratch -- one fork/join
+ * per call instead of one per op, and no op split thinner than a sample.  Eval
+ * kernels compute each sample on its own (see the eval linear below), so the
+ * split changes no result. */
+static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int training) {
+    const int T = training ? 1 : split_threads(net, N);
+    if (T < 2) {
+        return run_ops_rows(net, begin, end, 0, N, training, net->workspace, net->nthreads, 1);
+    }
+    eenet_status err = EENET_OK;
+    char msg[512];
+    msg[0] = '\0';
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T)
+#endif
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        if (t < T) {
+            const int lo = (int)((long)N * t / T), hi = (int)((long)N * (t + 1) / T);
+            eenet_status st = EENET_OK;
+            if (hi > lo) {
+                st = run_ops_rows(net, begin, end, lo, hi - lo, 0,
+                                  net->split_ws + (size_t)t * net->split_ws_floats, 1, t == 0);
+            }
+            if (st != EENET_OK) {
+#ifdef _OPENMP
+#pragma omp critical(eenet_split_error)
+#endif
+                {
+                    if (err == EENET_OK) {
+                        err = st;
+                        snprintf(msg, sizeof msg, "%s", eenet_last_error()); /* thread-local */
+                    }
+                }
+            }
+        }
+    }
+    if (err != EENET_OK) {
+        return eenet_set_error(err, "%s", msg);
     }
     return EENET_OK;
 }
@@ -862,7 +1005,9 @@ eenet_status eenet_net_forward(eenet_net *net, float *probs, float *conf, const 
     if (st != EENET_OK) {
         return st;
     }
+    prof_start(net);
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
+    prof_mark(net, EENET_PROF_OTHER);
     st = run_ops(net, 0, net->num_ops, B, training);
     if (st == EENET_OK) {
         gather_outputs(net, probs, conf, B);
@@ -908,6 +1053,7 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
     int E1 = net->num_exits, K = net->K;
     eenet_status st;
     memset(net->grads, 0, sizeof(float) * net->num_params);
+    prof_mark(net, EENET_PROF_ZERO);
     st = run_ops(net, 0, net->num_ops, B, 1);
     if (st != EENET_OK) {
         return st;
@@ -958,6 +1104,7 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
                    sizeof(float) * (size_t)B);
         }
     }
+    prof_mark(net, EENET_PROF_LOSS);
     for (int i = net->num_ops - 1; i >= 0; i--) {
         const net_op *op = &net->ops[i];
         if (net->fused_relu[i] == -2) {
@@ -978,7 +1125,9 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
                 }
             }
         }
+        prof_mark(net, EENET_PROF_ZERO);
         st = op_backward(net, i, B, set);
+        prof_mark(net, EENET_PROF_BWD + op->kind);
         if (st != EENET_OK) {
             return st;
         }
@@ -990,16 +1139,18 @@ static eenet_status train_step_inner(eenet_net *net, eenet_step_stats *stats,
                                (long long)opt->step, (double)stats->parts[0]);
     }
     if (opt->kind == EENET_OPT_SGD) {
-        return eenet_sgd_step(net->params, net->opt_state, net->grads, net->num_params, opt->lr,
-                              opt->momentum, opt->dampening, opt->weight_decay, opt->nesterov,
-                              opt->first_step);
+        st = eenet_sgd_step(net->params, net->opt_state, net->grads, net->num_params, opt->lr,
+                            opt->momentum, opt->dampening, opt->weight_decay, opt->nesterov,
+                            opt->first_step);
+    } else if (opt->kind == EENET_OPT_ADAM) {
+        st = eenet_adam_step(net->params, net->opt_state, net->opt_state + net->num_params,
+                             net->grads, net->num_params, opt->lr, opt->beta1, opt->beta2,
+                             opt->eps, opt->weight_decay, (int)opt->step);
+    } else {
+        st = eenet_set_error(EENET_ERR_VALUE, "unknown optimiser kind %d", opt->kind);
     }
-    if (opt->kind == EENET_OPT_ADAM) {
-        return eenet_adam_step(net->params, net->opt_state, net->opt_state + net->num_params,
-                               net->grads, net->num_params, opt->lr, opt->beta1, opt->beta2,
-                               opt->eps, opt->weight_decay, (int)opt->step);
-    }
-    return eenet_set_error(EENET_ERR_VALUE, "unknown optimiser kind %d", opt->kind);
+    prof_mark(net, EENET_PROF_OPTIM);
+    return st;
 }
 
 eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64_t *exit_counts,
@@ -1019,9 +1170,11 @@ eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64
     }
     /* BN running statistics change in forward: keep a copy so a failed step
      * leaves the whole state as it was */
+    prof_start(net);
     memcpy(net->bufs_snapshot, net->bufs, sizeof(float) * net->num_bufs);
     memcpy(net->nbt_snapshot, net->nbt, sizeof(int64_t) * (size_t)net->num_bn);
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
+    prof_mark(net, EENET_PROF_OTHER);
     st = train_step_inner(net, stats, exit_counts, nll, labels, tags, B, version, lambda_coef,
                           threshold, opt);
     if (st == EENET_ERR_NONFINITE && strstr(eenet_last_error(), " at step ") == NULL) {
@@ -1049,10 +1202,12 @@ eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, in
         return st;
     }
     int E1 = net->num_exits, K = net->K;
+    prof_start(net);
     memcpy(net->act[0], x, sizeof(float) * (size_t)B * net->tsize[0]);
     for (int n = 0; n < B; n++) {
         net->active[n] = n;
     }
+    prof_mark(net, EENET_PROF_OTHER);
     int n_active = B;
     for (int s = 0; s < E1 && n_active > 0; s++) {
         st = run_ops(net, net->seg_begin[2 * s], net->seg_begin[2 * s + 2], n_active, 0);
@@ -1082,6 +1237,7 @@ eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, in
             }
         }
         n_active = kept;
+        prof_mark(net, EENET_PROF_EXIT);
     }
     return st;
 }

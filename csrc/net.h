@@ -135,4 +135,26 @@ eenet_status eenet_net_train_step(eenet_net *net, eenet_step_stats *stats, int64
 eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, int64_t *exit,
                                float *conf, const float *x, int B, float threshold);
 
+/* Per-part timing (wall-clock seconds, summed since the last reset), for
+ * benchmarks/engine_profile.py.  Off by default; when on, each op and each part of the
+ * step around the ops is timed (a clock read per op: negligible next to the ops).
+ * Slots: forward of each op kind (EENET_OP_* order), backward of each kind,
+ * then the EENET_PROF_* parts below. */
+enum {
+    EENET_PROF_FWD = 0,
+    EENET_PROF_BWD = EENET_OP_NUM_KINDS,
+    EENET_PROF_ZERO = 2 * EENET_OP_NUM_KINDS, /* zeroing gradients (params and tensors) */
+    EENET_PROF_LOSS,                          /* gather, early-exit loss, statistics, seeds */
+    EENET_PROF_OPTIM,                         /* finiteness check and optimiser update */
+    EENET_PROF_EXIT,                          /* predict: writing out exited rows, compaction */
+    EENET_PROF_OTHER,                         /* input copy, state snapshot */
+    EENET_PROF_SLOTS
+};
+/* on != 0: start timing (and reset the sums); 0: stop. */
+void eenet_net_set_profiling(eenet_net *net, int on);
+/* Copies the EENET_PROF_SLOTS sums into out. */
+void eenet_net_profile(const eenet_net *net, double *out);
+/* Name of slot i ("conv2d.forward", ..., "zero_grad", ...) or NULL if out of range. */
+const char *eenet_net_profile_name(int i);
+
 #endif /* EENET_NET_H */

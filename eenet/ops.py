@@ -57,8 +57,8 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: int = 
 
 def batch_norm2d(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                  running_var: np.ndarray, training: bool = True, momentum: float = 0.1,
-                 eps: float = 1e-5) -> Tuple[np.ndarray, Optional[np.ndarray],
-                                             Optional[np.ndarray]]:
+                 eps: float = 1e-5, relu: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray],
+                                                                 Optional[np.ndarray]]:
     """Batch normalisation over (N, H, W) per channel, as torch.nn.functional.batch_norm.
 
     x (N, C, H, W); gamma, beta, running_mean, running_var (C,).
@@ -67,24 +67,31 @@ def batch_norm2d(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mea
     IN PLACE: r = (1 - momentum) r + momentum s, with the unbiased variance for running_var.
     Returns (y, save_mean (C,), save_invstd = 1/sqrt(var + eps) (C,)).
     Eval (training=False): the running statistics normalise; returns (y, None, None).
+    relu=True: y = relu(batch_norm(x)) in one pass (the engine's fused kernel; the same
+    values as :func:`relu` of the unfused output).
     """
     if training:
         return _core.bn2d_forward_train(x, gamma, beta, running_mean, running_var,
-                                        float(momentum), float(eps))
-    y = _core.bn2d_forward_eval(x, gamma, beta, running_mean, running_var, float(eps))
+                                        float(momentum), float(eps), bool(relu))
+    y = _core.bn2d_forward_eval(x, gamma, beta, running_mean, running_var, float(eps),
+                                bool(relu))
     return y, None, None
 
 
 def batch_norm2d_backward(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray,
-                          save_mean: np.ndarray, save_invstd: np.ndarray
+                          save_mean: np.ndarray, save_invstd: np.ndarray,
+                          relu_out: Optional[np.ndarray] = None, overwrite: bool = False
                           ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training-mode gradients of :func:`batch_norm2d`.
 
     dy, x (N, C, H, W); gamma, save_mean, save_invstd (C,). With xhat = (x - mean) invstd and
     M = N H W: dbeta = sum dy, dgamma = sum dy xhat,
     dx = gamma invstd / M (M dy - sum dy - xhat sum(dy xhat)). Returns (dx, dgamma, dbeta).
+    relu_out (N, C, H, W): gradients of relu(batch_norm(x)) whose output relu_out is, dy being
+    the gradient of that output (the engine's fused kernel; dy itself is not modified).
+    overwrite: run the engine's kernel that writes dx instead of accumulating (same result).
     """
-    return _core.bn2d_backward(dy, x, gamma, save_mean, save_invstd)
+    return _core.bn2d_backward(dy, x, gamma, save_mean, save_invstd, relu_out, bool(overwrite))
 
 
 # ---- elementwise -----------------------------------------------------------------------------
@@ -99,14 +106,20 @@ def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _core.relu_backward(dy, y)
 
 
-def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Residual add y = a + b (same shapes, no broadcasting)."""
-    return _core.add_forward(a, b)
+def add(a: np.ndarray, b: np.ndarray, relu: bool = False) -> np.ndarray:
+    """Residual add y = a + b (same shapes, no broadcasting); relu=True: y = relu(a + b) in
+    one pass (the engine's fused kernel)."""
+    return _core.add_forward(a, b, bool(relu))
 
 
-def add_backward(dy: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Gradients of :func:`add`: (da, db) = (dy, dy), as new arrays."""
-    return _core.add_backward(dy)
+def add_backward(dy: np.ndarray, relu_out: Optional[np.ndarray] = None,
+                 overwrite: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Gradients of :func:`add`: (da, db) = (dy, dy), as new arrays.
+
+    relu_out (same shape as dy): gradients of relu(a + b) whose output relu_out is,
+    da = db = dy where relu_out > 0 else 0 (the engine's fused kernel).  overwrite: bit 1 / 2
+    run the kernel that writes da / db instead of accumulating (same result)."""
+    return _core.add_backward(dy, relu_out, int(overwrite))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -607,3 +607,28 @@ def test_default_dispatch_on_winograd_shapes(rng, s5):
         _close(db, rdb)
     finally:
         lib.eenet_conv2d_set_impl(old)
+
+
+@pytest.mark.parametrize("s5", [(5, 64, 8, 8, 64), (3, 16, 7, 9, 20)])
+def test_winograd_batch_invariant(rng, s5):
+    """A sample's result does not depend on the batch around it (bit for bit):
+    batched early-exit inference relies on it (tiles of several samples share
+    a GEMM block).  The AVX-512 path only: the portable one (set_impl 5, never
+    chosen automatically) hands the GEMMs to OpenBLAS, whose blocking depends
+    on the column count."""
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(4)
+    try:
+        _check_batch_invariant(rng, s5)
+    finally:
+        lib.eenet_conv2d_set_impl(old)
+
+
+def _check_batch_invariant(rng, s5):
+    x, w, b, dy = _arrays(rng, _wshape(s5))
+    y = _core.conv2d_forward(x, w, b, 1, 1)
+    dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
+    for i in range(x.shape[0]):
+        np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, 1, 1)[0], y[i])
+        dxi = _core.conv2d_backward(dy[i:i + 1], x[i:i + 1], w, 1, 1, False, need_dw=False)[0]
+        np.testing.assert_array_equal(dxi[0], dx[i])

@@ -737,6 +737,30 @@ def test_predict_equals_one_sample_loop_and_rule(case):
     assert (net.predict(x, threshold=1.0).exit == net.num_exits - 1).all()
 
 
+@pytest.mark.parametrize("case", [("eenet8", (1, 28, 28), 10, "pool"),
+                                  ("eenet20", (3, 32, 32), 10, "bnpool")],
+                         ids=lambda c: c[0])
+def test_eval_results_do_not_depend_on_thread_count(case):
+    """Eval runs split the rows between threads (each thread runs every op on its rows):
+    predict and predict_all give the same bits at 1, 2 and 3 threads, for a net built at
+    3 threads (so the split has scratch for all three) and odd batch sizes."""
+    eenet.set_num_threads(3)
+    net = make_net(*case, max_batch=16)
+    x, _ = batch(case[1], 13, case[2], seed=2)
+    spread_confidences(net, x)
+    results = []
+    for threads in (1, 2, 3):
+        eenet.set_num_threads(threads)
+        probs, conf = net.predict_all(x)
+        pred = net.predict(x)
+        one = net.predict(x[5:6])
+        results.append((probs, conf, pred.probs, pred.conf, pred.exit, one.probs))
+    assert len(np.unique(results[0][4])) > 1  # the batch really split between exits
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_predict_does_not_modify_input_or_training_flag():
     net = make_net("eenet8", (1, 28, 28), 10, "pool")
     x, _ = batch((1, 28, 28), 8, 10)

@@ -164,6 +164,101 @@ def test_bn_bad_input(rng):
         ops.batch_norm2d(x, c(), c(), c(), ro)
 
 
+# ---- the engine's fused kernels: relu(bn(x)), relu(a + b) ----------------------------------
+
+def bits(a):
+    """The float32 bit patterns (tells -0 from 0 and compares NaN)."""
+    return np.ascontiguousarray(a, np.float32).view(np.uint32)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 5), (4, 2, 4, 4), (3, 5, 7, 9), (2, 4, 16, 16)])
+def test_fused_bn_relu_forward_backward(rng, shape):
+    C = shape[1]
+    x = f32(rng.normal(0.5, 2, shape))
+    g, b = f32(rng.normal(1, 0.3, C)), f32(rng.normal(0, 0.5, C))
+    rm0, rv0 = f32(rng.normal(size=C)), f32(rng.uniform(0.5, 2, C))
+    # training forward: the fused kernel gives relu() of the unfused output, bit for bit,
+    # with the same saved and running statistics
+    rm1, rv1, rm2, rv2 = rm0.copy(), rv0.copy(), rm0.copy(), rv0.copy()
+    y, sm, si = ops.batch_norm2d(x, g, b, rm1, rv1)
+    yf, smf, sif = ops.batch_norm2d(x, g, b, rm2, rv2, relu=True)
+    np.testing.assert_array_equal(bits(yf), bits(ops.relu(y)))
+    for u, v in [(sm, smf), (si, sif), (rm1, rm2), (rv1, rv2)]:
+        np.testing.assert_array_equal(bits(u), bits(v))
+    yr, mean, var = bn_ref(x.astype(np.float64), g, b)
+    close(yf, np.maximum(yr, 0), rtol=1e-5, atol=1e-5)
+    # eval forward, with values whose ReLU is special: -0, NaN, exactly 0
+    xe = x.copy()
+    xe.flat[0], xe.flat[1] = np.nan, rm0[0]
+    ye = ops.batch_norm2d(xe, g, b, rm0, rv0, training=False)[0]
+    yef = ops.batch_norm2d(xe, g, b, rm0, rv0, training=False, relu=True)[0]
+    np.testing.assert_array_equal(bits(yef), bits(ops.relu(ye)))
+    # backward of relu(bn(x)): the fused kernel (accumulating, and overwriting dx) equals
+    # relu_backward followed by batch norm's backward, bit for bit
+    dy = f32(rng.normal(size=shape))
+    dy_copy = dy.copy()
+    ref = ops.batch_norm2d_backward(ops.relu_backward(dy, yf), x, g, smf, sif)
+    for overwrite in (False, True):
+        got = ops.batch_norm2d_backward(dy, x, g, smf, sif, relu_out=yf, overwrite=overwrite)
+        for u, v in zip(got, ref):
+            np.testing.assert_array_equal(bits(u), bits(v))
+    np.testing.assert_array_equal(dy, dy_copy)  # the binding masks a copy
+    # ... and the float64 reference: dL/dx of sum(dy * relu(bn(x)))
+    x64, g64, b64 = x.astype(np.float64), g.astype(np.float64), b.astype(np.float64)
+    yr64 = bn_ref(x64, g64, b64)[0]
+    d = np.where(yr64 > 0, dy, 0.0)
+    M = shape[0] * shape[2] * shape[3]
+    xhat = (x64 - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+    dbeta = d.sum(axis=(0, 2, 3))
+    dgamma = (d * xhat).sum(axis=(0, 2, 3))
+    dx = (g64 / np.sqrt(var + 1e-5))[None, :, None, None] / M * (
+        M * d - dbeta[None, :, None, None] - xhat * dgamma[None, :, None, None])
+    got = ops.batch_norm2d_backward(dy, x, g, smf, sif, relu_out=yf, overwrite=True)
+    close(got[0], dx, rtol=1e-3, atol=1e-4)
+    close(got[1], dgamma, rtol=1e-4, atol=1e-4)
+    close(got[2], dbeta, rtol=1e-4, atol=1e-4)
+    # the plain backward through the overwriting kernel
+    got = ops.batch_norm2d_backward(dy, x, g, smf, sif, overwrite=True)
+    for u, v in zip(got, ops.batch_norm2d_backward(dy, x, g, smf, sif)):
+        np.testing.assert_array_equal(bits(u), bits(v))
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 100003])
+def test_fused_add_relu_forward_backward(rng, n):
+    a, b = f32(rng.normal(size=n)), f32(rng.normal(size=n))
+    a[0], b[0] = 1.0, -1.0          # a + b = 0 exactly: the ReLU's kink
+    if n > 2:
+        a[1], b[1] = -0.0, -0.0     # -0: passes through the ReLU as -0
+    y = ops.add(a, b, relu=True)
+    np.testing.assert_array_equal(bits(y), bits(ops.relu(ops.add(a, b))))
+    np.testing.assert_array_equal(y, np.maximum(a + b, np.float32(0)))  # float32 sums
+    dy = f32(rng.normal(size=n))
+    mask = ops.relu_backward(dy, y)
+    np.testing.assert_array_equal(mask, np.where(y > 0, dy, 0))
+    ref = ops.add_backward(mask)
+    for overwrite in range(4):
+        got = ops.add_backward(dy, relu_out=y, overwrite=overwrite)
+        for u, v in zip(got, ref):
+            np.testing.assert_array_equal(bits(u), bits(v))
+        plain = ops.add_backward(dy, overwrite=overwrite)
+        for u in plain:
+            np.testing.assert_array_equal(bits(u), bits(dy))
+
+
+def test_fused_bad_input(rng):
+    x = f32(rng.normal(size=(2, 3, 4, 4)))
+    c = np.ones(3, np.float32)
+    y, m, s = ops.batch_norm2d(x, c, c * 0, c * 0, c.copy(), relu=True)
+    with pytest.raises(ValueError, match="relu_out: expected shape"):
+        ops.batch_norm2d_backward(x, x, c, m, s, relu_out=y[:, :2].copy())
+    with pytest.raises(TypeError, match="relu_out: expected dtype float32"):
+        ops.batch_norm2d_backward(x, x, c, m, s, relu_out=y.astype(np.float64))
+    with pytest.raises(ValueError, match="relu_out: expected shape"):
+        ops.add_backward(x, relu_out=x[:1].copy())
+    with pytest.raises(ValueError, match="set: expected 0..3"):
+        ops.add_backward(x, overwrite=4)
+
+
 # ---- elementwise and softmax -------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [1, 7, 100003])

@@ -534,7 +534,10 @@ static eenet_status bn2d_backward_impl(const char *name, float *dinp, float *dga
             const float k = (float)(gamma[c] * invstd);
             const float mdy = (float)(sdy / M);
             const float c2 = (float)(invstd * sdyx / M);
-            for (int n = 0; n < N; n++) {
+            /* last planes first: the sums' pass left them in L2 (a channel's dy,
+             * x and y outgrow it at 32x32 and batch 128); elementwise, so the
+             * order changes no result */
+            for (int n = N - 1; n >= 0; n--) {
                 const size_t off = ((size_t)n * C + c) * HW;
                 const float *x = inp + off;
                 const float *dy = dout + off;

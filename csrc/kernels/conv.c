@@ -20,6 +20,12 @@
  *   - q-space direct (conv_avx512.c, conv_direct.h: positions in zmm lanes over
  *     zero-padded phase planes, so stride s becomes contiguous reads): every
  *     other 3x3/7x7 layer, i.e. the small-channel EENet-8 layers;
+ *   - Winograd F(2x2,3x3) (conv_winograd.c): forward and backward-data of
+ *     3x3 stride-1 pad-1 layers with 16..64 channels on planes where the
+ *     transforms fill the vector lanes well (wino_auto below); 2.25x fewer
+ *     multiply-adds, the 16 transformed-domain GEMMs run on the direct
+ *     path's register-blocked micro-kernel (64->64 8x8 at batch 128, one
+ *     thread: 5.6 -> 3.4 ms forward);
  *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
  *     backward-data of strided layers (dcol = w^T dout, col2im), and every
  *     layer on CPUs without AVX-512 or other architectures (the portable
@@ -359,12 +365,36 @@ static int lanes_pick(const conv_plan *pl, int op) {
         return pl->s > 1 && pl->p == 0;
     }
     if (op == 1) {
-        return pl->C * pl->K <= 128;
+        /* 1-2 input channels (9-18 taps), stride 1: the q-space kernel
+         * wins (1->2 28x28 48 vs 42, 2->2 54 vs 40, 1->4 54 vs 45 GFLOP/s);
+         * stride 2 not (2->4 28x28 s2: lanes 49 vs 36) */
+        return pl->C * pl->K <= 128 && (pl->ckk >= 27 || pl->s > 1);
     }
     if (op == 2) {
         return pl->C * pl->K < 256 || pl->W % 8 != 0;
     }
     return 1;
+}
+
+/* Zero the border (ph rows, pw columns on each side) of a lane-layout
+ * buffer (cin, hp, wp, 16); lanes_in overwrites the interior of every group
+ * (the rows it skips are never read), so this is all the zeroing needed. */
+static void lanes_zero_border(float *xl, int cin, int hp, int wp, int ph, int pw) {
+    if (ph == 0 && pw == 0) {
+        return;
+    }
+    size_t row = 16 * (size_t)wp;
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < hp; y++) {
+            float *r = xl + ((size_t)c * hp + y) * row;
+            if (y < ph || y >= hp - ph) {
+                memset(r, 0, sizeof(float) * row);
+            } else if (pw > 0) {
+                memset(r, 0, sizeof(float) * 16 * (size_t)pw);
+                memset(r + row - 16 * (size_t)pw, 0, sizeof(float) * 16 * (size_t)pw);
+            }
+        }
+    }
 }
 
 /* Input rows the lane path must fill: every row, or every s-th for a 1x1
@@ -387,11 +417,31 @@ static int lanes_count(const conv_plan *pl, int nt) {
     return 16 * ng;
 }
 
-/* Winograd in the automatic dispatch (measured on Zen 4, one thread, see
- * the file header): not yet faster than the direct kernels anywhere. */
+/* Winograd in the automatic dispatch.  Measured (1 thread CPU time, Zen 4,
+ * batch 128, ms forward / backward-data, direct paths -> Winograd):
+ * 64->64 8x8 5.57/5.62 -> 3.38/3.49; 32->32 16x16 5.91/6.01 -> 4.56/4.26;
+ * 32->32 8x8 1.42/1.42 -> 1.06/1.13; 32->32 32x32 24.3/27.0 -> 18.5/19.8;
+ * 16->32 16x16 3.08/3.48 -> 2.75/2.40; 16->16 16x16 1.63/1.74 -> 1.52/1.46;
+ * 16->16 8x8 0.42/0.59 -> 0.38/0.41; 16->16 32x32 6.96/7.24 -> 6.83/7.45
+ * (even); but 16->16 14x14 1.13/1.15 -> 1.54/1.64, 16->16 28x28
+ * 4.82/5.04 -> 5.92/5.87, 16->16 7x7 (batch 32) 0.076/0.078 -> 0.091/0.100.
+ * The transforms cost ~(C+K) per tile against the GEMMs' ~C*K, and fill
+ * the vector lanes fully when a tile row has 4 or 8 tiles (several rows
+ * stacked per vector) or a multiple of 16, partly otherwise (tw/16 of the
+ * lanes for tw < 16): Winograd where tw is 4 or 8, else where
+ * C*K/(C+K) times the lanes' fill is >= 8.  Only measured from 16 to 64
+ * channels (ResNet-20/EENet-20 sizes): larger ones keep the direct
+ * kernels.  The choice never depends on the batch size: every path computes
+ * a sample the same way at any batch, so batched early-exit inference gives
+ * bit-identical results to one sample at a time (test_net.py), which a
+ * batch-dependent switch would break (64->64 8x8 at batch 1 is 1.08x slower
+ * with Winograd: its weight transform is not amortised). */
 static int wino_auto(const conv_plan *pl) {
-    (void)pl;
-    return 0;
+    int tw = (pl->W + 1) / 2;
+    double fill = tw >= 16 ? (double)tw / (16.0 * ((tw + 15) / 16)) : tw / 16.0;
+    double ck = (double)pl->C * pl->K / ((double)pl->C + pl->K);
+    return pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 &&
+           (tw == 4 || tw == 8 || ck * fill >= 8.0);
 }
 
 static void plan_choose(conv_plan *pl) {
@@ -699,7 +749,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
             /* groups of 16 samples in the vector lanes; out (16, K, Ho, Wo)
              * per group through yl (K, Ho, Wo, 16) */
             float *xl = slot + pl->s_xl, *yl = slot + pl->s_dl;
-            memset(xl, 0, sizeof(float) * 16 * (size_t)C * pl->hp * pl->wp);
+            lanes_zero_border(xl, C, pl->hp, pl->wp, pl->p, pl->p);
             int ng = (nlane + 15) / 16;
             size_t in_img = (size_t)C * H * W, out_img = (size_t)K * howo;
 #ifdef _OPENMP
@@ -894,11 +944,11 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
             float *dwl = slot + pl->s_dwl;
             const float *dli = dl + 16 * ((size_t)phd * wd + pwd); /* dout (0, 0) */
             if (lane_w) {
-                memset(xl, 0, sizeof(float) * 16 * (size_t)C * pl->hp * pl->wp);
+                lanes_zero_border(xl, C, pl->hp, pl->wp, pl->p, pl->p);
                 memset(dwl, 0, sizeof(float) * 16 * (size_t)K * ckk);
             }
             if (phd > 0 || pwd > 0) {
-                memset(dl, 0, sizeof(float) * (size_t)K * dplane);
+                lanes_zero_border(dl, K, hd, wd, phd, pwd);
             }
             int ng = (nlane + 15) / 16;
             int gs = (int)((long long)ng * tid / nt), ge = (int)((long long)ng * (tid + 1) / nt);

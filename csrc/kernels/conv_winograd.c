@@ -39,6 +39,7 @@
  */
 #include "conv_winograd.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -50,7 +51,9 @@
 #include "gemm.h"
 
 /* Target tile columns per block (GEMM width); measured on Zen 4, see conv.c. */
+#ifndef WINO_COLS
 #define WINO_COLS 64
+#endif
 
 static size_t r16(size_t n) {
     return (n + 15u) & ~(size_t)15u;
@@ -67,24 +70,32 @@ static void wino_geom(int H, int W, int *th, int *tw, int *rmax, int *ldv) {
     *ldv = (int)r16((size_t)*rmax * *tw);
 }
 
+/* Floats between the 16 element planes of V (cin rows) or M (cout rows): one
+ * cache line more than the rows, so that the 16 planes of a tile, read or
+ * written together by the transforms, do not all map to the same L1 set
+ * (cin*ldv*4 bytes is a multiple of 4 KiB for 64 channels). */
+static size_t e_stride(int rows, int ldv) {
+    return (size_t)rows * ldv + 16;
+}
+
 void eenet_wino_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     int th, tw, rmax, ldv;
     wino_geom(H, W, &th, &tw, &rmax, &ldv);
-    *shared = r16((size_t)16 * C * K) + r16((size_t)(C > K ? C : K));
-    *slot = (size_t)16 * ((size_t)C + K) * ldv;
+    *shared = 16 * e_stride(C > K ? C : K, C > K ? K : C) + r16((size_t)(C > K ? C : K));
+    *slot = (size_t)16 * (e_stride(C, ldv) + e_stride(K, ldv));
 }
 
-/* U_e (cout, cin) for e = 0..15 at u + e*cout*cin: (G g G^T)[e/4][e%4] for
+/* U_e (cout, cin) for e = 0..15 at u + e*e_stride(cout, cin): (G g G^T)[e/4][e%4] for
  * g = w[co][ci] (flip = 0; w (cout, cin, 3, 3)) or g[a][b] =
  * w[ci][co][2-a][2-b] (flip = 1; w (cin, cout, 3, 3)).  packed = 1 lays each
  * U_e out as the direct micro-kernel wants (blocks of kb output channels,
  * [ci][kk] inside, conv_direct.h), else row-major (cout, cin). */
 static void wino_weights(float *u, const float *w, int cout, int cin, int flip, int packed) {
-    size_t ue = (size_t)cout * cin;
+    size_t ue = e_stride(cout, cin);
     for (int k0 = 0; k0 < cout;) {
         int kb = packed ? eenet_conv_fwd_kblock(cout - k0) : cout;
-        for (int co = k0; co < k0 + kb; co++) {
-            for (int ci = 0; ci < cin; ci++) {
+        for (int ci = 0; ci < cin; ci++) {
+            for (int co = k0; co < k0 + kb; co++) {
                 double g[3][3], t[4][3];
                 for (int a = 0; a < 3; a++) {
                     for (int b = 0; b < 3; b++) {
@@ -110,6 +121,32 @@ static void wino_weights(float *u, const float *w, int cout, int cin, int flip, 
             }
         }
         k0 += kb;
+    }
+}
+
+/* Permutation tables of the stacked AVX-512 transforms (tw divides 16, tw < 16):
+ * G = 16/tw tile rows of tw tiles fill the 16 lanes, lane g*tw + tx; their
+ * input rows, 2tw columns each, are stacked in 32 floats (two registers),
+ * position g*2tw + col.  e/o pick columns 2tx/2tx+1; op/en columns 2tx-1 and
+ * 2tx+2 (lanes masked by mop/men read the zero padding). */
+typedef struct {
+    int32_t e[16], o[16], op[16], en[16];
+    unsigned mop, men;
+    int G, L; /* tile rows per vector, stacked row width 2tw */
+} wino_idx;
+
+static void wino_idx_init(wino_idx *ix, int tw) {
+    ix->G = 16 / tw;
+    ix->L = 2 * tw;
+    ix->mop = ix->men = 0;
+    for (int l = 0; l < 16; l++) {
+        int g = l / tw, tx = l % tw, base = g * 2 * tw + 2 * tx;
+        ix->e[l] = base;
+        ix->o[l] = base + 1;
+        ix->op[l] = tx > 0 ? base - 1 : 0;
+        ix->en[l] = tx < tw - 1 ? base + 2 : 0;
+        ix->mop |= (unsigned)(tx > 0) << l;
+        ix->men |= (unsigned)(tx < tw - 1) << l;
     }
 }
 
@@ -284,34 +321,184 @@ static WINO_AVX512 void out_tiles_avx(float *yc, const float *m, size_t es, int 
         }
     }
 }
+/* As in_tiles_avx for ntr <= G tile rows ty.. at once (wino_idx): each
+ * input row's 2tw columns (W = 2tw or 2tw-1; the rest zero) are loaded into
+ * its slot of the 32-float stack, then the four columns of every tile are
+ * permuted out of it. */
+static WINO_AVX512 void in_stack_avx(float *v, size_t es, const float *xc, int H, int W, int ty,
+                                     int ntr, const wino_idx *ix) {
+    const __m512i ie = _mm512_loadu_si512(ix->e), io = _mm512_loadu_si512(ix->o);
+    const __m512i iop = _mm512_loadu_si512(ix->op), ien = _mm512_loadu_si512(ix->en);
+    const __mmask16 mop = (__mmask16)ix->mop, men = (__mmask16)ix->men;
+    const unsigned mw = (1u << W) - 1u;
+    int L = ix->L;
+    __m512 r[4][4];
+    for (int i = 0; i < 4; i++) {
+        /* two named registers (an indexed array would live on the stack) */
+        __m512 S0 = _mm512_setzero_ps(), S1 = _mm512_setzero_ps();
+        for (int g = 0; g < ntr; g++) {
+            int y = 2 * (ty + g) - 1 + i;
+            if (y < 0 || y >= H) {
+                continue;
+            }
+            int p = g * L, o = p % 16;
+            const float *src = xc + (size_t)y * W - o;
+            if (p < 16) {
+                S0 = _mm512_mask_loadu_ps(S0, (__mmask16)(mw << o), src);
+            } else {
+                S1 = _mm512_mask_loadu_ps(S1, (__mmask16)(mw << o), src);
+            }
+        }
+        __m512 d0 = _mm512_maskz_permutex2var_ps(mop, S0, iop, S1);
+        __m512 d1 = _mm512_permutex2var_ps(S0, ie, S1);
+        __m512 d2 = _mm512_permutex2var_ps(S0, io, S1);
+        __m512 d3 = _mm512_maskz_permutex2var_ps(men, S0, ien, S1);
+        r[i][0] = _mm512_sub_ps(d0, d2);
+        r[i][1] = _mm512_add_ps(d1, d2);
+        r[i][2] = _mm512_sub_ps(d2, d1);
+        r[i][3] = _mm512_sub_ps(d1, d3);
+    }
+    __mmask16 ms = tmask(ntr * (L / 2));
+    for (int j = 0; j < 4; j++) {
+        _mm512_mask_storeu_ps(v + (size_t)(0 + j) * es, ms, _mm512_sub_ps(r[0][j], r[2][j]));
+        _mm512_mask_storeu_ps(v + (size_t)(4 + j) * es, ms, _mm512_add_ps(r[1][j], r[2][j]));
+        _mm512_mask_storeu_ps(v + (size_t)(8 + j) * es, ms, _mm512_sub_ps(r[2][j], r[1][j]));
+        _mm512_mask_storeu_ps(v + (size_t)(12 + j) * es, ms, _mm512_sub_ps(r[1][j], r[3][j]));
+    }
+}
+
+/* As out_tiles_avx for ntr <= G tile rows: the interleaved pair of output
+ * rows of each tile row is the stack slot g (2tw columns, W stored). */
+static WINO_AVX512 void out_stack_avx(float *yc, const float *m, size_t es, int H, int W, int ty,
+                                      int ntr, const wino_idx *ix, float bias, int accumulate) {
+    const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i ih =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512 vb = _mm512_set1_ps(bias);
+    const unsigned mw = (1u << W) - 1u;
+    int L = ix->L;
+    __mmask16 ml = tmask(ntr * (L / 2));
+    __m512 t[2][4];
+    for (int j = 0; j < 4; j++) {
+        __m512 m0 = _mm512_maskz_loadu_ps(ml, m + (size_t)j * es);
+        __m512 m1 = _mm512_maskz_loadu_ps(ml, m + (size_t)(4 + j) * es);
+        __m512 m2 = _mm512_maskz_loadu_ps(ml, m + (size_t)(8 + j) * es);
+        __m512 m3 = _mm512_maskz_loadu_ps(ml, m + (size_t)(12 + j) * es);
+        t[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+        t[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+    }
+    for (int a = 0; a < 2; a++) {
+        __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(t[a][0], t[a][1]), t[a][2]), vb);
+        __m512 y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(t[a][1], t[a][2]), t[a][3]), vb);
+        __m512 S0 = _mm512_permutex2var_ps(y0, il, y1), S1 = _mm512_permutex2var_ps(y0, ih, y1);
+        for (int g = 0; g < ntr; g++) {
+            int oy = 2 * (ty + g) + a;
+            if (oy >= H) {
+                continue;
+            }
+            int p = g * L, o = p % 16;
+            __mmask16 mk = (__mmask16)(mw << o);
+            float *row = yc + (size_t)oy * W - o;
+            __m512 val = p < 16 ? S0 : S1;
+            if (accumulate) {
+                val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mk, row));
+            }
+            _mm512_mask_storeu_ps(row, mk, val);
+        }
+    }
+}
 #define WINO_HAVE_AVX512 1
 #else
 #define WINO_HAVE_AVX512 0
 #endif
 
-static void in_tiles(float *v, size_t es, const float *xc, int H, int W, int ty, int tw,
-                     int avx) {
+/* Input transform of ntr tile rows ty.. (V columns tw apart per row); ix
+ * non-NULL: the stacked AVX-512 form (ntr <= ix->G). */
+static void in_rows(float *v, size_t es, const float *xc, int H, int W, int ty, int ntr, int tw,
+                    int avx, const wino_idx *ix) {
 #if WINO_HAVE_AVX512
-    if (avx) {
-        in_tiles_avx(v, es, xc, H, W, ty, tw);
+    if (ix) {
+        in_stack_avx(v, es, xc, H, W, ty, ntr, ix);
         return;
     }
 #endif
-    in_tiles_c(v, es, xc, H, W, ty, tw);
+    for (int q = 0; q < ntr; q++) {
+#if WINO_HAVE_AVX512
+        if (avx) {
+            in_tiles_avx(v + (size_t)q * tw, es, xc, H, W, ty + q, tw);
+            continue;
+        }
+#endif
+        in_tiles_c(v + (size_t)q * tw, es, xc, H, W, ty + q, tw);
+    }
 }
 
-static void out_tiles(float *yc, const float *m, size_t es, int H, int W, int ty, int tw,
-                      float bias, int accumulate, int avx) {
+/* Output transform of ntr tile rows ty.. (M columns tw apart per row). */
+static void out_rows(float *yc, const float *m, size_t es, int H, int W, int ty, int ntr, int tw,
+                     float bias, int accumulate, int avx, const wino_idx *ix) {
 #if WINO_HAVE_AVX512
-    if (avx) {
-        out_tiles_avx(yc, m, es, H, W, ty, tw, bias, accumulate);
+    if (ix) {
+        out_stack_avx(yc, m, es, H, W, ty, ntr, ix, bias, accumulate);
         return;
     }
 #endif
-    out_tiles_c(yc, m, es, H, W, ty, tw, bias, accumulate);
+    for (int q = 0; q < ntr; q++) {
+#if WINO_HAVE_AVX512
+        if (avx) {
+            out_tiles_avx(yc, m + (size_t)q * tw, es, H, W, ty + q, tw, bias, accumulate);
+            continue;
+        }
+#endif
+        out_tiles_c(yc, m + (size_t)q * tw, es, H, W, ty + q, tw, bias, accumulate);
+    }
 }
 
 /* ---- the convolution ---------------------------------------------------- */
+
+/* Hint into the cache the plane rows that tile rows [r0, r1) read (input,
+ * planes of nch channels: rows 2ty-1 .. 2ty+2) or write (output: rows 2ty,
+ * 2ty+1), so that the transforms of the next block do not wait on memory
+ * while this block's GEMMs run.  No-op without GCC/Clang. */
+static void prefetch_rows(const float *base, int write, long long r0, long long r1, int th,
+                          int nch, int H, int W) {
+#if defined(__GNUC__)
+    size_t hw = (size_t)H * W;
+    for (long long r = r0; r < r1;) {
+        int n = (int)(r / th), ty = (int)(r % th);
+        long long seg = th - ty < r1 - r ? th - ty : r1 - r;
+        int ya = write ? 2 * ty : 2 * ty - 1, yb = 2 * (ty + (int)seg) + (write ? 0 : 1);
+        ya = ya < 0 ? 0 : ya;
+        yb = yb > H ? H : yb;
+        for (int c = 0; c < nch && yb > ya; c++) {
+            const float *p = base + ((size_t)n * nch + c) * hw + (size_t)ya * W;
+            size_t len = (size_t)(yb - ya) * W;
+            for (size_t i = 0; i < len; i += 16) {
+                if (write) {
+                    __builtin_prefetch(p + i, 1, 3);
+                } else {
+                    __builtin_prefetch(p + i, 0, 3);
+                }
+            }
+        }
+        r += seg;
+    }
+#else
+    (void)base, (void)write, (void)r0, (void)r1, (void)th, (void)nch, (void)H, (void)W;
+#endif
+}
+
+/* Tile rows handled together from global tile row r (tile row ty of its
+ * sample): at most G, not past the block end r1 nor the sample's last row. */
+static int rows_at(long long r, long long r1, int ty, int th, int G) {
+    long long n = G;
+    if (n > r1 - r) {
+        n = r1 - r;
+    }
+    if (n > th - ty) {
+        n = th - ty;
+    }
+    return (int)n;
+}
 
 void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *w, int flip,
                      const float *bias, float *shared, float *slots, size_t slot_stride, int N,
@@ -319,9 +506,9 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
     int th, tw, rmax, ldv;
     wino_geom(H, W, &th, &tw, &rmax, &ldv);
     avx = avx && WINO_HAVE_AVX512;
-    size_t ue = (size_t)cout * cin;
+    size_t ue = e_stride(cout, cin);
     float *u = shared;
-    int *off = (int *)(shared + r16(16 * ue));
+    int *off = (int *)(shared + 16 * e_stride(cin > cout ? cin : cout, cin > cout ? cout : cin));
     wino_weights(u, w, cout, cin, flip, avx);
     for (int c = 0; c < cin; c++) {
         off[c] = c * ldv;
@@ -346,6 +533,15 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
     if (!avx) {
         eenet_blas_set_threads(1);
     }
+    /* stacked transforms where tw divides 16 (8x8: 4 tile rows per vector) */
+    wino_idx ix;
+    const wino_idx *pix = NULL;
+    int G = 1;
+    if (avx && tw < 16 && 16 % tw == 0) {
+        wino_idx_init(&ix, tw);
+        pix = &ix;
+        G = ix.G;
+    }
     size_t hw = (size_t)H * W;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -355,9 +551,9 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *v = slots + (size_t)tid * slot_stride; /* V (16, cin, ldv) */
-        float *mm = v + (size_t)16 * cin * ldv;        /* M (16, cout, ldv) */
-        size_t esv = (size_t)cin * ldv, esm = (size_t)cout * ldv;
+        float *v = slots + (size_t)tid * slot_stride; /* V (16, cin, ldv), planes esv apart */
+        size_t esv = e_stride(cin, ldv), esm = e_stride(cout, ldv);
+        float *mm = v + 16 * esv; /* M (16, cout, ldv), planes esm apart */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -367,17 +563,28 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
             int nq = (cols + 15) / 16;
             if (nq * 16 > cols) {
                 /* GEMM tail columns: finite values, never stored */
-                for (size_t row = 0; row < (size_t)16 * cin; row++) {
-                    memset(v + row * ldv + cols, 0, sizeof(float) * (size_t)(nq * 16 - cols));
+                for (int e = 0; e < 16; e++) {
+                    for (int c = 0; c < cin; c++) {
+                        memset(v + e * esv + (size_t)c * ldv + cols, 0,
+                               sizeof(float) * (size_t)(nq * 16 - cols));
+                    }
                 }
             }
-            /* V_e[c][col] for the block's tiles */
+            /* V_e[c][col] for the block's tiles, G tile rows of a sample at a time */
             for (int c = 0; c < cin; c++) {
-                for (long long r = r0; r < r1; r++) {
+                for (long long r = r0; r < r1;) {
                     int n = (int)(r / th), ty = (int)(r % th);
-                    in_tiles(v + (size_t)c * ldv + (size_t)(r - r0) * tw, esv,
-                             inp + ((size_t)n * cin + c) * hw, H, W, ty, tw, avx);
+                    int ntr = rows_at(r, r1, ty, th, G);
+                    in_rows(v + (size_t)c * ldv + (size_t)(r - r0) * tw, esv,
+                            inp + ((size_t)n * cin + c) * hw, H, W, ty, ntr, tw, avx, pix);
+                    r += ntr;
                 }
+            }
+            /* while the GEMMs run: this block's output rows, the next block's input */
+            prefetch_rows(out, 1, r0, r1, th, cout, H, W);
+            if (b + 1 < nblk) {
+                long long n1 = r1 + R < rtot ? r1 + R : rtot;
+                prefetch_rows(inp, 0, r1, n1, th, cin, H, W);
             }
             /* M_e (cout, cols) = U_e (cout, cin) . V_e (cin, cols) */
             for (int e = 0; e < 16; e++) {
@@ -390,13 +597,15 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
                 }
             }
             /* Y = A^T M A (+ bias) into the output planes */
-            for (long long r = r0; r < r1; r++) {
+            for (long long r = r0; r < r1;) {
                 int n = (int)(r / th), ty = (int)(r % th);
+                int ntr = rows_at(r, r1, ty, th, G);
                 const float *mr = mm + (size_t)(r - r0) * tw;
                 for (int k = 0; k < cout; k++) {
-                    out_tiles(out + ((size_t)n * cout + k) * hw, mr + (size_t)k * ldv, esm, H, W,
-                              ty, tw, bias ? bias[k] : 0.0f, accumulate, avx);
+                    out_rows(out + ((size_t)n * cout + k) * hw, mr + (size_t)k * ldv, esm, H, W,
+                             ty, ntr, tw, bias ? bias[k] : 0.0f, accumulate, avx, pix);
                 }
+                r += ntr;
             }
         }
     }
