@@ -532,7 +532,8 @@ def test_winograd_matches_torch(rng, s5, wino_impl):
 @pytest.mark.parametrize("s5", [(1, 16, 8, 8, 16), (3, 32, 16, 16, 32), (16, 64, 8, 8, 64),
                                 (2, 16, 7, 7, 16)])
 def test_winograd_threads_give_same_results(rng, s5, wino_impl):
-    """1 and 2 threads agree, also at batch 1-3 (tile rows split across threads)."""
+    """1 and 2 threads agree, also at batch 1-3 (tile rows split across threads;
+    the weight gradient sums per-thread partials)."""
     shape = _wshape(s5)
     x, w, b, dy = _arrays(rng, shape)
     old = eenet.get_num_threads()
@@ -540,8 +541,8 @@ def test_winograd_threads_give_same_results(rng, s5, wino_impl):
         outs = []
         for t in (1, 2):
             eenet.set_num_threads(t)
-            outs.append((_core.conv2d_forward(x, w, b, 1, 1),
-                         _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]))
+            outs.append((_core.conv2d_forward(x, w, b, 1, 1),)
+                        + _core.conv2d_backward(dy, x, w, 1, 1, True))
     finally:
         eenet.set_num_threads(old)
     for a, r in zip(*outs):

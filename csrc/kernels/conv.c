@@ -9,6 +9,15 @@
  *
  * Paths, chosen per call by plan_choose() from measurements on the 2-core
  * AMD EPYC (Zen 4, AVX-512) build machine:
+ *   - batch-lane direct (conv_avx512.c, conv_direct.h: 16 SAMPLES in the zmm
+ *     lanes, each pixel one vector of the group's 16 values, so strides,
+ *     tails and 7-wide rows waste no lane): layers with C, K <= 16 (all of
+ *     EENet-8, the ResNet-20 stem and 16->16 forward), whole groups of 16
+ *     samples; forward, weight gradient (lane partial sums, reduced once per
+ *     call) and stride-1 data gradient; lanes_pick() lists the measured
+ *     exceptions.  EENet-8 batch 128, one thread: 8->8 7x7 forward 59 -> 86
+ *     GFLOP/s, 4->8 s2 weight gradient 33 -> 56, 8->8 7x7 data gradient
+ *     40 -> 83;
  *   - K-vectorised direct (conv_avx512.c, 16*kv output channels in zmm lanes,
  *     P output columns per tile): forward and backward-data (a forward of
  *     dout with the flipped kernel) of layers with 32+ channels, or 16 on
@@ -19,7 +28,8 @@
  *     PyTorch, one thread);
  *   - q-space direct (conv_avx512.c, conv_direct.h: positions in zmm lanes over
  *     zero-padded phase planes, so stride s becomes contiguous reads): every
- *     other 3x3/7x7 layer, i.e. the small-channel EENet-8 layers;
+ *     other 3x3/7x7 layer, and the samples of a small-channel layer left
+ *     over after the whole lane groups;
  *   - Winograd F(2x2,3x3) (conv_winograd.c): forward and backward-data of
  *     3x3 stride-1 pad-1 layers with 16..64 channels on planes where the
  *     transforms fill the vector lanes well (wino_auto below); 2.25x fewer
@@ -35,9 +45,13 @@
  *   30-40% on top, so im2col+GEMM ran at 0.4-0.75x PyTorch's oneDNN (one
  *   thread) in forward and weight gradient of the ResNet-20 3x3 layers; the
  *   direct kernels run at 70-105 GFLOP/s there (0.9-1.3x).
- *   All paths: OpenMP over the batch (each thread whole samples; OpenBLAS
- *   single-threaded inside), weight/bias gradients in per-thread partials in
- *   the workspace, reduced at the end (race-free, no atomics).
+ *   All paths: OpenMP over the batch (each thread whole samples or lane
+ *   groups; OpenBLAS single-threaded inside), weight/bias gradients in
+ *   per-thread partials in the workspace, reduced at the end (race-free, no
+ *   atomics).  Lane groups are split evenly over the threads (the odd group
+ *   goes per sample); when the samples do not split evenly over the threads
+ *   (N = 1, 3, 7... in early-exit inference), the forward cuts each sample's
+ *   output rows into one band per thread, so every thread is busy.
  *   - the naive references: direct loops with double accumulation.
  *
  * Threads and workspace: the workspace holds a shared part (packed weights,
@@ -48,8 +62,8 @@
  * their workspace must be sized for at least that many; callers whose thread
  * count may grow after sizing (the engine sizes once at build time) call the
  * *_ex forms with the count they sized for: the kernels then use
- * min(that, eenet_get_num_threads(), N, work/2M MACs) threads and never touch
- * memory beyond the workspace.
+ * min(that, eenet_get_num_threads(), N (backward only), work/2M MACs) threads
+ * and never touch memory beyond the workspace.
  */
 #include "kernels.h"
 
@@ -136,6 +150,7 @@ typedef struct {
     int use_lf, use_lw, use_ld;  /* batch-lane forward, weight gradient, data gradient */
     int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
     int use_wf, use_wd, wino_avx; /* Winograd forward / backward-data; its AVX-512 path */
+    int use_ww;                  /* Winograd weight gradient */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group (q-space planes) */
@@ -444,6 +459,18 @@ static int wino_auto(const conv_plan *pl) {
            (tw == 4 || tw == 8 || ck * fill >= 8.0);
 }
 
+/* Winograd weight gradient in the automatic dispatch (on top of wino_auto).
+ * Measured (1 thread CPU time, Zen 4, batch 128, ms, paths before ->
+ * Winograd): 64->64 8x8 6.01 -> 4.34, 32->32 8x8 1.72 -> 1.32, 32->32
+ * 16x16 6.42 -> 5.47, 64->64 8x8 batch 8 0.42 -> 0.33; but 16->32 16x16
+ * 3.57 -> 4.01, 16->16 32x32 6.69 -> 12.5 (16 channels in the lanes: the
+ * broadcasts and the gathered output-gradient transform dominate), 32->32
+ * 32x32 24.0 -> 25.8 (16-tile rows, not stacked). */
+static int wino_auto_dw(const conv_plan *pl) {
+    int tw = (pl->W + 1) / 2;
+    return pl->K % 16 == 0 && pl->K >= 32 && pl->C >= 32 && (tw == 4 || tw == 8);
+}
+
 static void plan_choose(conv_plan *pl) {
     int avail = pl->direct_ok && conv_impl != 1 && eenet_conv_direct_available();
     int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
@@ -474,9 +501,17 @@ static void plan_choose(conv_plan *pl) {
      * gradient keeps the paths above) */
     int wforce = conv_impl == 4 || conv_impl == 5;
     int wauto = conv_impl == 0 && eenet_conv_direct_available() && wino_auto(pl);
+    /* ... except where whole lane groups run the batch-lane path faster:
+     * 16->16 7x7 (EENet-8 f=4), batch 32 and 128, one thread: forward 97
+     * vs 72-76 GFLOP/s, backward-data 91 vs 68-69 */
+    if (wauto && pl->lanes_ok && pl->N >= 16 && pl->Wo <= 8) {
+        wauto = 0;
+    }
     pl->use_wf = pl->wino_ok && (wforce || wauto);
     pl->use_wd = pl->wino_ok && (wforce || wauto);
     pl->wino_avx = conv_impl != 5 && eenet_conv_direct_available();
+    pl->use_ww = pl->wino_ok && eenet_wino_dw_ok(pl->C, pl->K, pl->wino_avx) &&
+                 (wforce || (wauto && wino_auto_dw(pl)));
     /* batch-lane path: 16 samples per vector, for the few-channel layers */
     int lanes = avail && pl->lanes_ok && (conv_impl == 6 || conv_impl == 0);
     pl->use_lf = lanes && (conv_impl == 6 || lanes_pick(pl, 0)) && !pl->use_wf;
@@ -542,8 +577,16 @@ static void im2col(float *col, const float *inp, int C, int H, int W, int kh, in
     }
 }
 
+/* Kept out of line: inlined into the large backward driver, GCC compiled
+ * its strided loops about 20% slower (stride-2 backward-data, measured). */
+#if defined(__GNUC__)
+#define EENET_NOINLINE __attribute__((noinline))
+#else
+#define EENET_NOINLINE
+#endif
+
 /* dinp (C,H,W) += scatter of col (C*kh*kw, Ho*Wo); accumulates. */
-static void col2im_add(float *dinp, const float *col, int C, int H, int W, int kh, int kw,
+EENET_NOINLINE static void col2im_add(float *dinp, const float *col, int C, int H, int W, int kh, int kw,
                        int s, int p, int Ho, int Wo) {
     for (int c = 0; c < C; c++) {
         float *dx = dinp + (size_t)c * H * W;
@@ -1132,6 +1175,21 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
 
 /* ---- public entry points ------------------------------------------------ */
 
+/* dbias[k] += sum_{n, q} dout[n, k, q] (the Winograd weight-gradient pass
+ * leaves the bias to this). */
+static void bias_grad(float *dbias, const float *dout, int N, int K, int howo) {
+    for (int k = 0; k < K; k++) {
+        float acc = 0.0f;
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + ((size_t)n * K + k) * howo;
+            for (int q = 0; q < howo; q++) {
+                acc += d[q];
+            }
+        }
+        dbias[k] += acc;
+    }
+}
+
 eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *w,
                                      const float *bias, float *workspace, int N, int C, int H,
                                      int W, int K, int kh, int kw, int stride, int pad,
@@ -1179,16 +1237,31 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
-    if (pl.use_wd && dinp) {
-        /* weight/bias gradients by the paths above, then dinp += the
-         * Winograd convolution of dout with the flipped, transposed kernel */
-        if (dw || dbias) {
+    int wd = pl.use_wd && dinp, ww = pl.use_ww && dw;
+    if (wd || ww) {
+        /* each gradient by its own pass: the weight gradient through the
+         * Winograd domain or the paths above (with dbias), then dinp += the
+         * Winograd convolution of dout with the flipped, transposed kernel
+         * or the paths above */
+        int ntw = pick_threads_wino(nthreads, &pl);
+        if (ww) {
+            eenet_wino_dw(dw, dout, inp, workspace + pl.shared + pl.s_wino, pl.slot, N, C, K, H,
+                          W, ntw, pl.wino_avx);
+            if (dbias) {
+                bias_grad(dbias, dout, N, K, Ho * Wo);
+            }
+        } else if (dw || dbias) {
             conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
                               pick_threads(nthreads, &pl, 0), &pl);
         }
-        eenet_wino_conv(dinp, 1, dout, w, 1, NULL, workspace + pl.o_wino,
-                        workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W,
-                        pick_threads_wino(nthreads, &pl), pl.wino_avx);
+        if (wd) {
+            eenet_wino_conv(dinp, 1, dout, w, 1, NULL, workspace + pl.o_wino,
+                            workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W, ntw,
+                            pl.wino_avx);
+        } else if (dinp) {
+            conv_backward_run(dinp, NULL, NULL, dout, inp, w, workspace,
+                              pick_threads(nthreads, &pl, 0), &pl);
+        }
         return EENET_OK;
     }
     conv_backward_run(dinp, dw, dbias, dout, inp, w, workspace, pick_threads(nthreads, &pl, 0),

@@ -82,7 +82,8 @@ void eenet_wino_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) 
     int th, tw, rmax, ldv;
     wino_geom(H, W, &th, &tw, &rmax, &ldv);
     *shared = 16 * e_stride(C > K ? C : K, C > K ? K : C) + r16((size_t)(C > K ? C : K));
-    *slot = (size_t)16 * (e_stride(C, ldv) + e_stride(K, ldv));
+    *slot = (size_t)16 * (e_stride(C, ldv) + e_stride(K, ldv)) +
+            16 * e_stride(C > K ? C : K, C > K ? K : C);
 }
 
 /* U_e (cout, cin) for e = 0..15 at u + e*e_stride(cout, cin): (G g G^T)[e/4][e%4] for
@@ -606,6 +607,278 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
                              ty, ntr, tw, bias ? bias[k] : 0.0f, accumulate, avx, pix);
                 }
                 r += ntr;
+            }
+        }
+    }
+    if (!avx) {
+        eenet_blas_set_threads(eenet_get_num_threads());
+    }
+}
+
+/* ---- weight gradient ---------------------------------------------------- */
+
+/* With Y = A^T [U (.) V] A per tile and U = G g G^T:
+ *   dL/dU = sum over tiles of (A dY A^T) (.) V,   dL/dg = G^T (dL/dU) G,
+ * i.e. per element e one GEMM dU_e (K, C) += D_e (K, tiles) . V_e^T, with
+ * D = A dY A^T (4x4 from a tile's 2x2 output gradient; zero outside the
+ * output).  D is written transposed, (tiles, K), 16 output channels per
+ * vector (gathered from the K planes), so the GEMM keeps K in the lanes
+ * and sums over all the block's tiles in registers. */
+
+/* Dt (16 planes es apart, rows K floats apart) rows [0, tw) of tile row ty:
+ * A dY A^T of output-gradient planes dyn (K, H, W); scalar. */
+static void dy_tiles_c(float *dt, size_t es, const float *dyn, int K, int H, int W, int ty,
+                       int tw) {
+    size_t hw = (size_t)H * W;
+    for (int tx = 0; tx < tw; tx++) {
+        int y0 = 2 * ty, x0 = 2 * tx;
+        int hasx = x0 + 1 < W, hasy = y0 + 1 < H;
+        for (int k = 0; k < K; k++) {
+            const float *p = dyn + (size_t)k * hw + (size_t)y0 * W + x0;
+            float d00 = p[0], d01 = hasx ? p[1] : 0.0f;
+            float d10 = hasy ? p[W] : 0.0f, d11 = hasx && hasy ? p[W + 1] : 0.0f;
+            /* T = A dY (4x2), then T A^T (4x4) */
+            float t[4][2] = {{d00, d01}, {d00 + d10, d01 + d11}, {d00 - d10, d01 - d11},
+                             {-d10, -d11}};
+            for (int i = 0; i < 4; i++) {
+                float *o = dt + (size_t)tx * K + k;
+                o[(size_t)(4 * i + 0) * es] = t[i][0];
+                o[(size_t)(4 * i + 1) * es] = t[i][0] + t[i][1];
+                o[(size_t)(4 * i + 2) * es] = t[i][0] - t[i][1];
+                o[(size_t)(4 * i + 3) * es] = -t[i][1];
+            }
+        }
+    }
+}
+
+#if WINO_HAVE_AVX512
+/* As dy_tiles_c, 16 output channels per vector (K a multiple of 16). */
+static WINO_AVX512 void dy_tiles_avx(float *dt, size_t es, const float *dyn, int K, int H, int W,
+                                     int ty, int tw) {
+    int hw = H * W;
+    const __m512i vi = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(hw));
+    const __m512 z = _mm512_setzero_ps();
+    for (int tx = 0; tx < tw; tx++) {
+        int y0 = 2 * ty, x0 = 2 * tx;
+        int hasx = x0 + 1 < W, hasy = y0 + 1 < H;
+        for (int k0 = 0; k0 < K; k0 += 16) {
+            const float *p = dyn + (size_t)k0 * hw + (size_t)y0 * W + x0;
+            __m512 d00 = _mm512_i32gather_ps(vi, p, 4);
+            __m512 d01 = hasx ? _mm512_i32gather_ps(vi, p + 1, 4) : z;
+            __m512 d10 = hasy ? _mm512_i32gather_ps(vi, p + W, 4) : z;
+            __m512 d11 = hasx && hasy ? _mm512_i32gather_ps(vi, p + W + 1, 4) : z;
+            __m512 t[4][2] = {{d00, d01},
+                              {_mm512_add_ps(d00, d10), _mm512_add_ps(d01, d11)},
+                              {_mm512_sub_ps(d00, d10), _mm512_sub_ps(d01, d11)},
+                              {_mm512_sub_ps(z, d10), _mm512_sub_ps(z, d11)}};
+            float *o = dt + (size_t)tx * K + k0;
+            for (int i = 0; i < 4; i++) {
+                _mm512_storeu_ps(o + (size_t)(4 * i + 0) * es, t[i][0]);
+                _mm512_storeu_ps(o + (size_t)(4 * i + 1) * es, _mm512_add_ps(t[i][0], t[i][1]));
+                _mm512_storeu_ps(o + (size_t)(4 * i + 2) * es, _mm512_sub_ps(t[i][0], t[i][1]));
+                _mm512_storeu_ps(o + (size_t)(4 * i + 3) * es, _mm512_sub_ps(z, t[i][1]));
+            }
+        }
+    }
+}
+
+/* du (C, K) += sum_{t < cols} v[c*ldv + t] * dt[t*K + k] for channels
+ * [c0, c0+TB), KV vectors of K; accumulators in registers over all t. */
+#define DEFINE_WBW(KV, TB)                                                                 \
+    static WINO_AVX512 void wbw_##KV##x##TB(float *du, int K, const float *dt,            \
+                                             const float *v, int ldv, int cols) {          \
+        __m512 acc[TB][KV];                                                                \
+        for (int a = 0; a < TB; a++) {                                                     \
+            for (int b = 0; b < KV; b++) {                                                 \
+                acc[a][b] = _mm512_setzero_ps();                                           \
+            }                                                                              \
+        }                                                                                  \
+        for (int t = 0; t < cols; t++) {                                                   \
+            __m512 d[KV];                                                                  \
+            for (int b = 0; b < KV; b++) {                                                 \
+                d[b] = _mm512_loadu_ps(dt + (size_t)t * K + 16 * b);                       \
+            }                                                                              \
+            for (int a = 0; a < TB; a++) {                                                 \
+                __m512 x = _mm512_set1_ps(v[(size_t)a * ldv + t]);                         \
+                for (int b = 0; b < KV; b++) {                                             \
+                    acc[a][b] = _mm512_fmadd_ps(x, d[b], acc[a][b]);                       \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        for (int a = 0; a < TB; a++) {                                                     \
+            for (int b = 0; b < KV; b++) {                                                 \
+                float *o = du + (size_t)a * K + 16 * b;                                    \
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[a][b]));        \
+            }                                                                              \
+        }                                                                                  \
+    }
+
+DEFINE_WBW(4, 6)
+DEFINE_WBW(4, 1)
+DEFINE_WBW(3, 8)
+DEFINE_WBW(3, 1)
+DEFINE_WBW(2, 12)
+DEFINE_WBW(2, 1)
+DEFINE_WBW(1, 24)
+DEFINE_WBW(1, 1)
+
+/* du (C, K) += V (C, cols; rows ldv) . Dt (cols, K), K in 16..64 a multiple of 16. */
+static WINO_AVX512 void wbw_gemm(float *du, const float *v, int ldv, const float *dt, int C,
+                                 int K, int cols) {
+    int kv = K / 16;
+    int tb = kv == 4 ? 6 : kv == 3 ? 8 : kv == 2 ? 12 : 24;
+    int c = 0;
+    for (; c + tb <= C; c += tb) {
+        const float *vc = v + (size_t)c * ldv;
+        float *dc = du + (size_t)c * K;
+        if (kv == 4) {
+            wbw_4x6(dc, K, dt, vc, ldv, cols);
+        } else if (kv == 3) {
+            wbw_3x8(dc, K, dt, vc, ldv, cols);
+        } else if (kv == 2) {
+            wbw_2x12(dc, K, dt, vc, ldv, cols);
+        } else {
+            wbw_1x24(dc, K, dt, vc, ldv, cols);
+        }
+    }
+    for (; c < C; c++) {
+        const float *vc = v + (size_t)c * ldv;
+        float *dc = du + (size_t)c * K;
+        if (kv == 4) {
+            wbw_4x1(dc, K, dt, vc, ldv, cols);
+        } else if (kv == 3) {
+            wbw_3x1(dc, K, dt, vc, ldv, cols);
+        } else if (kv == 2) {
+            wbw_2x1(dc, K, dt, vc, ldv, cols);
+        } else {
+            wbw_1x1(dc, K, dt, vc, ldv, cols);
+        }
+    }
+}
+#endif
+
+int eenet_wino_dw_ok(int C, int K, int avx) {
+    (void)C;
+    return avx ? (WINO_HAVE_AVX512 && K % 16 == 0 && K >= 16 && K <= 64) : 1;
+}
+
+void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
+                   size_t slot_stride, int N, int C, int K, int H, int W, int nt, int avx) {
+    int th, tw, rmax, ldv;
+    wino_geom(H, W, &th, &tw, &rmax, &ldv);
+    avx = avx && WINO_HAVE_AVX512;
+    long long rtot = (long long)N * th;
+    long long nblk = (rtot + rmax - 1) / rmax;
+    if (nt > 1) {
+        nblk = (nblk + nt - 1) / nt * nt;
+        if (nblk > rtot) {
+            nblk = rtot;
+        }
+    }
+    long long R = (rtot + nblk - 1) / nblk;
+    nblk = (rtot + R - 1) / R;
+    if (nt > nblk) {
+        nt = (int)nblk;
+    }
+    if (nt < 1) {
+        nt = 1;
+    }
+    if (!avx) {
+        eenet_blas_set_threads(1);
+    }
+    wino_idx ix;
+    const wino_idx *pix = NULL;
+    int G = 1;
+    if (avx && tw < 16 && 16 % tw == 0) {
+        wino_idx_init(&ix, tw);
+        pix = &ix;
+        G = ix.G;
+    }
+    size_t hw = (size_t)H * W;
+    size_t esv = e_stride(C, ldv), esd = e_stride(K, ldv), esu = e_stride(K, C);
+    /* each thread's dU partial: 16 planes (C, K) (K contiguous) */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *v = slots + (size_t)tid * slot_stride; /* V (16, C, ldv) */
+        float *dt = v + 16 * esv;                      /* Dt (16, ldv, K) */
+        float *du = dt + 16 * esd;                     /* dU (16, C, K) */
+        for (int e = 0; e < 16; e++) {
+            memset(du + e * esu, 0, sizeof(float) * (size_t)C * K);
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long long b = 0; b < nblk; b++) {
+            long long r0 = b * R, r1 = r0 + R < rtot ? r0 + R : rtot;
+            int cols = (int)(r1 - r0) * tw;
+            for (int c = 0; c < C; c++) {
+                for (long long r = r0; r < r1;) {
+                    int n = (int)(r / th), ty = (int)(r % th);
+                    int ntr = rows_at(r, r1, ty, th, G);
+                    in_rows(v + (size_t)c * ldv + (size_t)(r - r0) * tw, esv,
+                            inp + ((size_t)n * C + c) * hw, H, W, ty, ntr, tw, avx, pix);
+                    r += ntr;
+                }
+            }
+            for (long long r = r0; r < r1; r++) {
+                int n = (int)(r / th), ty = (int)(r % th);
+                float *d = dt + (size_t)(r - r0) * tw * K;
+                const float *dyn = dout + (size_t)n * K * hw;
+#if WINO_HAVE_AVX512
+                if (avx) {
+                    dy_tiles_avx(d, esd, dyn, K, H, W, ty, tw);
+                    continue;
+                }
+#endif
+                dy_tiles_c(d, esd, dyn, K, H, W, ty, tw);
+            }
+            for (int e = 0; e < 16; e++) {
+#if WINO_HAVE_AVX512
+                if (avx) {
+                    wbw_gemm(du + e * esu, v + e * esv, ldv, dt + e * esd, C, K, cols);
+                    continue;
+                }
+#endif
+                /* dU_e (C, K) += V_e (C, cols) . Dt_e (cols, K) */
+                eenet_sgemm(0, 0, C, K, cols, 1.0f, v + e * esv, ldv, dt + e * esd, K, 1.0f,
+                            du + e * esu, K);
+            }
+        }
+        /* dw[k][c] += G^T (sum over threads of dU[.][c][k]) G */
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp for schedule(static)
+#endif
+        for (int kc = 0; kc < K * C; kc++) {
+            int k = kc / C, c = kc % C;
+            double P[4][4];
+            for (int e = 0; e < 16; e++) {
+                double acc = 0.0;
+                for (int q = 0; q < nt; q++) {
+                    const float *duq = slots + (size_t)q * slot_stride + 16 * esv + 16 * esd;
+                    acc += duq[e * esu + (size_t)c * K + k];
+                }
+                P[e / 4][e % 4] = acc;
+            }
+            double t[3][4]; /* G^T P */
+            for (int j = 0; j < 4; j++) {
+                t[0][j] = P[0][j] + 0.5 * (P[1][j] + P[2][j]);
+                t[1][j] = 0.5 * (P[1][j] - P[2][j]);
+                t[2][j] = 0.5 * (P[1][j] + P[2][j]) + P[3][j];
+            }
+            float *o = dw + (size_t)kc * 9;
+            for (int a = 0; a < 3; a++) { /* (G^T P) G */
+                o[a * 3 + 0] += (float)(t[a][0] + 0.5 * (t[a][1] + t[a][2]));
+                o[a * 3 + 1] += (float)(0.5 * (t[a][1] - t[a][2]));
+                o[a * 3 + 2] += (float)(0.5 * (t[a][1] + t[a][2]) + t[a][3]);
             }
         }
     }

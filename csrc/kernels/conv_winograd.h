@@ -33,4 +33,15 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
                      const float *bias, float *shared, float *slots, size_t slot_stride, int N,
                      int cin, int cout, int H, int W, int nt, int avx);
 
+/* 1 if eenet_wino_dw handles these channel counts on this path (AVX-512:
+ * K a multiple of 16 up to 64; portable: any). */
+int eenet_wino_dw_ok(int C, int K, int avx);
+
+/* Weight gradient through the Winograd domain: dw (K, C, 3, 3) +=
+ * sum over samples and 2x2 output tiles of G^T [(A dY A^T) (.) (B^T d B)] G,
+ * dout (N, K, H, W), inp (N, C, H, W) (ACCUMULATES; bias not handled).
+ * slots as for eenet_wino_conv (sized by eenet_wino_sizes(C, K, H, W)). */
+void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
+                   size_t slot_stride, int N, int C, int K, int H, int W, int nt, int avx);
+
 #endif /* EENET_CONV_WINOGRAD_H */

@@ -68,7 +68,9 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
  * (conv_winograd.c) for forward and backward-data of every 3x3 stride-1
  * pad-1 convolution (AVX-512 transforms where the CPU has them; other layers
  * and the weight gradient as 0), 5 as 4 with the portable C transforms and
- * OpenBLAS.  Other values select 0.  Returns the previous value.  Never
+ * OpenBLAS, 6 the batch-lane direct path (16 samples per AVX-512 vector) for
+ * every layer with C, K <= 16 and every sample (others as 0).  Other values
+ * select 0.  Returns the previous value.  Never
  * changes results beyond float rounding, nor workspace sizes. */
 int eenet_conv2d_set_impl(int impl);
 
