@@ -1,6 +1,7 @@
 /* conv_winograd.c: Winograd F(2x2,3x3) convolution (3x3 kernel, stride 1,
- * padding 1), used by conv.c for forward and backward-data where measured
- * faster than the direct kernels (see plan_choose in conv.c).
+ * padding 1), used by conv.c for forward, backward-data and weight gradient
+ * where measured faster than the direct kernels (see plan_choose in conv.c;
+ * the weight gradient is at the end of this file).
  *
  * For a 2x2 output tile at (2ty, 2tx) with input tile d (4x4) read at rows
  * 2ty-1..2ty+2, columns 2tx-1..2tx+2 (zero outside the input), and a 3x3
