@@ -9,6 +9,16 @@ as ``torch.optim.*(model.parameters(), weight_decay=...)`` does.
 
 A network has one optimiser at a time: creating a new one resets the state
 buffer, and the previous optimiser can no longer step that network.
+
+Exactly PyTorch's update (single-tensor path; tests/test_net.py feeds torch.optim
+eenet's gradients for five consecutive steps and compares parameters and state to
+a few ulp): weight decay is added to the gradient (L2, not AdamW's decoupled
+decay); SGD's buffer is the gradient itself on the first step, Nesterov uses
+g + momentum * buf; Adam uses both bias corrections and adds eps after the
+corrected square root.  Not supported, and refused with TypeError if passed:
+``maximize`` (always False), ``amsgrad`` (always False), ``foreach``/``fused``/
+``capturable``/``differentiable`` (no meaning here), decoupled weight decay
+(``torch.optim.AdamW``).
 """
 from __future__ import annotations
 
