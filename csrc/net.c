@@ -31,7 +31,9 @@ static double now_seconds(void) {
 #endif
 
 /* Eval runs on at least SPLIT_MIN_ROWS rows split them between threads (at
- * most SPLIT_MAX_THREADS, each with its own conv scratch); see run_ops. */
+ * most SPLIT_MAX_THREADS, each with its own conv scratch); see run_ops.  The
+ * environment variable EENET_EVAL_SPLIT=0 (read by eenet_net_create) turns the
+ * split off for that network. */
 #define SPLIT_MIN_ROWS 2
 #define SPLIT_MAX_THREADS 64
 
@@ -698,6 +700,14 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     ALLOC(net->argmax_area, net->argmax_count);
     ALLOC(net->workspace, net->workspace_floats);
     net->split_threads = net->nthreads < SPLIT_MAX_THREADS ? net->nthreads : SPLIT_MAX_THREADS;
+    {
+        /* EENET_EVAL_SPLIT=0 in the environment (read when a network is built) keeps
+         * eval runs on per-op threading, for comparisons */
+        const char *env = getenv("EENET_EVAL_SPLIT");
+        if (env && env[0] == '0') {
+            net->split_threads = 1;
+        }
+    }
     if (net->split_threads >= 2) {
         ALLOC(net->split_ws, (size_t)net->split_threads * net->split_ws_floats);
     }

@@ -311,12 +311,24 @@ static eenet_status check_sizes(int N, int C, int H, int W, int K, int kh, int k
     return EENET_OK;
 }
 
+/* The thread count setting, or 1 when built without OpenMP: the kernels
+ * split work by omp_get_thread_num() and reduce nt per-thread partials, so
+ * nt must be the number of threads that really run (eenet_get_num_threads()
+ * returns the setting, 2 after set_num_threads(2), even without OpenMP). */
+static int conv_max_threads(void) {
+#ifdef _OPENMP
+    return eenet_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 /* Threads to use: the caller's bound (the workspace's slots), the global
  * setting, the batch, and the work: at least ~2M multiply-adds per thread,
  * since waking a worker costs microseconds (milliseconds on a loaded machine)
  * and tiny convolutions are faster on one thread. */
 static int pick_threads(int nthreads_ws, const conv_plan *pl, int split_rows) {
-    int t = eenet_get_num_threads();
+    int t = conv_max_threads();
     if (nthreads_ws >= 1 && t > nthreads_ws) {
         t = nthreads_ws;
     }
@@ -335,7 +347,7 @@ static int pick_threads(int nthreads_ws, const conv_plan *pl, int split_rows) {
  * batch (it splits tile rows across samples; conv_winograd.c bounds by its
  * block count). */
 static int pick_threads_wino(int nthreads_ws, const conv_plan *pl) {
-    int t = eenet_get_num_threads();
+    int t = conv_max_threads();
     if (nthreads_ws >= 1 && t > nthreads_ws) {
         t = nthreads_ws;
     }
