@@ -823,6 +823,10 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
         float *v = slots + (size_t)tid * slot_stride; /* V (16, C, ldv) */
         float *dt = v + 16 * esv;                      /* Dt (16, ldv, K) */
         float *du = dt + 16 * esd;                     /* dU (16, C, K) */
+        int team = 1; /* threads that really run (and zeroed their partials) */
+#ifdef _OPENMP
+        team = omp_get_num_threads();
+#endif
         for (int e = 0; e < 16; e++) {
             memset(du + e * esu, 0, sizeof(float) * (size_t)C * K);
         }
@@ -875,7 +879,7 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
             double P[4][4];
             for (int e = 0; e < 16; e++) {
                 double acc = 0.0;
-                for (int q = 0; q < nt; q++) {
+                for (int q = 0; q < team; q++) {
                     const float *duq = slots + (size_t)q * slot_stride + 16 * esv + 16 * esd;
                     acc += duq[e * esu + (size_t)c * K + k];
                 }
