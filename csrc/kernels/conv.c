@@ -590,9 +590,12 @@ static void im2col(float *col, const float *inp, int C, int H, int W, int kh, in
     }
 }
 
-/* Kept out of line: inlined into the large backward driver, GCC compiled
- * its strided loops about 20% slower (stride-2 backward-data, measured). */
-#if defined(__GNUC__)
+/* Kept out of line and out of GCC's inter-procedural specialisation:
+ * inlined into the large backward driver (or cloned for it), its strided
+ * loops ran 15-30% slower (stride-2 backward-data, measured). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define EENET_NOINLINE __attribute__((noinline, noipa))
+#elif defined(__GNUC__)
 #define EENET_NOINLINE __attribute__((noinline))
 #else
 #define EENET_NOINLINE
