@@ -633,3 +633,23 @@ def _check_batch_invariant(rng, s5):
         np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, 1, 1)[0], y[i])
         dxi = _core.conv2d_backward(dy[i:i + 1], x[i:i + 1], w, 1, 1, False, need_dw=False)[0]
         np.testing.assert_array_equal(dxi[0], dx[i])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(33, 8, 7, 7, 8, 3, 1, 1), (17, 16, 7, 7, 16, 3, 1, 1),
+                                   (18, 4, 14, 14, 8, 3, 2, 1), (17, 8, 14, 14, 16, 1, 2, 0),
+                                   (16, 3, 12, 12, 16, 3, 1, 1)])
+def test_forward_batch_invariant_small_channels(rng, shape, threads):
+    """Automatic dispatch: a sample's forward output is bit-identical alone
+    (per-sample paths) and inside a batch whose whole groups of 16 run on the
+    batch-lane path; batched early-exit inference relies on it."""
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(threads)
+        y = _core.conv2d_forward(x, w, b, s, p)
+        for i in range(x.shape[0]):
+            np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0], y[i])
+    finally:
+        eenet.set_num_threads(old)

@@ -514,10 +514,13 @@ static void plan_choose(conv_plan *pl) {
      * wino_auto_dw says for the weight gradient */
     int wforce = conv_impl == 4 || conv_impl == 5;
     int wauto = conv_impl == 0 && eenet_conv_direct_available() && wino_auto(pl);
-    /* ... except where whole lane groups run the batch-lane path faster:
-     * 16->16 7x7 (EENet-8 f=4), batch 32 and 128, one thread: forward 97
-     * vs 72-76 GFLOP/s, backward-data 91 vs 68-69 */
-    if (wauto && pl->lanes_ok && pl->N >= 16 && pl->Wo <= 8) {
+    /* ... except where the batch-lane path is faster: 16->16 7x7 (EENet-8
+     * f=4), batch 32 and 128, one thread: forward 97 vs 72-76 GFLOP/s,
+     * backward-data 91 vs 68-69.  Decided without looking at N, so that a
+     * sample's forward result does not depend on the batch around it (the
+     * direct paths the lanes and the per-sample fallback take sum the taps
+     * in the same order, bit for bit; Winograd does not). */
+    if (wauto && pl->lanes_ok && pl->Wo <= 8) {
         wauto = 0;
     }
     pl->use_wf = pl->wino_ok && (wforce || wauto);
