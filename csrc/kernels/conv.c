@@ -32,10 +32,11 @@
  *     over after the whole lane groups;
  *   - Winograd F(2x2,3x3) (conv_winograd.c): forward and backward-data of
  *     3x3 stride-1 pad-1 layers with 16..64 channels on planes where the
- *     transforms fill the vector lanes well (wino_auto below); 2.25x fewer
- *     multiply-adds, the 16 transformed-domain GEMMs run on the direct
- *     path's register-blocked micro-kernel (64->64 8x8 at batch 128, one
- *     thread: 5.6 -> 3.4 ms forward);
+ *     transforms fill the vector lanes well (wino_auto below), and their
+ *     weight gradient from 32 channels on 8x8/16x16 planes (wino_auto_dw);
+ *     2.25x fewer multiply-adds, the 16 transformed-domain GEMMs run on the
+ *     direct path's register-blocked micro-kernel (64->64 8x8 at batch 128,
+ *     one thread: 5.6 -> 3.4 ms forward, 6.0 -> 4.3 ms weight gradient);
  *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
  *     backward-data of strided layers (dcol = w^T dout, col2im), and every
  *     layer on CPUs without AVX-512 or other architectures (the portable
@@ -509,8 +510,8 @@ static void plan_choose(conv_plan *pl) {
     pl->use_fwd = prefer && !pl->use_kf;
     pl->use_bw = prefer && !pl->use_kw && !pl->use_kwq;
     pl->use_bd = prefer && pl->bd_ok && !pl->use_kd;
-    /* Winograd F(2x2,3x3) for forward and backward-data (the weight
-     * gradient keeps the paths above) */
+    /* Winograd F(2x2,3x3) for forward and backward-data, and where
+     * wino_auto_dw says for the weight gradient */
     int wforce = conv_impl == 4 || conv_impl == 5;
     int wauto = conv_impl == 0 && eenet_conv_direct_available() && wino_auto(pl);
     /* ... except where whole lane groups run the batch-lane path faster:
@@ -589,9 +590,12 @@ static void im2col(float *col, const float *inp, int C, int H, int W, int kh, in
     }
 }
 
-/* Kept out of line: inlined into the large backward driver, GCC compiled
- * its strided loops about 20% slower (stride-2 backward-data, measured). */
-#if defined(__GNUC__)
+/* Kept out of line and out of GCC's inter-procedural specialisation:
+ * inlined into the large backward driver (or cloned for it), its strided
+ * loops ran 15-30% slower (stride-2 backward-data, measured). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define EENET_NOINLINE __attribute__((noinline, noipa))
+#elif defined(__GNUC__)
 #define EENET_NOINLINE __attribute__((noinline))
 #else
 #define EENET_NOINLINE

@@ -1,6 +1,7 @@
 /* conv_winograd.c: Winograd F(2x2,3x3) convolution (3x3 kernel, stride 1,
- * padding 1), used by conv.c for forward and backward-data where measured
- * faster than the direct kernels (see plan_choose in conv.c).
+ * padding 1), used by conv.c for forward, backward-data and weight gradient
+ * where measured faster than the direct kernels (see plan_choose in conv.c;
+ * the weight gradient is at the end of this file).
  *
  * For a 2x2 output tile at (2ty, 2tx) with input tile d (4x4) read at rows
  * 2ty-1..2ty+2, columns 2tx-1..2tx+2 (zero outside the input), and a 3x3
@@ -241,10 +242,12 @@ static WINO_AVX512 inline __m512 shift1(__m512 lo, __m512 hi) {
         _mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 1));
 }
 
-/* As in_tiles_c, 16 tiles per vector: for tiles tx0+t, the columns
- * 2(tx0+t)-1+j are the even/odd lanes of 32 (+2) consecutive floats. */
+/* As in_tiles_c for ntr tile rows ty.. (V columns tw apart per row), 16
+ * tiles per vector: for tiles tx0+t, the columns 2(tx0+t)-1+j are the
+ * even/odd lanes of 32 (+2) consecutive floats; each input row is loaded
+ * and transformed once (rows 2, 3 of a tile row are rows 0, 1 of the next). */
 static WINO_AVX512 void in_tiles_avx(float *v, size_t es, const float *xc, int H, int W, int ty,
-                                     int tw) {
+                                     int ntr, int tw) {
     const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     for (int tx0 = 0; tx0 < tw; tx0 += 16) {
@@ -253,33 +256,39 @@ static WINO_AVX512 void in_tiles_avx(float *v, size_t es, const float *xc, int H
         __mmask16 mc = (__mmask16)(colmask(c0 + 32, W) & 3u);
         __mmask16 ms = tmask(tw - tx0);
         __m512 r[4][4];
-        for (int i = 0; i < 4; i++) {
-            int y = 2 * ty - 1 + i;
-            if (y < 0 || y >= H) {
-                for (int j = 0; j < 4; j++) {
-                    r[i][j] = _mm512_setzero_ps();
+        /* ntr tile rows ty..: rows 2, 3 of one are rows 0, 1 of the next */
+        for (int q = 0; q < ntr; q++) {
+            for (int i = q == 0 ? 0 : 2; i < 4; i++) {
+                int y = 2 * (ty + q) - 1 + i;
+                if (y < 0 || y >= H) {
+                    for (int j = 0; j < 4; j++) {
+                        r[i][j] = _mm512_setzero_ps();
+                    }
+                    continue;
                 }
-                continue;
+                const float *row = xc + (size_t)y * W;
+                __m512 A = _mm512_maskz_loadu_ps(ma, row + c0);
+                __m512 B = _mm512_maskz_loadu_ps(mb, row + c0 + 16);
+                __m512 Cc = _mm512_maskz_loadu_ps(mc, row + c0 + 32);
+                __m512 d0 = _mm512_permutex2var_ps(A, ie, B);
+                __m512 d1 = _mm512_permutex2var_ps(A, io, B);
+                __m512 d2 = shift1(d0, Cc);
+                __m512 d3 = shift1(d1, shift1(Cc, Cc));
+                r[i][0] = _mm512_sub_ps(d0, d2);
+                r[i][1] = _mm512_add_ps(d1, d2);
+                r[i][2] = _mm512_sub_ps(d2, d1);
+                r[i][3] = _mm512_sub_ps(d1, d3);
             }
-            const float *row = xc + (size_t)y * W;
-            __m512 A = _mm512_maskz_loadu_ps(ma, row + c0);
-            __m512 B = _mm512_maskz_loadu_ps(mb, row + c0 + 16);
-            __m512 Cc = _mm512_maskz_loadu_ps(mc, row + c0 + 32);
-            __m512 d0 = _mm512_permutex2var_ps(A, ie, B);
-            __m512 d1 = _mm512_permutex2var_ps(A, io, B);
-            __m512 d2 = shift1(d0, Cc);
-            __m512 d3 = shift1(d1, shift1(Cc, Cc));
-            r[i][0] = _mm512_sub_ps(d0, d2);
-            r[i][1] = _mm512_add_ps(d1, d2);
-            r[i][2] = _mm512_sub_ps(d2, d1);
-            r[i][3] = _mm512_sub_ps(d1, d3);
-        }
-        float *vt = v + tx0;
-        for (int j = 0; j < 4; j++) {
-            _mm512_mask_storeu_ps(vt + (size_t)(0 + j) * es, ms, _mm512_sub_ps(r[0][j], r[2][j]));
-            _mm512_mask_storeu_ps(vt + (size_t)(4 + j) * es, ms, _mm512_add_ps(r[1][j], r[2][j]));
-            _mm512_mask_storeu_ps(vt + (size_t)(8 + j) * es, ms, _mm512_sub_ps(r[2][j], r[1][j]));
-            _mm512_mask_storeu_ps(vt + (size_t)(12 + j) * es, ms, _mm512_sub_ps(r[1][j], r[3][j]));
+            float *vt = v + (size_t)q * tw + tx0;
+            for (int j = 0; j < 4; j++) {
+                float *vj = vt + (size_t)j * es;
+                _mm512_mask_storeu_ps(vj, ms, _mm512_sub_ps(r[0][j], r[2][j]));
+                _mm512_mask_storeu_ps(vj + 4 * es, ms, _mm512_add_ps(r[1][j], r[2][j]));
+                _mm512_mask_storeu_ps(vj + 8 * es, ms, _mm512_sub_ps(r[2][j], r[1][j]));
+                _mm512_mask_storeu_ps(vj + 12 * es, ms, _mm512_sub_ps(r[1][j], r[3][j]));
+                r[0][j] = r[2][j];
+                r[1][j] = r[3][j];
+            }
         }
     }
 }
@@ -423,13 +432,13 @@ static void in_rows(float *v, size_t es, const float *xc, int H, int W, int ty, 
         return;
     }
 #endif
-    for (int q = 0; q < ntr; q++) {
 #if WINO_HAVE_AVX512
-        if (avx) {
-            in_tiles_avx(v + (size_t)q * tw, es, xc, H, W, ty + q, tw);
-            continue;
-        }
+    if (avx) {
+        in_tiles_avx(v, es, xc, H, W, ty, ntr, tw);
+        return;
+    }
 #endif
+    for (int q = 0; q < ntr; q++) {
         in_tiles_c(v + (size_t)q * tw, es, xc, H, W, ty + q, tw);
     }
 }
@@ -542,6 +551,8 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
         wino_idx_init(&ix, tw);
         pix = &ix;
         G = ix.G;
+    } else if (avx) {
+        G = th; /* in_tiles_avx reuses input rows across a sample's tile rows */
     }
     size_t hw = (size_t)H * W;
 #ifdef _OPENMP
@@ -795,6 +806,8 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
         wino_idx_init(&ix, tw);
         pix = &ix;
         G = ix.G;
+    } else if (avx) {
+        G = th; /* in_tiles_avx reuses input rows across a sample's tile rows */
     }
     size_t hw = (size_t)H * W;
     size_t esv = e_stride(C, ldv), esd = e_stride(K, ldv), esu = e_stride(K, C);
@@ -810,6 +823,10 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
         float *v = slots + (size_t)tid * slot_stride; /* V (16, C, ldv) */
         float *dt = v + 16 * esv;                      /* Dt (16, ldv, K) */
         float *du = dt + 16 * esd;                     /* dU (16, C, K) */
+        int team = 1; /* threads that really run (and zeroed their partials) */
+#ifdef _OPENMP
+        team = omp_get_num_threads();
+#endif
         for (int e = 0; e < 16; e++) {
             memset(du + e * esu, 0, sizeof(float) * (size_t)C * K);
         }
@@ -862,7 +879,7 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
             double P[4][4];
             for (int e = 0; e < 16; e++) {
                 double acc = 0.0;
-                for (int q = 0; q < nt; q++) {
+                for (int q = 0; q < team; q++) {
                     const float *duq = slots + (size_t)q * slot_stride + 16 * esv + 16 * esd;
                     acc += duq[e * esu + (size_t)c * K + k];
                 }
