@@ -633,3 +633,16 @@ def _check_batch_invariant(rng, s5):
         np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, 1, 1)[0], y[i])
         dxi = _core.conv2d_backward(dy[i:i + 1], x[i:i + 1], w, 1, 1, False, need_dw=False)[0]
         np.testing.assert_array_equal(dxi[0], dx[i])
+
+
+def test_winograd_forced_beyond_128_channels_falls_back(rng, wino_impl):
+    """Above 128 channels no Winograd buffers are reserved: the forced switch
+    leaves such layers to the other paths, with the same results."""
+    shape = _wshape((2, 130, 5, 4, 9))
+    x, w, b, dy = _arrays(rng, shape)
+    _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
+    rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+    dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
+    _close(dx, rdx)
+    _close(dw, rdw)
+    _close(db, rdb)
