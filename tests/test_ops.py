@@ -164,6 +164,34 @@ def test_bn_bad_input(rng):
         ops.batch_norm2d(x, c(), c(), c(), ro)
 
 
+def gap_lane_order_ref(x):
+    """Global average pool with the kernels' summation order, exactly: per (n, c) plane,
+    16 float32 lanes over the whole 16-blocks, then in float64 the tail elements followed
+    by lanes 0..15, divided by HW and rounded to float32."""
+    N, C = x.shape[:2]
+    planes = x.reshape(N * C, -1)
+    HW = planes.shape[1]
+    full = HW - HW % 16
+    lanes = np.zeros((N * C, 16), np.float32)
+    for i in range(0, full, 16):
+        lanes = lanes + planes[:, i:i + 16]          # float32 additions
+    s = np.zeros(N * C)
+    for i in range(full, HW):
+        s = s + planes[:, i].astype(np.float64)
+    for lane in range(16):
+        s = s + lanes[:, lane].astype(np.float64)
+    return (s / HW).astype(np.float32).reshape(N, C)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 4, 16, 16), (1, 1, 1, 1), (2, 3, 1, 17),
+                                   (4, 2, 28, 28)])
+def test_global_avg_pool_summation_order(rng, shape):
+    """The vectorised (AVX-512) and portable sums add in the same order: same bits."""
+    x = f32(rng.normal(3, 2, shape))
+    np.testing.assert_array_equal(ops.global_avg_pool(x).view(np.uint32),
+                                  gap_lane_order_ref(x).view(np.uint32))
+
+
 # ---- the engine's fused kernels: relu(bn(x)), relu(a + b) ----------------------------------
 
 def bits(a):

@@ -183,6 +183,47 @@ static double plane_sum(const float *x, int n) {
     return s;
 }
 
+/* AVX-512 copy of plane_sum, picked at run time: lane l of the accumulator is
+ * acc[l] above and the total is formed in the same order (tail first, then lanes
+ * 0..15, in double), so it returns the same bits; the portable build runs the
+ * 16 lanes as four SSE2 registers. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GAP_HAVE_AVX512 1
+
+static int gap_use_avx512(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return cached;
+}
+
+__attribute__((target("avx512f"))) static double plane_sum_avx512(const float *x, int n) {
+    __m512 a = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        a = _mm512_add_ps(a, _mm512_loadu_ps(x + i));
+    }
+    double s = 0.0;
+    for (; i < n; i++) {
+        s += x[i];
+    }
+    float acc[LANES];
+    _mm512_storeu_ps(acc, a);
+    for (int l = 0; l < LANES; l++) {
+        s += acc[l];
+    }
+    return s;
+}
+#else
+#define GAP_HAVE_AVX512 0
+static int gap_use_avx512(void) {
+    return 0;
+}
+#endif
+
 /* Global average pool forward, overwrites: out[n,c] = sum_i inp[n,c,i] / HW.
  * out (N,C); inp (N,C,HW). */
 eenet_status eenet_global_avgpool_forward(float *out, const float *inp, int N, int C, int HW) {
@@ -193,9 +234,16 @@ eenet_status eenet_global_avgpool_forward(float *out, const float *inp, int N, i
                                N, C, HW);
     }
     const int planes = N * C;
+    const int wide = gap_use_avx512();
 #pragma omp parallel for schedule(static) num_threads(eenet_get_num_threads()) \
     if ((size_t)planes * HW > 32768)
     for (int p = 0; p < planes; p++) {
+#if GAP_HAVE_AVX512
+        if (wide) {
+            out[p] = (float)(plane_sum_avx512(inp + (size_t)p * HW, HW) / HW);
+            continue;
+        }
+#endif
         out[p] = (float)(plane_sum(inp + (size_t)p * HW, HW) / HW);
     }
     return EENET_OK;
