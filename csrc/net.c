@@ -33,8 +33,12 @@ static double now_seconds(void) {
 /* Eval runs on at least SPLIT_MIN_ROWS rows split them between threads (at
  * most SPLIT_MAX_THREADS, each with its own conv scratch); see run_ops.  The
  * environment variable EENET_EVAL_SPLIT=0 (read by eenet_net_create) turns the
- * split off for that network. */
+ * split off for that network.  SPLIT_MIN_MACS: see split_threads (EENet-20 splits
+ * from 4 rows per thread on its first stage, EENet-8 never: at 2 threads under
+ * load its early-exit runs did not gain while full runs did, and its whole
+ * network is 0.16 M multiply-adds per sample). */
 #define SPLIT_MIN_ROWS 2
+#define SPLIT_MIN_MACS 16e6
 #define SPLIT_MAX_THREADS 64
 
 /* ---- per-kind layer structs ---------------------------------------------- */
@@ -929,12 +933,35 @@ static eenet_status run_ops_rows(eenet_net *net, int begin, int end, int r0, int
     return EENET_OK;
 }
 
-/* Threads for an eval-mode run on N rows split between threads: 1 for no split. */
-static int split_threads(const eenet_net *net, int N) {
+/* Per-sample multiply-adds of op i (conv and linear; 0 for the rest). */
+static double op_macs(const eenet_net *net, int i) {
+    const net_op *op = &net->ops[i];
+    if (op->kind == EENET_OP_CONV2D) {
+        const conv_layer *L = &op->u.conv;
+        return (double)L->K * L->C * L->k * L->k * L->Ho * L->Wo;
+    }
+    if (op->kind == EENET_OP_LINEAR) {
+        return (double)op->u.lin.in * op->u.lin.outf;
+    }
+    return 0.0;
+}
+
+/* Threads for an eval-mode run of ops [begin, end) on N rows split between
+ * threads: 1 for no split.  A split needs each thread's share to be at least
+ * SPLIT_MIN_MACS multiply-adds, so that its one fork/join and the imbalance of
+ * whole samples stay small; smaller runs (EENet-8) keep per-op threading. */
+static int split_threads(const eenet_net *net, int begin, int end, int N) {
     int T = eenet_get_num_threads();
     T = T < net->split_threads ? T : net->split_threads;
     T = T < N ? T : N;
-    return N >= SPLIT_MIN_ROWS && T >= 2 ? T : 1;
+    if (N < SPLIT_MIN_ROWS || T < 2) {
+        return 1;
+    }
+    double macs = 0.0;
+    for (int i = begin; i < end; i++) {
+        macs += op_macs(net, i);
+    }
+    return (double)(N / T) * macs >= SPLIT_MIN_MACS ? T : 1;
 }
 
 /* Ops [begin, end) forward on the first N rows.  Eval mode with several
@@ -944,7 +971,7 @@ static int split_threads(const eenet_net *net, int N) {
  * kernels compute each sample on its own (see the eval linear below), so the
  * split changes no result. */
 static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int training) {
-    const int T = training ? 1 : split_threads(net, N);
+    const int T = training ? 1 : split_threads(net, begin, end, N);
     if (T < 2) {
         return run_ops_rows(net, begin, end, 0, N, training, net->workspace, net->nthreads, 1);
     }
