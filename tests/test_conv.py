@@ -653,3 +653,16 @@ def test_forward_batch_invariant_small_channels(rng, shape, threads):
             np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0], y[i])
     finally:
         eenet.set_num_threads(old)
+
+
+def test_winograd_forced_beyond_128_channels_falls_back(rng, wino_impl):
+    """Above 128 channels no Winograd buffers are reserved: the forced switch
+    leaves such layers to the other paths, with the same results."""
+    shape = _wshape((2, 130, 5, 4, 9))
+    x, w, b, dy = _arrays(rng, shape)
+    _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
+    rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+    dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
+    _close(dx, rdx)
+    _close(dw, rdw)
+    _close(db, rdb)

@@ -213,7 +213,10 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             pl->o_offk2 = at, at += round16((size_t)K * kh * kw);
         }
     }
-    pl->wino_ok = kh == 3 && kw == 3 && s == 1 && p == 1;
+    /* Winograd buffers only up to 128 channels (the automatic choice stops
+     * at 64): 512->512 layers would reserve ~16 MB of transformed weights
+     * plus 20 MB per thread for a path they never take */
+    pl->wino_ok = kh == 3 && kw == 3 && s == 1 && p == 1 && C <= 128 && K <= 128;
     size_t wino_shared = 0, wino_slot = 0;
     if (pl->wino_ok) {
         eenet_wino_sizes(C, K, H, W, &wino_shared, &wino_slot);

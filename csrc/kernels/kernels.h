@@ -66,7 +66,8 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
  * 2 the direct path wherever the CPU and shape allow, 3 as 2 with the weight
  * gradient K-vectorised on the q-space planes, 4 Winograd F(2x2,3x3)
  * (conv_winograd.c) for forward, backward-data and weight gradient of every
- * 3x3 stride-1 pad-1 convolution (AVX-512 transforms where the CPU has them,
+ * 3x3 stride-1 pad-1 convolution with C, K <= 128 (the workspace holds its
+ * buffers only there; AVX-512 transforms where the CPU has them,
  * there the weight gradient only for K a multiple of 16 up to 64; other
  * layers as 0), 5 as 4 with the portable C transforms and OpenBLAS, 6 the batch-lane direct path (16 samples per AVX-512 vector) for
  * every layer with C, K <= 16 and every sample (others as 0).  Other values
