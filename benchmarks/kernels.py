@@ -19,8 +19,10 @@ alternating so that both see the same load from other processes.
 Peak: measured once at start by eenet._core.peak_gflops: every thread runs
 independent fused-multiply-add chains on the CPU's widest vectors (AVX-512
 here), reading no memory; the best of several rounds, with the same thread
-count and clock.  It is the FMA units' ceiling, which no convolution reaches
-(with the wall clock on a loaded machine it too comes out low).
+count and clock.  It is the FMA units' ceiling for a direct convolution (with
+the wall clock on a loaded machine it too comes out low).  Layers that eenet
+runs with Winograd F(2x2,3x3) (3x3 stride-1, 16-64 channels) do 2.25x fewer
+multiplications than the direct FLOP count above, so their %pk can exceed 100%.
 
 On a machine shared with other work, wall-clock runs with several threads
 mostly measure the scheduler (a worker thread that waits for a core stalls the
@@ -139,6 +141,36 @@ def measure_peak(threads: int, cpu_clock: bool) -> tuple[float, int]:
     return eenet._core.peak_gflops(1.0, threads, cpu_clock)
 
 
+def pin_malloc_thresholds() -> None:
+    """Fix glibc's mmap and trim thresholds for the whole process.
+
+    eenet.ops allocates each call's workspace (megabytes) and frees it; glibc
+    then raises its dynamic mmap threshold, later large blocks come from the
+    heap, and trimming returns and re-faults their pages on every call: in
+    measurement this halved torch's rate on some layers and made figures
+    depend on the run order.  Pinned thresholds keep every allocation of both
+    libraries on one path.  (Same as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
+    in the environment; a no-op where mallopt is absent.)  Off by default:
+    with it, other layers (strided 1x1) move instead, so a figure that changes
+    with --pin-malloc is the allocator's, not the kernel's."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3   # glibc's malloc.h constants
+    # older glibc caps the mmap threshold at 32 MiB (mallopt returns 0 above
+    # it); setting it at all also stops the dynamic adjustment
+    for size in (1 << 30, 32 << 20):
+        if libc.mallopt(m_mmap_threshold, size):
+            break
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -148,10 +180,15 @@ def main() -> None:
     ap.add_argument("--nets", default="eenet8,resnet20", help="eenet8 and/or resnet20")
     ap.add_argument("--stat", choices=("median", "min"), default="median",
                     help="statistic over the repeats (min resists load from other processes)")
+    ap.add_argument("--pin-malloc", action="store_true",
+                    help="fix glibc's mmap/trim thresholds first (see pin_malloc_thresholds); "
+                         "the layers whose ratio moves with this flag are allocator-bound")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or process CPU time (robust to machine load with "
                          "--threads 1)")
     args = ap.parse_args()
+    if args.pin_malloc:
+        pin_malloc_thresholds()
     global _clock
     _clock = time.perf_counter if args.clock == "wall" else time.process_time
 

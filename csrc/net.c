@@ -9,6 +9,9 @@
  * zeroed when its last consumer (in forward order) is reached in backward, and
  * released after its producer's backward; slots of equal size are reused.
  */
+/* clock_gettime / CLOCK_MONOTONIC under -std=c11 */
+#define _POSIX_C_SOURCE 199309L
+
 #include "net.h"
 
 #include <math.h>

@@ -12,6 +12,9 @@
  * divided by the thread count.  It is the rate the FMA units sustain, an
  * upper bound no convolution reaches (it reads no memory).
  */
+/* clock_gettime / CLOCK_MONOTONIC under -std=c11 */
+#define _POSIX_C_SOURCE 199309L
+
 #include "eenet.h"
 
 #include <math.h>
