@@ -985,12 +985,16 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
 #pragma omp parallel num_threads(T)
 #endif
     {
-        int t = 0;
+        /* split by the team that really runs (a build without OpenMP, or a
+         * runtime that grants fewer threads, runs all rows on fewer parts) */
+        int t = 0, team = 1;
 #ifdef _OPENMP
         t = omp_get_thread_num();
+        team = omp_get_num_threads();
 #endif
         if (t < T) {
-            const int lo = (int)((long)N * t / T), hi = (int)((long)N * (t + 1) / T);
+            const int parts = team < T ? team : T;
+            const int lo = (int)((long)N * t / parts), hi = (int)((long)N * (t + 1) / parts);
             eenet_status st = EENET_OK;
             if (hi > lo) {
                 st = run_ops_rows(net, begin, end, lo, hi - lo, 0,
