@@ -47,13 +47,26 @@ void eenet_core_init(void) {
 #endif
 }
 
+/* Per calling thread: 0 for no limit, else the most threads this thread's
+ * kernels may use (see eenet_limit_threads). */
+static _Thread_local int thread_limit = 0;
+
+int eenet_limit_threads(int n) {
+    int previous = thread_limit;
+    thread_limit = n > 0 ? n : 0;
+    return previous;
+}
+
 int eenet_get_num_threads(void) {
+    int n;
     if (num_threads > 0) {
-        return num_threads;
-    }
+        n = num_threads;
+    } else {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+        n = omp_get_max_threads();
 #else
-    return 1;
+        n = 1;
 #endif
+    }
+    return thread_limit > 0 && thread_limit < n ? thread_limit : n;
 }

@@ -36,6 +36,11 @@ const char *eenet_last_error(void);
 void eenet_set_num_threads(int n);
 int eenet_get_num_threads(void);
 
+/* Cap eenet_get_num_threads() at n (n <= 0: no cap) for the calling thread
+ * only, e.g. around a run too small to share; returns the previous cap so a
+ * caller can restore it. */
+int eenet_limit_threads(int n);
+
 /* Measured FP32 FMA throughput (GFLOP/s) of `nthreads` threads running
  * independent FMA chains on the widest vectors the CPU has (peak.c), best of
  * rounds filling about `seconds`, timed by the wall clock or (use_cpu_clock)

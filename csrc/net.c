@@ -953,6 +953,14 @@ static double op_macs(const eenet_net *net, int i) {
  * threads: 1 for no split.  A split needs each thread's share to be at least
  * SPLIT_MIN_MACS multiply-adds, so that its one fork/join and the imbalance of
  * whole samples stay small; smaller runs (EENet-8) keep per-op threading. */
+static double run_macs(const eenet_net *net, int begin, int end) {
+    double macs = 0.0;
+    for (int i = begin; i < end; i++) {
+        macs += op_macs(net, i);
+    }
+    return macs;
+}
+
 static int split_threads(const eenet_net *net, int begin, int end, int N) {
     int T = eenet_get_num_threads();
     T = T < net->split_threads ? T : net->split_threads;
@@ -960,11 +968,7 @@ static int split_threads(const eenet_net *net, int begin, int end, int N) {
     if (N < SPLIT_MIN_ROWS || T < 2) {
         return 1;
     }
-    double macs = 0.0;
-    for (int i = begin; i < end; i++) {
-        macs += op_macs(net, i);
-    }
-    return (double)(N / T) * macs >= SPLIT_MIN_MACS ? T : 1;
+    return (double)(N / T) * run_macs(net, begin, end) >= SPLIT_MIN_MACS ? T : 1;
 }
 
 /* Ops [begin, end) forward on the first N rows.  Eval mode with several
@@ -975,6 +979,20 @@ static int split_threads(const eenet_net *net, int begin, int end, int N) {
  * split changes no result. */
 static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int training) {
     const int T = training ? 1 : split_threads(net, begin, end, N);
+    if (T < 2 && !training && N < SPLIT_MIN_ROWS && end > begin &&
+        (double)N * run_macs(net, begin, end) / (end - begin) < SPLIT_MIN_MACS) {
+        /* An eval run too small to split by rows (one row: predict on single
+         * samples) whose ops average under SPLIT_MIN_MACS multiply-adds runs
+         * single-threaded: per-op threading pays a fork/join per op (a
+         * wake-up each with OMP_WAIT_POLICY=PASSIVE) that ops this small do
+         * not earn back; measured on EENet-20 at 3x32x32 (0.7 M per op), one
+         * row, 2 threads: 2.0-2.2 ms per-op threaded, 0.9-1.0 ms on one
+         * thread.  Large inputs (ImageNet-sized layers) keep per-op threads. */
+        int previous = eenet_limit_threads(1);
+        eenet_status st = run_ops_rows(net, begin, end, 0, N, 0, net->workspace, 1, 1);
+        eenet_limit_threads(previous);
+        return st;
+    }
     if (T < 2) {
         return run_ops_rows(net, begin, end, 0, N, training, net->workspace, net->nthreads, 1);
     }
