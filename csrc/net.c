@@ -979,15 +979,16 @@ static int split_threads(const eenet_net *net, int begin, int end, int N) {
  * split changes no result. */
 static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int training) {
     const int T = training ? 1 : split_threads(net, begin, end, N);
-    if (T < 2 && !training && N < SPLIT_MIN_ROWS && end > begin &&
+    if (T < 2 && !training && end > begin &&
         (double)N * run_macs(net, begin, end) / (end - begin) < SPLIT_MIN_MACS) {
-        /* An eval run too small to split by rows (one row: predict on single
-         * samples) whose ops average under SPLIT_MIN_MACS multiply-adds runs
-         * single-threaded: per-op threading pays a fork/join per op (a
-         * wake-up each with OMP_WAIT_POLICY=PASSIVE) that ops this small do
-         * not earn back; measured on EENet-20 at 3x32x32 (0.7 M per op), one
-         * row, 2 threads: 2.0-2.2 ms per-op threaded, 0.9-1.0 ms on one
-         * thread.  Large inputs (ImageNet-sized layers) keep per-op threads. */
+        /* An eval run not split by rows whose ops average under SPLIT_MIN_MACS
+         * multiply-adds runs single-threaded: per-op threading pays a
+         * fork/join per op (a wake-up each with OMP_WAIT_POLICY=PASSIVE) that
+         * ops this small do not earn back.  Measured at 2 threads, per-op
+         * threaded -> one thread: EENet-20 3x32x32 one row (0.7 M per op)
+         * predict_all 2.05 -> 0.94 ms; EENet-8 batch 128 predict_all 1.61 ->
+         * 1.08 ms, early-exit predict 1.03 -> 0.72 ms.  Large inputs
+         * (ImageNet-sized layers) keep per-op threads. */
         int previous = eenet_limit_threads(1);
         eenet_status st = run_ops_rows(net, begin, end, 0, N, 0, net->workspace, 1, 1);
         eenet_limit_threads(previous);
