@@ -152,6 +152,41 @@ static void wino_idx_init(wino_idx *ix, int tw) {
     }
 }
 
+/* Tile-row blocks of a run over rtot = N * th tile rows: R rows per block (at
+ * most rmax), nblk blocks, their count a multiple of the threads where
+ * possible; *nt is lowered to the blocks there are (at least 1). */
+static void wino_blocks(long long rtot, int rmax, int *nt, long long *R, long long *nblk) {
+    long long nb = (rtot + rmax - 1) / rmax;
+    if (*nt > 1) {
+        nb = (nb + *nt - 1) / *nt * *nt;
+        if (nb > rtot) {
+            nb = rtot;
+        }
+    }
+    *R = (rtot + nb - 1) / nb;
+    *nblk = (rtot + *R - 1) / *R;
+    if (*nt > *nblk) {
+        *nt = (int)*nblk;
+    }
+    if (*nt < 1) {
+        *nt = 1;
+    }
+}
+
+/* Tile rows the AVX-512 input transform handles per call (G): stacked
+ * transforms where tw divides 16 (8x8 planes: 4 tile rows per vector, *pix
+ * set to ix), else a sample's th tile rows (in_tiles_avx reuses input rows
+ * across them); 1 on the portable path. */
+static int wino_stacking(wino_idx *ix, const wino_idx **pix, int avx, int tw, int th) {
+    *pix = NULL;
+    if (avx && tw < 16 && 16 % tw == 0) {
+        wino_idx_init(ix, tw);
+        *pix = ix;
+        return ix->G;
+    }
+    return avx ? th : 1;
+}
+
 /* ---- portable transforms ------------------------------------------------ */
 
 /* V (16 rows es apart) columns [0, tw) = B^T d B of the tiles of tile row ty
@@ -524,36 +559,15 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
         off[c] = c * ldv;
     }
     /* blocks of R tile rows; their count a multiple of the threads where possible */
-    long long rtot = (long long)N * th;
-    long long nblk = (rtot + rmax - 1) / rmax;
-    if (nt > 1) {
-        nblk = (nblk + nt - 1) / nt * nt;
-        if (nblk > rtot) {
-            nblk = rtot;
-        }
-    }
-    long long R = (rtot + nblk - 1) / nblk;
-    nblk = (rtot + R - 1) / R;
-    if (nt > nblk) {
-        nt = (int)nblk;
-    }
-    if (nt < 1) {
-        nt = 1;
-    }
+    const long long rtot = (long long)N * th;
+    long long R, nblk;
+    wino_blocks(rtot, rmax, &nt, &R, &nblk);
     if (!avx) {
         eenet_blas_set_threads(1);
     }
-    /* stacked transforms where tw divides 16 (8x8: 4 tile rows per vector) */
     wino_idx ix;
     const wino_idx *pix = NULL;
-    int G = 1;
-    if (avx && tw < 16 && 16 % tw == 0) {
-        wino_idx_init(&ix, tw);
-        pix = &ix;
-        G = ix.G;
-    } else if (avx) {
-        G = th; /* in_tiles_avx reuses input rows across a sample's tile rows */
-    }
+    const int G = wino_stacking(&ix, &pix, avx, tw, th);
     size_t hw = (size_t)H * W;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -780,35 +794,15 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
     int th, tw, rmax, ldv;
     wino_geom(H, W, &th, &tw, &rmax, &ldv);
     avx = avx && WINO_HAVE_AVX512;
-    long long rtot = (long long)N * th;
-    long long nblk = (rtot + rmax - 1) / rmax;
-    if (nt > 1) {
-        nblk = (nblk + nt - 1) / nt * nt;
-        if (nblk > rtot) {
-            nblk = rtot;
-        }
-    }
-    long long R = (rtot + nblk - 1) / nblk;
-    nblk = (rtot + R - 1) / R;
-    if (nt > nblk) {
-        nt = (int)nblk;
-    }
-    if (nt < 1) {
-        nt = 1;
-    }
+    const long long rtot = (long long)N * th;
+    long long R, nblk;
+    wino_blocks(rtot, rmax, &nt, &R, &nblk);
     if (!avx) {
         eenet_blas_set_threads(1);
     }
     wino_idx ix;
     const wino_idx *pix = NULL;
-    int G = 1;
-    if (avx && tw < 16 && 16 % tw == 0) {
-        wino_idx_init(&ix, tw);
-        pix = &ix;
-        G = ix.G;
-    } else if (avx) {
-        G = th; /* in_tiles_avx reuses input rows across a sample's tile rows */
-    }
+    const int G = wino_stacking(&ix, &pix, avx, tw, th);
     size_t hw = (size_t)H * W;
     size_t esv = e_stride(C, ldv), esd = e_stride(K, ldv), esu = e_stride(K, C);
     /* each thread's dU partial: 16 planes (C, K) (K contiguous) */
