@@ -282,6 +282,34 @@ static int bn_use_avx512(void) {
 }
 #endif
 
+/* One plane of the affine step: y = (x - mean) * scale + beta over HW, then
+ * (relu != 0) relu(v) = v < 0 ? 0 : v; the AVX-512 helpers when wide, with the
+ * same operations and so the same bits. */
+static void plane_affine(float *y, const float *x, float mean, float scale, float beta, int HW,
+                         int relu, int wide) {
+#if BN_HAVE_AVX512
+    if (wide) {
+        if (relu) {
+            plane_affine_relu_avx512(y, x, mean, scale, beta, HW);
+        } else {
+            plane_affine_avx512(y, x, mean, scale, beta, HW);
+        }
+        return;
+    }
+#endif
+    (void)wide;
+    if (relu) {
+        for (int i = 0; i < HW; i++) {
+            const float v = (x[i] - mean) * scale + beta;
+            y[i] = v < 0.0f ? 0.0f : v;
+        }
+    } else {
+        for (int i = 0; i < HW; i++) {
+            y[i] = (x[i] - mean) * scale + beta;
+        }
+    }
+}
+
 /* Training forward (relu != 0: out = relu(bn(x)), the ReLU as eenet_relu_forward).
  * Overwrites out, save_mean, save_invstd (C); updates running_mean/running_var (C)
  * in place. */
@@ -358,28 +386,8 @@ static eenet_status bn2d_forward_train_impl(const char *name, float *out, float 
         const float scale = (float)(gamma[c] * invstd);
         const float fmean = (float)mean, fbeta = beta[c];
         for (int n = 0; n < N; n++) {
-            const float *x = inp + ((size_t)n * C + c) * HW;
-            float *y = out + ((size_t)n * C + c) * HW;
-#if BN_HAVE_AVX512
-            if (wide) {
-                if (relu) {
-                    plane_affine_relu_avx512(y, x, fmean, scale, fbeta, HW);
-                } else {
-                    plane_affine_avx512(y, x, fmean, scale, fbeta, HW);
-                }
-                continue;
-            }
-#endif
-            if (relu) {
-                for (int i = 0; i < HW; i++) {
-                    const float v = (x[i] - fmean) * scale + fbeta;
-                    y[i] = v < 0.0f ? 0.0f : v;
-                }
-            } else {
-                for (int i = 0; i < HW; i++) {
-                    y[i] = (x[i] - fmean) * scale + fbeta;
-                }
-            }
+            plane_affine(out + ((size_t)n * C + c) * HW, inp + ((size_t)n * C + c) * HW, fmean,
+                         scale, fbeta, HW, relu, wide);
         }
         const double unbiased = ss / (double)(M - 1);
         running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mean);
@@ -433,28 +441,8 @@ static eenet_status bn2d_forward_eval_impl(const char *name, float *out, const f
         const double invstd = 1.0 / sqrt((double)running_var[c] + (double)eps);
         const float scale = (float)(gamma[c] * invstd);
         const float fmean = running_mean[c], fbeta = beta[c];
-        const float *x = inp + (size_t)p * HW;
-        float *y = out + (size_t)p * HW;
-#if BN_HAVE_AVX512
-        if (wide) {
-            if (relu) {
-                plane_affine_relu_avx512(y, x, fmean, scale, fbeta, HW);
-            } else {
-                plane_affine_avx512(y, x, fmean, scale, fbeta, HW);
-            }
-            continue;
-        }
-#endif
-        if (relu) {
-            for (int i = 0; i < HW; i++) {
-                const float v = (x[i] - fmean) * scale + fbeta;
-                y[i] = v < 0.0f ? 0.0f : v;
-            }
-        } else {
-            for (int i = 0; i < HW; i++) {
-                y[i] = (x[i] - fmean) * scale + fbeta;
-            }
-        }
+        plane_affine(out + (size_t)p * HW, inp + (size_t)p * HW, fmean, scale, fbeta, HW, relu,
+                     wide);
     }
     return EENET_OK;
 }
