@@ -557,6 +557,19 @@ static void valid_range(int W, int Wo, int j, int s, int p, int *lo, int *hi) {
     *hi = h;
 }
 
+/* One sample's bias gradient: db[k] += sum_q dy[k, q] over dy (K, howo), each
+ * channel summed in float in q order. */
+static void bias_grad_add(float *db, const float *dy, int K, int howo) {
+    for (int k = 0; k < K; k++) {
+        const float *dyk = dy + (size_t)k * howo;
+        float acc = 0.0f;
+        for (int q = 0; q < howo; q++) {
+            acc += dyk[q];
+        }
+        db[k] += acc;
+    }
+}
+
 /* col (C*kh*kw, Ho*Wo) from one sample inp (C,H,W); overwrites col. */
 static void im2col(float *col, const float *inp, int C, int H, int W, int kh, int kw, int s,
                    int p, int Ho, int Wo) {
@@ -1114,24 +1127,10 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                         /* dw (K, CKK) += dy (K, HoWo) @ col^T */
                         eenet_sgemm(0, 1, K, ckk, howo, 1.0f, dy, howo, b, howo, 1.0f, pdw, ckk);
                         if (dbias) {
-                            for (int k = 0; k < K; k++) {
-                                const float *dyk = dy + (size_t)k * howo;
-                                float acc = 0.0f;
-                                for (int q = 0; q < howo; q++) {
-                                    acc += dyk[q];
-                                }
-                                pdb[k] += acc;
-                            }
+                            bias_grad_add(pdb, dy, K, howo);
                         }
                     } else if (!dw && dbias) {
-                        for (int k = 0; k < K; k++) {
-                            const float *dyk = dy + (size_t)k * howo;
-                            float acc = 0.0f;
-                            for (int q = 0; q < howo; q++) {
-                                acc += dyk[q];
-                            }
-                            pdb[k] += acc;
-                        }
+                        bias_grad_add(pdb, dy, K, howo);
                     }
                     if (!dinp || !sd) {
                         continue;
