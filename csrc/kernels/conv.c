@@ -98,12 +98,14 @@ static size_t round16(size_t n) {
  * 4: Winograd (conv_winograd.c) for forward and backward-data of every 3x3
  * stride-1 pad-1 layer (AVX-512 where the CPU has it), 5: as 4 with the
  * portable C transforms and OpenBLAS, 6: the batch-lane path wherever
- * possible (every sample, partial groups included), the rest as 0. */
+ * possible (every sample, partial groups included), the rest as 0, 7: the
+ * batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
+ * every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512), the rest as 0. */
 static int conv_impl = 0;
 
 int eenet_conv2d_set_impl(int impl) {
     int old = conv_impl;
-    conv_impl = (impl >= 0 && impl <= 6) ? impl : 0;
+    conv_impl = (impl >= 0 && impl <= 7) ? impl : 0;
     return old;
 }
 
@@ -152,6 +154,8 @@ typedef struct {
     int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
     int use_wf, use_wd, wino_avx; /* Winograd forward / backward-data; its AVX-512 path */
     int use_ww;                  /* Winograd weight gradient */
+    int wl_ok;                   /* 3x3 s1 p1, C, K <= 16: batch-lane Winograd regions */
+    int use_xf, use_xd;          /* batch-lane Winograd forward / backward-data */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group (q-space planes) */
@@ -159,10 +163,12 @@ typedef struct {
     dgeom g, gd;     /* forward geometry; backward-data geometry (dout planes) */
     /* shared region: packed weights and tap offsets (forward, backward-data) */
     size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_wino, o_offl, o_offl2;
+    size_t o_wlu;    /* batch-lane Winograd: transformed weights (16, cin, cout) */
     size_t shared;
     /* per-thread slot */
     size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, s_wino;
-    size_t s_xl, s_dl, s_dxl, s_dwl, slot; /* batch-lane buffers */
+    size_t s_xl, s_dl, s_dxl, s_dwl; /* batch-lane buffers */
+    size_t s_wl, slot;               /* batch-lane Winograd slot */
 } conv_plan;
 
 static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, int kw, int s,
@@ -229,6 +235,12 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         pl->o_offl = at, at += round16(ntaps);
         pl->o_offl2 = at, at += round16((size_t)K * kh * kw);
     }
+    pl->wl_ok = pl->wino_ok && pl->lanes_ok;
+    size_t wl_shared = 0, wl_slot = 0;
+    if (pl->wl_ok) {
+        eenet_wlanes_sizes(C, K, H, W, &wl_shared, &wl_slot);
+        pl->o_wlu = at, at += round16(wl_shared);
+    }
     pl->shared = at;
     at = 0;
     if (pl->direct_ok) {
@@ -261,6 +273,9 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     pl->s_col = at, at += round16(ntaps * (size_t)pl->Ho * pl->Wo);
     if (pl->wino_ok) {
         pl->s_wino = at, at += round16(wino_slot);
+    }
+    if (pl->wl_ok) {
+        pl->s_wl = at, at += round16(wl_slot);
     }
     pl->slot = at;
 }
@@ -487,11 +502,21 @@ static int wino_auto_dw(const conv_plan *pl) {
     return pl->K % 16 == 0 && pl->K >= 32 && pl->C >= 32 && (tw == 4 || tw == 8);
 }
 
+/* Whether the batch-lane Winograd path (conv_wlanes.c) wins for op 0
+ * forward, 2 data gradient.  TODO measured figures. */
+static int wlanes_pick(const conv_plan *pl, int op) {
+    (void)op;
+    (void)pl;
+    return 0;
+}
+
 static void plan_choose(conv_plan *pl) {
-    int avail = pl->direct_ok && conv_impl != 1 && eenet_conv_direct_available();
+    /* 7 forces the batch-lane Winograd path (below) and is otherwise 0 */
+    int impl = conv_impl == 7 ? 0 : conv_impl;
+    int avail = pl->direct_ok && impl != 1 && eenet_conv_direct_available();
     int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
-    int prefer = avail && (conv_impl != 0 || !one);
-    int kvec = prefer && conv_impl == 0;
+    int prefer = avail && (impl != 0 || !one);
+    int kvec = prefer && impl == 0;
     pl->kvf = pl->K % 32 == 0 ? 2 : 1;
     pl->pf = pick_cols(pl->Wo, 16 / pl->kvf);
     pl->kvd = pl->C % 32 == 0 ? 2 : 1;
@@ -509,14 +534,14 @@ static void plan_choose(conv_plan *pl) {
      * faster K-vectorised on the q-space planes once there are >= 64 taps
      * (measured: 16->16 7x7 71 vs 55, 8->16 14x14 s2 42 vs 37 GFLOP/s). */
     pl->use_kwq = avail && !one && !pl->use_kw && pl->K % 16 == 0 &&
-                  (conv_impl == 3 || (conv_impl == 0 && pl->ckk >= 64));
+                  (impl == 3 || (impl == 0 && pl->ckk >= 64));
     pl->use_fwd = prefer && !pl->use_kf;
     pl->use_bw = prefer && !pl->use_kw && !pl->use_kwq;
     pl->use_bd = prefer && pl->bd_ok && !pl->use_kd;
     /* Winograd F(2x2,3x3) for forward and backward-data, and where
      * wino_auto_dw says for the weight gradient */
-    int wforce = conv_impl == 4 || conv_impl == 5;
-    int wauto = conv_impl == 0 && eenet_conv_direct_available() && wino_auto(pl);
+    int wforce = impl == 4 || impl == 5;
+    int wauto = impl == 0 && eenet_conv_direct_available() && wino_auto(pl);
     /* ... except where the batch-lane path is faster: 16->16 7x7 (EENet-8
      * f=4), batch 32 and 128, one thread: forward 97 vs 72-76 GFLOP/s,
      * backward-data 91 vs 68-69.  Decided without looking at N, so that a
@@ -528,14 +553,18 @@ static void plan_choose(conv_plan *pl) {
     }
     pl->use_wf = pl->wino_ok && (wforce || wauto);
     pl->use_wd = pl->wino_ok && (wforce || wauto);
-    pl->wino_avx = conv_impl != 5 && eenet_conv_direct_available();
+    pl->wino_avx = impl != 5 && eenet_conv_direct_available();
     pl->use_ww = pl->wino_ok && eenet_wino_dw_ok(pl->C, pl->K, pl->wino_avx) &&
                  (wforce || (wauto && wino_auto_dw(pl)));
     /* batch-lane path: 16 samples per vector, for the few-channel layers */
-    int lanes = avail && pl->lanes_ok && (conv_impl == 6 || conv_impl == 0);
-    pl->use_lf = lanes && (conv_impl == 6 || lanes_pick(pl, 0)) && !pl->use_wf;
-    pl->use_lw = lanes && (conv_impl == 6 || lanes_pick(pl, 1));
-    pl->use_ld = lanes && pl->bd_ok && (conv_impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
+    int lanes = avail && pl->lanes_ok && (impl == 6 || impl == 0);
+    pl->use_lf = lanes && (impl == 6 || lanes_pick(pl, 0)) && !pl->use_wf;
+    pl->use_lw = lanes && (impl == 6 || lanes_pick(pl, 1));
+    pl->use_ld = lanes && pl->bd_ok && (impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
+    /* batch-lane Winograd: forward and backward-data (wlanes_pick) */
+    int wl = pl->wl_ok && eenet_conv_direct_available() && (conv_impl == 7 || conv_impl == 0);
+    pl->use_xf = wl && (conv_impl == 7 || wlanes_pick(pl, 0));
+    pl->use_xd = wl && (conv_impl == 7 || wlanes_pick(pl, 2));
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -1228,6 +1257,14 @@ eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
+    if (pl.use_xf) {
+        /* batch-lane Winograd: U (16, C, K) once per call */
+        float *u = workspace + pl.o_wlu;
+        eenet_wlanes_weights(u, w, K, C, 0);
+        eenet_wlanes_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, C,
+                          K, H, W, C > K ? C : K, pick_threads_wino(nthreads, &pl));
+        return EENET_OK;
+    }
     if (pl.use_wf) {
         eenet_wino_conv(out, 0, inp, w, 0, bias, workspace + pl.o_wino,
                         workspace + pl.shared + pl.s_wino, pl.slot, N, C, K, H, W,
@@ -1260,6 +1297,19 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
+    if (pl.use_xd && dinp) {
+        /* dw, dbias by the paths above, then dinp += the batch-lane Winograd
+         * convolution of dout with the flipped, transposed kernel */
+        if (dw || dbias) {
+            conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
+                              pick_threads(nthreads, &pl, 0), &pl);
+        }
+        float *u = workspace + pl.o_wlu;
+        eenet_wlanes_weights(u, w, C, K, 1);
+        eenet_wlanes_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N,
+                          K, C, H, W, C > K ? C : K, pick_threads_wino(nthreads, &pl));
+        return EENET_OK;
+    }
     int wd = pl.use_wd && dinp, ww = pl.use_ww && dw;
     if (wd || ww) {
         /* each gradient by its own pass: the weight gradient through the

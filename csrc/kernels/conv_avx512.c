@@ -661,7 +661,14 @@ static EENET_AVX512 inline __attribute__((always_inline)) void tr16(__m512 *c, c
 
 EENET_AVX512 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride,
                                       int cin, int h, int w, int ph, int pw, int ystep) {
-    size_t hp = (size_t)h + 2 * (size_t)ph, wpad = (size_t)w + 2 * (size_t)pw;
+    eenet_conv_lanes_in_pad(xl, x, nimg, img_stride, cin, h, w, h + 2 * ph, w + 2 * pw, ph, pw,
+                            ystep);
+}
+
+EENET_AVX512 void eenet_conv_lanes_in_pad(float *xl, const float *x, int nimg,
+                                          size_t img_stride, int cin, int h, int w, int hp_,
+                                          int wp_, int ph, int pw, int ystep) {
+    size_t hp = (size_t)hp_, wpad = (size_t)wp_;
     for (int c = 0; c < cin; c++) {
         for (int y = 0; y < h; y += ystep) {
             const float *xr = x + ((size_t)c * h + y) * w;
@@ -898,6 +905,12 @@ EENET_AVX512 void eenet_conv_lanes_bias(float *db, const float *dy, size_t dplan
 }
 
 #else /* not x86-64 GCC/Clang: no direct path, conv.c uses im2col+GEMM */
+
+void eenet_conv_lanes_in_pad(float *xl, const float *x, int nimg, size_t img_stride, int cin,
+                             int h, int w, int hp, int wp, int ph, int pw, int ystep) {
+    (void)xl, (void)x, (void)nimg, (void)img_stride, (void)cin, (void)h, (void)w, (void)hp;
+    (void)wp, (void)ph, (void)pw, (void)ystep;
+}
 
 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride, int cin, int h,
                          int w, int ph, int pw, int ystep) {

@@ -93,6 +93,12 @@ void eenet_conv_transpose_dy(float *dyt, float *pdb, const float *dy, int K, int
 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride, int cin, int h,
                          int w, int ph, int pw, int ystep);
 
+/* As eenet_conv_lanes_in into xl (cin, hp, wp, 16) with the interior at row
+ * ph, column pw (hp >= h + ph, wp >= w + pw: asymmetric padding, e.g. the
+ * Winograd tiles' extra bottom row and right column). */
+void eenet_conv_lanes_in_pad(float *xl, const float *x, int nimg, size_t img_stride, int cin,
+                             int h, int w, int hp, int wp, int ph, int pw, int ystep);
+
 /* Sample b < nimg of out (its (cout, hw) block at out + b*img_stride) =
  * yl (cout, hw, 16) lane b + bias[k] (bias NULL: none), or += (accumulate). */
 void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int nimg, int cout,

@@ -44,4 +44,25 @@ int eenet_wino_dw_ok(int C, int K, int avx);
 void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
                    size_t slot_stride, int N, int C, int K, int H, int W, int nt, int avx);
 
+/* ---- batch-lane Winograd F(2x2,3x3) (conv_wlanes.c): cin, cout <= 16 ---- */
+
+/* Workspace of eenet_wlanes_conv for a C -> K layer on an H x W plane, both
+ * directions (`shared`: the transformed weights; `slot` per thread, for
+ * m = max(C, K) channels).  Depends on the sizes only. */
+void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
+
+/* u (16, cin, cout) = U_e[co][ci] = (G g G^T)[e/4][e%4], formed in double,
+ * for g = w[co][ci] (flip = 0; w (cout, cin, 3, 3)) or g[a][b] =
+ * w[ci][co][2-a][2-b] (flip = 1; w (cin, cout, 3, 3): backward-data). */
+void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip);
+
+/* out (N, cout, H, W) = conv3x3_pad1(inp (N, cin, H, W)) + bias (accumulate
+ * = 0; bias NULL: none) or out += conv (accumulate = 1), with u from
+ * eenet_wlanes_weights.  AVX-512 only (caller checked the CPU).  Slots
+ * slot_stride floats apart sized by eenet_wlanes_sizes with m = max(C, K);
+ * up to nt threads (whole groups of 16 samples, then single samples). */
+void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float *u,
+                       const float *bias, float *slots, size_t slot_stride, int N, int cin,
+                       int cout, int H, int W, int m, int nt);
+
 #endif /* EENET_CONV_WINOGRAD_H */

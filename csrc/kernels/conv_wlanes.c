@@ -1,0 +1,562 @@
+/* conv_wlanes.c: batch-lane Winograd F(2x2,3x3) for 3x3 stride-1 pad-1
+ * convolutions with few channels (cin, cout <= 16: EENet-8's 16->16 7x7),
+ * forward and backward-data (conv.c chooses it, see wlanes_pick there).
+ *
+ * Same transforms as conv_winograd.c (Lavin & Gray): for the 2x2 output tile
+ * at (2ty, 2tx), input tile d (4x4) at rows 2ty-1..2ty+2, columns
+ * 2tx-1..2tx+2 (zero outside the input) and a 3x3 filter g,
+ *
+ *   V = B^T d B,  U = G g G^T,  Y = A^T (sum_c U_kc (.) V_c) A
+ *
+ *   B^T = [1  0 -1  0]   G = [ 1    0    0 ]   A^T = [1 1  1  0]
+ *         [0  1  1  0]       [1/2  1/2  1/2]         [0 1 -1 -1]
+ *         [0 -1  1  0]       [1/2 -1/2  1/2]
+ *         [0  1  0 -1]       [ 0    0    1 ]
+ *
+ * so out[k] of one tile at element e = 4i+j of the transformed domain is
+ * M_e[k] = sum_c U_e[k][c] V_e[c]: 16 multiply-adds per 4 outputs and
+ * channel pair instead of 36.  Every zmm holds 16 independent tiles, and
+ * each lane goes through exactly the same operations in the same order
+ * (transforms: adds only, no shuffles; products: one FMA chain over c from
+ * 0), so a lane's result does not depend on what the other lanes hold:
+ *   - group mode: 16 SAMPLES in the lanes (eenet_conv_lanes_in_pad's lane
+ *     layout (cin, 2th+2, 2tw+2, 16), one vector per tile and element),
+ *     for every whole group of 16 samples;
+ *   - tile mode: 16 TILES of one sample in the lanes (gathered from the
+ *     sample's zero-padded planes), for the samples left over (a 7x7 plane
+ *     has exactly 16 tiles, so no lane is wasted there).
+ * Both give the same bits for a sample, so batched early-exit inference
+ * equals one-sample-at-a-time evaluation (tests/test_conv.py).
+ * U is formed in double and rounded once; B^T and A^T have entries 0, +-1.
+ * Products: acc[E][KB] (E elements x KB output channels, E*KB = 16 zmm), per
+ * input channel E vector loads of V and E*KB FMAs with the U scalar
+ * broadcast from memory.
+ */
+#include "conv_winograd.h"
+
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "conv_direct.h"
+
+static size_t r16(size_t n) {
+    return (n + 15u) & ~(size_t)15u;
+}
+
+/* Tile rows th, tiles per row tw, padded plane hp x wp (interior at (1, 1),
+ * the extra bottom row/right column of odd sizes zero), tile vectors of one
+ * sample in tile mode. */
+typedef struct {
+    int th, tw, T, hp, wp, ntv;
+} wl_geom;
+
+static void wl_geom_init(wl_geom *g, int H, int W) {
+    g->th = (H + 1) / 2;
+    g->tw = (W + 1) / 2;
+    g->T = g->th * g->tw;
+    g->hp = 2 * g->th + 2;
+    g->wp = 2 * g->tw + 2;
+    g->ntv = (g->T + 15) / 16;
+}
+
+/* Per-thread slot for up to m channels on either side, in floats:
+ * xl (m, hp, wp, 16) group input; yl (m, H, W, 16) group output;
+ * v (16, m, 16) and mm (16, m, 16) one tile vector's V and M;
+ * xs (m, hp, wp) one sample's padded planes (tile mode);
+ * tb (m, 4, 16) one tile vector's outputs (tile mode). */
+typedef struct {
+    size_t xl, yl, v, mm, xs, tb, slot;
+} wl_layout;
+
+static void wl_layout_init(wl_layout *l, int m, int H, int W) {
+    wl_geom g;
+    wl_geom_init(&g, H, W);
+    size_t at = 0;
+    l->xl = at, at += r16(16 * (size_t)m * g.hp * g.wp);
+    l->yl = at, at += r16(16 * (size_t)m * H * W);
+    l->v = at, at += 256 * (size_t)m;
+    l->mm = at, at += 256 * (size_t)m;
+    l->xs = at, at += r16((size_t)m * g.hp * g.wp + 16); /* + slack: 16-float row loads */
+    l->tb = at, at += 64 * (size_t)m;
+    l->slot = at;
+}
+
+void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
+    wl_layout l;
+    wl_layout_init(&l, C > K ? C : K, H, W);
+    *shared = r16(16 * (size_t)C * K);
+    *slot = l.slot;
+}
+
+/* The definition of eenet_wlanes_weights (AVX-512 build: the vector version
+ * below computes the same formula, 8 channel pairs at a time). */
+static __attribute__((unused)) void weights_ref(float *u, const float *w, int cout, int cin, int flip) {
+    for (int co = 0; co < cout; co++) {
+        for (int ci = 0; ci < cin; ci++) {
+            double g[3][3], t[4][3];
+            for (int a = 0; a < 3; a++) {
+                for (int b = 0; b < 3; b++) {
+                    g[a][b] = flip ? w[((size_t)ci * cout + co) * 9 + (2 - a) * 3 + (2 - b)]
+                                   : w[((size_t)co * cin + ci) * 9 + a * 3 + b];
+                }
+            }
+            for (int b = 0; b < 3; b++) { /* t = G g (4x3) */
+                t[0][b] = g[0][b];
+                t[1][b] = 0.5 * (g[0][b] + g[1][b] + g[2][b]);
+                t[2][b] = 0.5 * (g[0][b] - g[1][b] + g[2][b]);
+                t[3][b] = g[2][b];
+            }
+            for (int i = 0; i < 4; i++) { /* U = t G^T (4x4) */
+                double v[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]),
+                               0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
+                for (int j = 0; j < 4; j++) {
+                    u[((size_t)(4 * i + j) * cin + ci) * cout + co] = (float)v[j];
+                }
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define EENET_AVX512 __attribute__((target("avx512f")))
+#define WL_INLINE static EENET_AVX512 inline __attribute__((always_inline))
+
+/* v[4i+j] = (B^T d B)[i][j] for the input tile d[4i+j] (row i, column j). */
+WL_INLINE void in_tf(__m512 *v, const __m512 *d) {
+    __m512 t[16];
+    for (int j = 0; j < 4; j++) { /* rows: B^T d */
+        t[j] = _mm512_sub_ps(d[j], d[8 + j]);
+        t[4 + j] = _mm512_add_ps(d[4 + j], d[8 + j]);
+        t[8 + j] = _mm512_sub_ps(d[8 + j], d[4 + j]);
+        t[12 + j] = _mm512_sub_ps(d[4 + j], d[12 + j]);
+    }
+    for (int i = 0; i < 4; i++) { /* columns: (B^T d) B */
+        const __m512 *r = t + 4 * i;
+        v[4 * i] = _mm512_sub_ps(r[0], r[2]);
+        v[4 * i + 1] = _mm512_add_ps(r[1], r[2]);
+        v[4 * i + 2] = _mm512_sub_ps(r[2], r[1]);
+        v[4 * i + 3] = _mm512_sub_ps(r[1], r[3]);
+    }
+}
+
+/* y[2a+b] = (A^T m A)[a][b] for m[4i+j]. */
+WL_INLINE void out_tf(__m512 *y, const __m512 *m) {
+    __m512 s0[4], s1[4];
+    for (int j = 0; j < 4; j++) {
+        s0[j] = _mm512_add_ps(_mm512_add_ps(m[j], m[4 + j]), m[8 + j]);
+        s1[j] = _mm512_sub_ps(_mm512_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
+    }
+    y[0] = _mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]);
+    y[1] = _mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]);
+    y[2] = _mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]);
+    y[3] = _mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]);
+}
+
+/* mm[e][k] (16 lanes) = sum_{c < cin} u[e][c][k] * v[e][c] for the E
+ * elements e0.. and KB output channels k0..; v (16, cin, 16), mm (16, cout,
+ * 16), u (16, cin, cout).  The chain over c starts from 0 and runs in order. */
+#define DEFINE_WP(KB, E)                                                                  \
+    static EENET_AVX512 void wp_##KB(float *mm, const float *v, const float *u, int cin,  \
+                                     int cout, int k0, int e0) {                          \
+        __m512 acc[E][KB];                                                                \
+        for (int q = 0; q < E; q++) {                                                     \
+            for (int a = 0; a < KB; a++) {                                                \
+                acc[q][a] = _mm512_setzero_ps();                                          \
+            }                                                                             \
+        }                                                                                 \
+        for (int c = 0; c < cin; c++) {                                                   \
+            for (int q = 0; q < E; q++) {                                                 \
+                size_t ec = (size_t)(e0 + q) * cin + c;                                   \
+                __m512 x = _mm512_loadu_ps(v + 16 * ec);                                  \
+                const float *ue = u + ec * cout + k0;                                     \
+                for (int a = 0; a < KB; a++) {                                            \
+                    acc[q][a] = _mm512_fmadd_ps(_mm512_set1_ps(ue[a]), x, acc[q][a]);     \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+        for (int q = 0; q < E; q++) {                                                     \
+            for (int a = 0; a < KB; a++) {                                                \
+                _mm512_storeu_ps(mm + 16 * ((size_t)(e0 + q) * cout + k0 + a), acc[q][a]); \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+DEFINE_WP(16, 1)
+DEFINE_WP(8, 2)
+DEFINE_WP(4, 4)
+DEFINE_WP(2, 8)
+DEFINE_WP(1, 16)
+
+typedef void (*wp_fn)(float *, const float *, const float *, int, int, int, int);
+
+static EENET_AVX512 void products(float *mm, const float *v, const float *u, int cin,
+                                  int cout) {
+    for (int k0 = 0; k0 < cout;) {
+        int rem = cout - k0;
+        int kb = rem >= 16 ? 16 : rem >= 8 ? 8 : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;
+        wp_fn fn = kb == 16 ? wp_16 : kb == 8 ? wp_8 : kb == 4 ? wp_4 : kb == 2 ? wp_2 : wp_1;
+        for (int e0 = 0; e0 < 16; e0 += 16 / kb) {
+            fn(mm, v, u, cin, cout, k0, e0);
+        }
+        k0 += kb;
+    }
+}
+
+/* V (16, cin, 16) of one tile vector from its input tile rows: row i of
+ * channel c at r[i] + c*cstride, columns 16 floats apart. */
+WL_INLINE void in_tile(float *v, const float *r0, size_t rs, size_t cstride, int cin) {
+    size_t vs = 16 * (size_t)cin;
+    for (int c = 0; c < cin; c++) {
+        const float *b = r0 + (size_t)c * cstride;
+        __m512 d[16], t[16];
+        for (int i = 0; i < 4; i++) {
+            for (int j = 0; j < 4; j++) {
+                d[4 * i + j] = _mm512_loadu_ps(b + i * rs + 16 * j);
+            }
+        }
+        in_tf(t, d);
+        float *vc = v + 16 * (size_t)c;
+        for (int e = 0; e < 16; e++) {
+            _mm512_storeu_ps(vc + e * vs, t[e]);
+        }
+    }
+}
+
+/* Group mode, one tile (ty, tx) of 16 samples: yl (cout, H, W, 16) at the
+ * tile's 2x2 outputs inside the plane from xl (cin, hp, wp, 16). */
+static EENET_AVX512 void group_tile(float *yl, const float *xl, const float *u, float *v,
+                                    float *mm, int cin, int cout, int H, int W,
+                                    const wl_geom *g, int ty, int tx) {
+    in_tile(v, xl + 16 * ((size_t)2 * ty * g->wp + 2 * tx), 16 * (size_t)g->wp,
+            16 * (size_t)g->hp * g->wp, cin);
+    products(mm, v, u, cin, cout);
+    int full = 2 * ty + 1 < H && 2 * tx + 1 < W;
+    size_t ms = 16 * (size_t)cout, ks = 16 * (size_t)H * W, rs = 16 * (size_t)W;
+    float *o = yl + 16 * ((size_t)2 * ty * W + 2 * tx);
+    for (int k = 0; k < cout; k++, o += ks) {
+        __m512 m[16], y[4];
+        const float *mk = mm + 16 * (size_t)k;
+        for (int e = 0; e < 16; e++) {
+            m[e] = _mm512_loadu_ps(mk + e * ms);
+        }
+        out_tf(y, m);
+        if (full) {
+            _mm512_storeu_ps(o, y[0]);
+            _mm512_storeu_ps(o + 16, y[1]);
+            _mm512_storeu_ps(o + rs, y[2]);
+            _mm512_storeu_ps(o + rs + 16, y[3]);
+            continue;
+        }
+        int rows = 2 * ty + 1 < H ? 2 : 1, cols = 2 * tx + 1 < W ? 2 : 1;
+        for (int a = 0; a < rows; a++) {
+            for (int b = 0; b < cols; b++) {
+                _mm512_storeu_ps(o + a * rs + 16 * b, y[2 * a + b]);
+            }
+        }
+    }
+}
+
+/* Tile mode, one sample: out (cout, H, W) = conv + bias (or += conv) from
+ * its padded planes xs (cin, hp, wp; border zero), 16 tiles per vector
+ * (gathered); the outputs leave through tb (4, 16) by a list of (element
+ * and lane, output offset) pairs of the valid pixels. */
+static EENET_AVX512 void sample_run(float *out, int accumulate, const float *xs,
+                                    const float *u, const float *bias, float *v, float *mm,
+                                    float *tb, int cin, int cout, int H, int W,
+                                    const wl_geom *g) {
+    for (int tv = 0; tv < g->ntv; tv++) {
+        int t0 = 16 * tv, nt = g->T - t0 < 16 ? g->T - t0 : 16;
+        int idx[16], src[64], dst[64], np = 0;
+        for (int l = 0; l < 16; l++) {
+            int t = t0 + (l < nt ? l : 0);
+            int ty = t / g->tw, tx = t % g->tw;
+            idx[l] = 2 * ty * g->wp + 2 * tx;
+            for (int q = 0; l < nt && q < 4; q++) {
+                int oy = 2 * ty + q / 2, ox = 2 * tx + q % 2;
+                if (oy < H && ox < W) {
+                    src[np] = 16 * q + l, dst[np] = oy * W + ox, np++;
+                }
+            }
+        }
+        __m512i iv = _mm512_loadu_si512(idx);
+        __mmask16 mk = (__mmask16)(nt >= 16 ? 0xFFFF : (1u << nt) - 1u);
+        /* rows of at most 16 floats: the lanes of a pair of tile rows
+         * (ty0, ty0 + 1) pick their columns 2tx + j out of the two padded
+         * rows 2ty + i by one permute (masked merge of the pairs) instead
+         * of a gather; pi[pr] columns for j = 0 (+ 16 for the second row) */
+        int ty0 = t0 / g->tw, ty1 = (t0 + nt - 1) / g->tw;
+        int npair = g->wp <= 16 ? (ty1 - ty0 + 2) / 2 : 0;
+        __m512i pi[8];
+        __mmask16 pm[8];
+        for (int pr = 0; pr < npair; pr++) {
+            int cols[16];
+            unsigned m = 0;
+            for (int l = 0; l < 16; l++) {
+                int t = t0 + l, ty = t / g->tw, tx = t % g->tw;
+                cols[l] = 0;
+                if (l < nt && (ty - ty0) / 2 == pr) {
+                    cols[l] = 2 * tx + ((ty - ty0) % 2 ? 16 : 0);
+                    m |= 1u << l;
+                }
+            }
+            pi[pr] = _mm512_loadu_si512(cols);
+            pm[pr] = (__mmask16)m;
+        }
+        size_t vs = 16 * (size_t)cin;
+        for (int c = 0; c < cin; c++) {
+            const float *p = xs + (size_t)c * g->hp * g->wp;
+            __m512 d[16], t[16];
+            if (npair > 0) {
+                for (int i = 0; i < 4; i++) {
+                    __m512 ra[8], rb[8];
+                    for (int pr = 0; pr < npair; pr++) {
+                        /* rows 2(ty0 + 2pr) + i and the next tile row's; the
+                         * xs slot has 16 floats of slack after the planes */
+                        const float *r = p + (size_t)(2 * (ty0 + 2 * pr) + i) * g->wp;
+                        ra[pr] = _mm512_loadu_ps(r);
+                        rb[pr] = 2 * (ty0 + 2 * pr + 1) + i < g->hp
+                                     ? _mm512_loadu_ps(r + 2 * (size_t)g->wp)
+                                     : _mm512_setzero_ps();
+                    }
+                    for (int j = 0; j < 4; j++) {
+                        __m512i jv = _mm512_set1_epi32(j);
+                        __m512 x = _mm512_maskz_permutex2var_ps(
+                            pm[0], ra[0], _mm512_add_epi32(pi[0], jv), rb[0]);
+                        for (int pr = 1; pr < npair; pr++) {
+                            x = _mm512_mask_mov_ps(
+                                x, pm[pr],
+                                _mm512_permutex2var_ps(ra[pr], _mm512_add_epi32(pi[pr], jv),
+                                                       rb[pr]));
+                        }
+                        d[4 * i + j] = x;
+                    }
+                }
+            } else {
+                for (int i = 0; i < 4; i++) {
+                    for (int j = 0; j < 4; j++) {
+                        d[4 * i + j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, iv,
+                                                                p + (size_t)i * g->wp + j, 4);
+                    }
+                }
+            }
+            in_tf(t, d);
+            float *vc = v + 16 * (size_t)c;
+            for (int e = 0; e < 16; e++) {
+                _mm512_storeu_ps(vc + e * vs, t[e]);
+            }
+        }
+        products(mm, v, u, cin, cout);
+        /* rows of at most 16 pixels: output row oy = 2ty + a interleaves
+         * lanes of y[2a] (even columns) and y[2a+1] (odd), one permute and
+         * a masked store per row; ri[r], rm[r] for rows oy0 + r */
+        int oy0 = 2 * ty0, nrow = 0;
+        __m512i ri[32];
+        __mmask16 rm[32];
+        if (W <= 16) {
+            nrow = (2 * ty1 + 2 < H ? 2 * ty1 + 2 : H) - oy0;
+            for (int r = 0; r < nrow; r++) {
+                int cols[16];
+                unsigned m = 0;
+                int ty = (oy0 + r) / 2;
+                for (int ox = 0; ox < 16; ox++) {
+                    int t = ty * g->tw + ox / 2;
+                    cols[ox] = 0;
+                    if (ox < W && t >= t0 && t < t0 + nt) {
+                        cols[ox] = (ox % 2 ? 16 : 0) + (t - t0);
+                        m |= 1u << ox;
+                    }
+                }
+                ri[r] = _mm512_loadu_si512(cols);
+                rm[r] = (__mmask16)m;
+            }
+        }
+        size_t ms = 16 * (size_t)cout;
+        for (int k = 0; k < cout; k++) {
+            __m512 m[16], y[4];
+            const float *mk2 = mm + 16 * (size_t)k;
+            for (int e = 0; e < 16; e++) {
+                m[e] = _mm512_loadu_ps(mk2 + e * ms);
+            }
+            out_tf(y, m);
+            /* as eenet_conv_lanes_out: r + old, or r + bias (0 without one) */
+            float *ok = out + (size_t)k * H * W;
+            if (nrow > 0) {
+                __m512 bv = _mm512_set1_ps((!accumulate && bias) ? bias[k] : 0.0f);
+                for (int r = 0; r < nrow; r++) {
+                    int a = (oy0 + r) % 2;
+                    float *o = ok + (size_t)(oy0 + r) * W;
+                    __m512 x = _mm512_permutex2var_ps(y[2 * a], ri[r], y[2 * a + 1]);
+                    x = _mm512_add_ps(x, accumulate ? _mm512_maskz_loadu_ps(rm[r], o) : bv);
+                    _mm512_mask_storeu_ps(o, rm[r], x);
+                }
+                continue;
+            }
+            for (int q = 0; q < 4; q++) {
+                _mm512_storeu_ps(tb + 16 * q, y[q]);
+            }
+            if (accumulate) {
+                for (int i = 0; i < np; i++) {
+                    ok[dst[i]] = tb[src[i]] + ok[dst[i]];
+                }
+            } else {
+                float bk = bias ? bias[k] : 0.0f;
+                for (int i = 0; i < np; i++) {
+                    ok[dst[i]] = tb[src[i]] + bk;
+                }
+            }
+        }
+    }
+}
+
+/* xs (cin, hp, wp) interior at (1, 1) = x (cin, H, W); border untouched. */
+static EENET_AVX512 void wl_pad_fill(float *xs, const float *x, int cin, int H, int W, int hp,
+                                     int wp) {
+    for (int c = 0; c < cin; c++) {
+        for (int y = 0; y < H; y++) {
+            float *d = xs + ((size_t)c * hp + y + 1) * wp + 1;
+            const float *r = x + ((size_t)c * H + y) * W;
+            for (int i = 0; i < W; i += 16) {
+                __mmask16 m = (__mmask16)(W - i >= 16 ? 0xFFFF : (1u << (W - i)) - 1u);
+                _mm512_mask_storeu_ps(d + i, m, _mm512_maskz_loadu_ps(m, r + i));
+            }
+        }
+    }
+}
+
+EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp,
+                                    const float *u, const float *bias, float *slots,
+                                    size_t slot_stride, int N, int cin, int cout, int H, int W,
+                                    int m, int nt) {
+    wl_geom g;
+    wl_geom_init(&g, H, W);
+    wl_layout l;
+    wl_layout_init(&l, m, H, W);
+    int ng = N / 16, rem = N - 16 * ng;
+    int units = ng + rem; /* whole groups of 16 samples, then single samples */
+    if (nt > units) {
+        nt = units;
+    }
+    if (nt < 1) {
+        nt = 1;
+    }
+    size_t in_img = (size_t)cin * H * W, out_img = (size_t)cout * H * W;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *slot = slots + (size_t)tid * slot_stride;
+        float *xl = slot + l.xl, *yl = slot + l.yl, *v = slot + l.v, *mm = slot + l.mm;
+        float *xs = slot + l.xs, *tb = slot + l.tb;
+        /* the borders stay zero: the fills below write the interiors only */
+        if (ng > 0) {
+            memset(xl, 0, sizeof(float) * 16 * (size_t)cin * g.hp * g.wp);
+        }
+        if (rem > 0) {
+            memset(xs, 0, sizeof(float) * (size_t)cin * g.hp * g.wp);
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int un = 0; un < units; un++) {
+            if (un < ng) {
+                int n0 = 16 * un;
+                eenet_conv_lanes_in_pad(xl, inp + (size_t)n0 * in_img, 16, in_img, cin, H, W,
+                                        g.hp, g.wp, 1, 1, 1);
+                for (int ty = 0; ty < g.th; ty++) {
+                    for (int tx = 0; tx < g.tw; tx++) {
+                        group_tile(yl, xl, u, v, mm, cin, cout, H, W, &g, ty, tx);
+                    }
+                }
+                eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, 16, cout, H * W,
+                                     bias, accumulate);
+            } else {
+                int n = 16 * ng + (un - ng);
+                const float *x = inp + (size_t)n * in_img;
+                wl_pad_fill(xs, x, cin, H, W, g.hp, g.wp);
+                sample_run(out + (size_t)n * out_img, accumulate, xs, u, bias, v, mm, tb, cin,
+                           cout, H, W, &g);
+            }
+        }
+    }
+}
+
+/* u (16, cin, cout) as weights_ref, for the pairs p = ci*cout + co in
+ * vectors of 8 (double; one rounding to float at the end).  Per call, so
+ * it must be cheap next to a batch-1 convolution (the scalar loop cost as
+ * much as the 16->16 7x7 convolution of one sample). */
+EENET_AVX512 void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip) {
+    int P = cin * cout;
+    const __m512d half = _mm512_set1_pd(0.5);
+    /* stage g[3a+b][p] in u's first 9 rows (p = ci*cout + co), all pairs
+     * first: vector loads right after scalar stores to the same lines stall
+     * on store forwarding, and AVX-512 gathers are slow on Zen 4 */
+    for (int ci = 0; ci < cin; ci++) {
+        for (int co = 0; co < cout; co++) {
+            size_t pp = (size_t)ci * cout + co;
+            if (flip) {
+                const float *wp = w + pp * 9;
+                for (int ab = 0; ab < 9; ab++) {
+                    u[(size_t)ab * P + pp] = wp[8 - ab];
+                }
+            } else {
+                const float *wp = w + ((size_t)co * cin + ci) * 9;
+                for (int ab = 0; ab < 9; ab++) {
+                    u[(size_t)ab * P + pp] = wp[ab];
+                }
+            }
+        }
+    }
+    /* chunk p0 reads its staged columns before writing U's columns p0.. */
+    for (int p0 = 0; p0 < P; p0 += 8) {
+        int np = P - p0 < 8 ? P - p0 : 8;
+        __mmask16 m = (__mmask16)((1u << np) - 1u);
+        __m512d g[3][3], t[4][3];
+        for (int a = 0; a < 3; a++) {
+            for (int b = 0; b < 3; b++) {
+                __m512 x = _mm512_maskz_loadu_ps(m, u + (size_t)(3 * a + b) * P + p0);
+                g[a][b] = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+            }
+        }
+        for (int b = 0; b < 3; b++) { /* t = G g (4x3) */
+            t[0][b] = g[0][b];
+            t[1][b] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_add_pd(g[0][b], g[1][b]), g[2][b]));
+            t[2][b] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_sub_pd(g[0][b], g[1][b]), g[2][b]));
+            t[3][b] = g[2][b];
+        }
+        for (int i = 0; i < 4; i++) { /* U = t G^T (4x4) */
+            __m512d v[4];
+            v[0] = t[i][0];
+            v[1] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_add_pd(t[i][0], t[i][1]), t[i][2]));
+            v[2] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_sub_pd(t[i][0], t[i][1]), t[i][2]));
+            v[3] = t[i][2];
+            for (int j = 0; j < 4; j++) {
+                _mm512_mask_storeu_ps(u + (size_t)(4 * i + j) * P + p0, m,
+                                      _mm512_castps256_ps512(_mm512_cvtpd_ps(v[j])));
+            }
+        }
+    }
+}
+
+#else /* not x86-64 GCC/Clang: conv.c never chooses this path */
+
+void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip) {
+    weights_ref(u, w, cout, cin, flip);
+}
+
+void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float *u,
+                       const float *bias, float *slots, size_t slot_stride, int N, int cin,
+                       int cout, int H, int W, int m, int nt) {
+    (void)out, (void)accumulate, (void)inp, (void)u, (void)bias, (void)slots;
+    (void)slot_stride, (void)N, (void)cin, (void)cout, (void)H, (void)W, (void)m, (void)nt;
+}
+
+#endif
