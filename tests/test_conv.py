@@ -52,13 +52,15 @@ SHAPES = [
 # 3 as 2 with the weight gradient K-vectorised on the q-space planes,
 # 4 Winograd F(2x2,3x3) for forward and backward-data of every 3x3 stride-1 pad-1
 # layer (AVX-512 transforms where the CPU has them), 5 as 4 with the portable C path,
-# 6 the batch-lane path (16 samples per vector, C, K <= 16) for every sample.
-IMPLS = [0, 1, 2, 3, 4, 5, 6]
+# 6 the batch-lane path (16 samples per vector, C, K <= 16) for every sample,
+# 7 the batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
+# every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512 CPUs), the rest as 0.
+IMPLS = [0, 1, 2, 3, 4, 5, 6, 7]
 WINO_IMPLS = [4, 5]
 
 
 @pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt", "wino", "wino-c",
-                                   "lanes"])
+                                   "lanes", "wlanes"])
 def impl(request):
     lib = ctypes.CDLL(_core.__file__)
     old = lib.eenet_conv2d_set_impl(request.param)
@@ -666,3 +668,138 @@ def test_winograd_forced_beyond_128_channels_falls_back(rng, wino_impl):
     _close(dx, rdx)
     _close(dw, rdw)
     _close(db, rdb)
+
+
+# ---- batch-lane Winograd F(2x2,3x3) (conv_wlanes.c), forced with set_impl 7 --
+# Whole groups of 16 samples run with the samples in the vector lanes, the
+# samples left over with 16 tiles of one sample per vector: both must give
+# the same bits for a sample.
+
+# (N, C, H, W, K): batches 1, 15, 16, 17 and 128 (groups and leftovers),
+# channels 1..16, the EENet-8 planes (7x7, 14x14, 28x28) and odd sizes
+WLANES_SHAPES = [
+    (1, 16, 7, 7, 16),
+    (15, 16, 7, 7, 16),
+    (16, 16, 7, 7, 16),
+    (17, 16, 7, 7, 16),
+    (128, 16, 7, 7, 16),
+    (17, 8, 7, 7, 8),
+    (33, 8, 14, 14, 8),
+    (16, 4, 14, 14, 4),
+    (17, 4, 28, 28, 4),
+    (15, 1, 28, 28, 2),
+    (18, 3, 5, 9, 5),     # odd sizes: tiles overhang the bottom and right
+    (17, 16, 3, 2, 7),    # plane smaller than a tile, K not a power of 2
+    (17, 5, 13, 31, 11),  # rows wider than 16 (the gathered tile-mode path)
+]
+
+
+@pytest.fixture
+def wlanes_impl():
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(7)
+    yield 7
+    lib.eenet_conv2d_set_impl(old)
+
+
+@pytest.mark.parametrize("s5", WLANES_SHAPES)
+def test_wlanes_matches_numpy(rng, s5, wlanes_impl):
+    shape = _wshape(s5)
+    for bias in (True, False):
+        x, w, b, dy = _arrays(rng, shape, bias)
+        ref = ref_forward(x, w, b, 1, 1)
+        y = _core.conv2d_forward(x, w, b, 1, 1)
+        _close(y, ref)
+        assert _max_rel(y, ref) < 2e-6
+        rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+        dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, bias)
+        _close(dx, rdx)
+        _close(dw, rdw)
+        assert _max_rel(dx, rdx) < 2e-6
+        if bias:
+            _close(db, rdb)
+        dx3, dw3, _ = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)
+        assert dw3 is None
+        np.testing.assert_array_equal(dx3, dx)
+
+
+@pytest.mark.parametrize("s5", [(37, 16, 7, 7, 16), (37, 8, 14, 14, 8), (20, 3, 5, 9, 5),
+                                (19, 5, 13, 31, 11)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wlanes_batch_invariant(rng, s5, threads):
+    """A sample's forward output and input gradient are bit-identical alone
+    (16 tiles per vector) and inside a batch of 37 (16 samples per vector for
+    two groups, then 5 alone), on 1 or 2 threads."""
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(7)
+    old_t = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(threads)
+        _check_batch_invariant(rng, s5)
+    finally:
+        eenet.set_num_threads(old_t)
+        lib.eenet_conv2d_set_impl(old)
+
+
+@pytest.mark.parametrize("s5", [(40, 16, 7, 7, 16), (3, 16, 7, 7, 16), (35, 4, 28, 28, 4)])
+def test_wlanes_threads_give_same_bits(rng, s5, wlanes_impl):
+    x, w, b, dy = _arrays(rng, _wshape(s5))
+    old = eenet.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            eenet.set_num_threads(t)
+            outs.append((_core.conv2d_forward(x, w, b, 1, 1),
+                         _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]))
+    finally:
+        eenet.set_num_threads(old)
+    for a, r in zip(*outs):
+        np.testing.assert_array_equal(a, r)
+
+
+@pytest.mark.parametrize("s5", [(35, 16, 7, 7, 16), (3, 8, 14, 14, 8)])
+def test_wlanes_c_accumulates_and_respects_workspace(rng, s5, wlanes_impl):
+    """Through the C API: backward-data ADDS into dinp; a workspace sized for
+    1 thread (then 2 threads configured) is never overrun."""
+    lib = _lib()
+    N, C, H, W, K = s5
+    x, w, b, dy = _arrays(rng, _wshape(s5))
+    n = lib.eenet_conv2d_workspace_floats(N, C, H, W, K, 3, 3, 1, 1, 1)
+    guard = 4096
+    ws = np.zeros(n + guard, np.float32)
+    ws[n:] = 12345.0
+    dx0 = rng.standard_normal(x.shape).astype(np.float32)
+    dw0 = rng.standard_normal(w.shape).astype(np.float32)
+    db0 = rng.standard_normal(K).astype(np.float32)
+    dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
+    y = np.empty((N, K, H, W), np.float32)
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(2)
+        assert lib.eenet_conv2d_forward_ex(_p(y), _p(x), _p(w), _p(b), _p(ws), N, C, H, W, K,
+                                           3, 3, 1, 1, 1) == 0
+        assert lib.eenet_conv2d_backward_ex(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
+                                            _p(ws), N, C, H, W, K, 3, 3, 1, 1, 1) == 0
+    finally:
+        eenet.set_num_threads(old)
+    assert np.all(ws[n:] == 12345.0)
+    _close(y, ref_forward(x, w, b, 1, 1))
+    rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+    _close(dx, dx0 + rdx)
+    _close(dw, dw0 + rdw)
+    _close(db, db0 + rdb)
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e-4])
+def test_wlanes_large_and_small_values(rng, scale, wlanes_impl):
+    shape = _wshape((17, 16, 7, 7, 16))
+    x, w, b, dy = _arrays(rng, shape)
+    x *= scale
+    dy *= scale
+    b *= scale
+    ref = ref_forward(x, w, b, 1, 1)
+    np.testing.assert_allclose(_core.conv2d_forward(x, w, b, 1, 1), ref, rtol=RTOL,
+                               atol=ATOL * np.abs(ref).max())
+    rdx = ref_backward(dy, x, w, 1, 1)[0]
+    dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
+    np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=ATOL * np.abs(rdx).max())
