@@ -47,8 +47,8 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
 /* ---- batch-lane Winograd F(2x2,3x3) (conv_wlanes.c): cin, cout <= 16 ---- */
 
 /* Workspace of eenet_wlanes_conv for a C -> K layer on an H x W plane, both
- * directions (`shared`: the transformed weights; `slot` per thread, for
- * m = max(C, K) channels).  Depends on the sizes only. */
+ * directions (`shared`: the transformed weights, then index tables; `slot`
+ * per thread, for m = max(C, K) channels).  Depends on the sizes only. */
 void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
 
 /* u (16, cin, cout) = U_e[co][ci] = (G g G^T)[e/4][e%4], formed in double,
@@ -57,11 +57,12 @@ void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot
 void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip);
 
 /* out (N, cout, H, W) = conv3x3_pad1(inp (N, cin, H, W)) + bias (accumulate
- * = 0; bias NULL: none) or out += conv (accumulate = 1), with u from
- * eenet_wlanes_weights.  AVX-512 only (caller checked the CPU).  Slots
+ * = 0; bias NULL: none) or out += conv (accumulate = 1), with u the
+ * shared region, U filled by eenet_wlanes_weights (the tables after it are
+ * written here).  AVX-512 only (caller checked the CPU).  Slots
  * slot_stride floats apart sized by eenet_wlanes_sizes with m = max(C, K);
  * up to nt threads (whole groups of 16 samples, then single samples). */
-void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float *u,
+void eenet_wlanes_conv(float *out, int accumulate, const float *inp, float *u,
                        const float *bias, float *slots, size_t slot_stride, int N, int cin,
                        int cout, int H, int W, int m, int nt);
 

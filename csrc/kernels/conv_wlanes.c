@@ -62,6 +62,63 @@ static void wl_geom_init(wl_geom *g, int H, int W) {
     g->ntv = (g->T + 15) / 16;
 }
 
+/* Tile mode: the lanes of tile vector tv are tiles t0 + l, l < nt.  Planes
+ * up to 14 wide (padded rows of at most 16 floats): npair pairs of tile rows
+ * from ty0, each lane's input column pi[pr][l] (+16: the pair's second row)
+ * under mask pm[pr]; output rows oy0 + r, r < nrow, column ox from lane
+ * ri[r][ox] (+16: odd columns) under mask rm[r].  Wider planes: gathers at
+ * idx[l], outputs through (src, dst) pairs (np of them). */
+#define WL_PAIRS 8
+typedef struct {
+    int t0, nt, ty0, npair, oy0, nrow, np;
+    int pi[WL_PAIRS][16];
+    unsigned pm[WL_PAIRS];
+    int ri[2 * WL_PAIRS][16];
+    unsigned rm[2 * WL_PAIRS];
+    int idx[16], src[64], dst[64];
+} wl_tv;
+
+static void wl_tv_init(wl_tv *tvs, int H, int W, const wl_geom *g) {
+    for (int tv = 0; tv < g->ntv; tv++) {
+        wl_tv *tt = tvs + tv;
+        memset(tt, 0, sizeof *tt);
+        int t0 = 16 * tv, nt = g->T - t0 < 16 ? g->T - t0 : 16;
+        int ty0 = t0 / g->tw, ty1 = (t0 + nt - 1) / g->tw;
+        tt->t0 = t0, tt->nt = nt, tt->ty0 = ty0;
+        for (int l = 0; l < nt; l++) {
+            int t = t0 + l, ty = t / g->tw, tx = t % g->tw;
+            tt->idx[l] = 2 * ty * g->wp + 2 * tx;
+            for (int q = 0; q < 4; q++) {
+                int oy = 2 * ty + q / 2, ox = 2 * tx + q % 2;
+                if (oy < H && ox < W) {
+                    tt->src[tt->np] = 16 * q + l, tt->dst[tt->np] = oy * W + ox, tt->np++;
+                }
+            }
+        }
+        if (g->wp > 16) {
+            continue;
+        }
+        tt->npair = (ty1 - ty0 + 2) / 2;
+        for (int l = 0; l < nt; l++) {
+            int t = t0 + l, ty = t / g->tw, tx = t % g->tw, pr = (ty - ty0) / 2;
+            tt->pi[pr][l] = 2 * tx + ((ty - ty0) % 2 ? 16 : 0);
+            tt->pm[pr] |= 1u << l;
+        }
+        tt->oy0 = 2 * ty0;
+        tt->nrow = (2 * ty1 + 2 < H ? 2 * ty1 + 2 : H) - tt->oy0;
+        for (int r = 0; r < tt->nrow; r++) {
+            int ty = (tt->oy0 + r) / 2;
+            for (int ox = 0; ox < W; ox++) {
+                int t = ty * g->tw + ox / 2;
+                if (t >= t0 && t < t0 + nt) {
+                    tt->ri[r][ox] = (ox % 2 ? 16 : 0) + (t - t0);
+                    tt->rm[r] |= 1u << ox;
+                }
+            }
+        }
+    }
+}
+
 /* Per-thread slot for up to m channels on either side, in floats:
  * xl (m, hp, wp, 16) group input; yl (m, H, W, 16) group output;
  * v (16, m, 16) and mm (16, m, 16) one tile vector's V and M;
@@ -84,10 +141,17 @@ static void wl_layout_init(wl_layout *l, int m, int H, int W) {
     l->slot = at;
 }
 
+/* Shared region: U (16, cin, cout), then the tile-mode tables. */
+static size_t wl_tabs_at(int C, int K) {
+    return r16(16 * (size_t)C * K);
+}
+
 void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     wl_layout l;
     wl_layout_init(&l, C > K ? C : K, H, W);
-    *shared = r16(16 * (size_t)C * K);
+    wl_geom g;
+    wl_geom_init(&g, H, W);
+    *shared = wl_tabs_at(C, K) + r16(((size_t)g.ntv * sizeof(wl_tv) + 3) / 4);
     *slot = l.slot;
 }
 
@@ -207,11 +271,13 @@ static EENET_AVX512 void products(float *mm, const float *v, const float *u, int
     }
 }
 
-/* V (16, cin, 16) of one tile vector from its input tile rows: row i of
- * channel c at r[i] + c*cstride, columns 16 floats apart. */
-WL_INLINE void in_tile(float *v, const float *r0, size_t rs, size_t cstride, int cin) {
+/* V (16, cin, 16) of one tile vector, channels [c0, c1), from its input
+ * tile rows: row i of channel c at r0 + i*rs + c*cstride, columns 16 floats
+ * apart. */
+WL_INLINE void in_tile(float *v, const float *r0, size_t rs, size_t cstride, int cin, int c0,
+                       int c1) {
     size_t vs = 16 * (size_t)cin;
-    for (int c = 0; c < cin; c++) {
+    for (int c = c0; c < c1; c++) {
         const float *b = r0 + (size_t)c * cstride;
         __m512 d[16], t[16];
         for (int i = 0; i < 4; i++) {
@@ -227,18 +293,14 @@ WL_INLINE void in_tile(float *v, const float *r0, size_t rs, size_t cstride, int
     }
 }
 
-/* Group mode, one tile (ty, tx) of 16 samples: yl (cout, H, W, 16) at the
- * tile's 2x2 outputs inside the plane from xl (cin, hp, wp, 16). */
-static EENET_AVX512 void group_tile(float *yl, const float *xl, const float *u, float *v,
-                                    float *mm, int cin, int cout, int H, int W,
-                                    const wl_geom *g, int ty, int tx) {
-    in_tile(v, xl + 16 * ((size_t)2 * ty * g->wp + 2 * tx), 16 * (size_t)g->wp,
-            16 * (size_t)g->hp * g->wp, cin);
-    products(mm, v, u, cin, cout);
+/* Group mode, output channels [k0, k1) of tile (ty, tx): yl (cout, H, W, 16)
+ * at the tile's 2x2 outputs inside the plane = A^T M A, M (16, cout, 16). */
+WL_INLINE void out_tile(float *yl, const float *mm, int cout, int H, int W, int ty, int tx,
+                        int k0, int k1) {
     int full = 2 * ty + 1 < H && 2 * tx + 1 < W;
     size_t ms = 16 * (size_t)cout, ks = 16 * (size_t)H * W, rs = 16 * (size_t)W;
-    float *o = yl + 16 * ((size_t)2 * ty * W + 2 * tx);
-    for (int k = 0; k < cout; k++, o += ks) {
+    float *o = yl + 16 * ((size_t)2 * ty * W + 2 * tx) + (size_t)k0 * ks;
+    for (int k = k0; k < k1; k++, o += ks) {
         __m512 m[16], y[4];
         const float *mk = mm + 16 * (size_t)k;
         for (int e = 0; e < 16; e++) {
@@ -261,82 +323,91 @@ static EENET_AVX512 void group_tile(float *yl, const float *xl, const float *u, 
     }
 }
 
+/* Group mode, one tile (ty, tx) of 16 samples: yl (cout, H, W, 16) at the
+ * tile's 2x2 outputs inside the plane from xl (cin, hp, wp, 16).  Out of
+ * line: inlined into the driver it ran ~10% slower (register allocation). */
+static EENET_AVX512 __attribute__((noinline)) void group_tile(float *yl, const float *xl,
+                                                              const float *u, float *v,
+                                                              float *mm, int cin, int cout,
+                                                              int H, int W, const wl_geom *g,
+                                                              int ty, int tx) {
+    in_tile(v, xl + 16 * ((size_t)2 * ty * g->wp + 2 * tx), 16 * (size_t)g->wp,
+            16 * (size_t)g->hp * g->wp, cin, 0, cin);
+    products(mm, v, u, cin, cout);
+    out_tile(yl, mm, cout, H, W, ty, tx, 0, cout);
+}
+
+/* Tile mode input tile vectors d[4i+j] of one channel (plane p) for a
+ * tile vector over two pairs of tile rows (7x7 and 14x14 planes): as the
+ * generic loop in sample_run, unrolled so that the rows and indices stay
+ * in registers. */
+WL_INLINE void in_pairs2(__m512 *d, const float *p, const wl_tv *tt, const wl_geom *g) {
+    __m512i i0 = _mm512_loadu_si512(tt->pi[0]), i1 = _mm512_loadu_si512(tt->pi[1]);
+    __mmask16 m0 = (__mmask16)tt->pm[0], m1 = (__mmask16)tt->pm[1];
+    const __m512i one = _mm512_set1_epi32(1);
+    for (int i = 0; i < 4; i++) {
+        int r = 2 * tt->ty0 + i; /* rows r, r+2 (pair 0) and r+4, r+6 (pair 1) */
+        __m512 a0 = _mm512_loadu_ps(p + (size_t)r * g->wp);
+        __m512 b0 = _mm512_loadu_ps(p + (size_t)(r + 2) * g->wp);
+        __m512 a1 = r + 4 < g->hp ? _mm512_loadu_ps(p + (size_t)(r + 4) * g->wp)
+                                  : _mm512_setzero_ps();
+        __m512 b1 = r + 6 < g->hp ? _mm512_loadu_ps(p + (size_t)(r + 6) * g->wp)
+                                  : _mm512_setzero_ps();
+        __m512i j0 = i0, j1 = i1;
+        for (int j = 0; j < 4; j++) {
+            __m512 x = _mm512_maskz_permutex2var_ps(m0, a0, j0, b0);
+            d[4 * i + j] = _mm512_mask_mov_ps(x, m1, _mm512_permutex2var_ps(a1, j1, b1));
+            j0 = _mm512_add_epi32(j0, one);
+            j1 = _mm512_add_epi32(j1, one);
+        }
+    }
+}
+
 /* Tile mode, one sample: out (cout, H, W) = conv + bias (or += conv) from
  * its padded planes xs (cin, hp, wp; border zero), 16 tiles per vector
- * (gathered); the outputs leave through tb (4, 16) by a list of (element
- * and lane, output offset) pairs of the valid pixels. */
+ * (lanes, index tables: wl_tv). */
 static EENET_AVX512 void sample_run(float *out, int accumulate, const float *xs,
                                     const float *u, const float *bias, float *v, float *mm,
-                                    float *tb, int cin, int cout, int H, int W,
-                                    const wl_geom *g) {
+                                    float *tb, const wl_tv *tvs, int cin, int cout, int H,
+                                    int W, const wl_geom *g) {
+    size_t vs = 16 * (size_t)cin, ms = 16 * (size_t)cout, plane = (size_t)g->hp * g->wp;
     for (int tv = 0; tv < g->ntv; tv++) {
-        int t0 = 16 * tv, nt = g->T - t0 < 16 ? g->T - t0 : 16;
-        int idx[16], src[64], dst[64], np = 0;
-        for (int l = 0; l < 16; l++) {
-            int t = t0 + (l < nt ? l : 0);
-            int ty = t / g->tw, tx = t % g->tw;
-            idx[l] = 2 * ty * g->wp + 2 * tx;
-            for (int q = 0; l < nt && q < 4; q++) {
-                int oy = 2 * ty + q / 2, ox = 2 * tx + q % 2;
-                if (oy < H && ox < W) {
-                    src[np] = 16 * q + l, dst[np] = oy * W + ox, np++;
-                }
-            }
-        }
-        __m512i iv = _mm512_loadu_si512(idx);
-        __mmask16 mk = (__mmask16)(nt >= 16 ? 0xFFFF : (1u << nt) - 1u);
-        /* rows of at most 16 floats: the lanes of a pair of tile rows
-         * (ty0, ty0 + 1) pick their columns 2tx + j out of the two padded
-         * rows 2ty + i by one permute (masked merge of the pairs) instead
-         * of a gather; pi[pr] columns for j = 0 (+ 16 for the second row) */
-        int ty0 = t0 / g->tw, ty1 = (t0 + nt - 1) / g->tw;
-        int npair = g->wp <= 16 ? (ty1 - ty0 + 2) / 2 : 0;
-        __m512i pi[8];
-        __mmask16 pm[8];
-        for (int pr = 0; pr < npair; pr++) {
-            int cols[16];
-            unsigned m = 0;
-            for (int l = 0; l < 16; l++) {
-                int t = t0 + l, ty = t / g->tw, tx = t % g->tw;
-                cols[l] = 0;
-                if (l < nt && (ty - ty0) / 2 == pr) {
-                    cols[l] = 2 * tx + ((ty - ty0) % 2 ? 16 : 0);
-                    m |= 1u << l;
-                }
-            }
-            pi[pr] = _mm512_loadu_si512(cols);
-            pm[pr] = (__mmask16)m;
-        }
-        size_t vs = 16 * (size_t)cin;
+        const wl_tv *tt = tvs + tv;
+        int npair = tt->npair, nrow = tt->nrow;
         for (int c = 0; c < cin; c++) {
-            const float *p = xs + (size_t)c * g->hp * g->wp;
+            const float *p = xs + (size_t)c * plane;
             __m512 d[16], t[16];
-            if (npair > 0) {
+            if (npair == 2) {
+                in_pairs2(d, p, tt, g);
+            } else if (npair > 0) {
+                /* the lanes of tile rows ty0 + 2pr and the next pick their
+                 * columns 2tx + j out of the padded rows 2ty + i (one permute
+                 * of two rows, the pairs merged by masks; the xs slot has 16
+                 * floats of slack after the planes for the 16-float loads) */
                 for (int i = 0; i < 4; i++) {
-                    __m512 ra[8], rb[8];
+                    __m512 ra[WL_PAIRS], rb[WL_PAIRS];
                     for (int pr = 0; pr < npair; pr++) {
-                        /* rows 2(ty0 + 2pr) + i and the next tile row's; the
-                         * xs slot has 16 floats of slack after the planes */
-                        const float *r = p + (size_t)(2 * (ty0 + 2 * pr) + i) * g->wp;
-                        ra[pr] = _mm512_loadu_ps(r);
-                        rb[pr] = 2 * (ty0 + 2 * pr + 1) + i < g->hp
-                                     ? _mm512_loadu_ps(r + 2 * (size_t)g->wp)
-                                     : _mm512_setzero_ps();
+                        int r = 2 * (tt->ty0 + 2 * pr) + i;
+                        ra[pr] = _mm512_loadu_ps(p + (size_t)r * g->wp);
+                        rb[pr] = r + 2 < g->hp ? _mm512_loadu_ps(p + (size_t)(r + 2) * g->wp)
+                                               : _mm512_setzero_ps();
                     }
                     for (int j = 0; j < 4; j++) {
                         __m512i jv = _mm512_set1_epi32(j);
                         __m512 x = _mm512_maskz_permutex2var_ps(
-                            pm[0], ra[0], _mm512_add_epi32(pi[0], jv), rb[0]);
+                            tt->pm[0], ra[0], _mm512_add_epi32(_mm512_loadu_si512(tt->pi[0]), jv),
+                            rb[0]);
                         for (int pr = 1; pr < npair; pr++) {
-                            x = _mm512_mask_mov_ps(
-                                x, pm[pr],
-                                _mm512_permutex2var_ps(ra[pr], _mm512_add_epi32(pi[pr], jv),
-                                                       rb[pr]));
+                            __m512i ix = _mm512_add_epi32(_mm512_loadu_si512(tt->pi[pr]), jv);
+                            x = _mm512_mask_mov_ps(x, tt->pm[pr],
+                                                   _mm512_permutex2var_ps(ra[pr], ix, rb[pr]));
                         }
                         d[4 * i + j] = x;
                     }
                 }
             } else {
+                __m512i iv = _mm512_loadu_si512(tt->idx);
+                __mmask16 mk = (__mmask16)(tt->nt >= 16 ? 0xFFFF : (1u << tt->nt) - 1u);
                 for (int i = 0; i < 4; i++) {
                     for (int j = 0; j < 4; j++) {
                         d[4 * i + j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, iv,
@@ -351,31 +422,6 @@ static EENET_AVX512 void sample_run(float *out, int accumulate, const float *xs,
             }
         }
         products(mm, v, u, cin, cout);
-        /* rows of at most 16 pixels: output row oy = 2ty + a interleaves
-         * lanes of y[2a] (even columns) and y[2a+1] (odd), one permute and
-         * a masked store per row; ri[r], rm[r] for rows oy0 + r */
-        int oy0 = 2 * ty0, nrow = 0;
-        __m512i ri[32];
-        __mmask16 rm[32];
-        if (W <= 16) {
-            nrow = (2 * ty1 + 2 < H ? 2 * ty1 + 2 : H) - oy0;
-            for (int r = 0; r < nrow; r++) {
-                int cols[16];
-                unsigned m = 0;
-                int ty = (oy0 + r) / 2;
-                for (int ox = 0; ox < 16; ox++) {
-                    int t = ty * g->tw + ox / 2;
-                    cols[ox] = 0;
-                    if (ox < W && t >= t0 && t < t0 + nt) {
-                        cols[ox] = (ox % 2 ? 16 : 0) + (t - t0);
-                        m |= 1u << ox;
-                    }
-                }
-                ri[r] = _mm512_loadu_si512(cols);
-                rm[r] = (__mmask16)m;
-            }
-        }
-        size_t ms = 16 * (size_t)cout;
         for (int k = 0; k < cout; k++) {
             __m512 m[16], y[4];
             const float *mk2 = mm + 16 * (size_t)k;
@@ -386,13 +432,17 @@ static EENET_AVX512 void sample_run(float *out, int accumulate, const float *xs,
             /* as eenet_conv_lanes_out: r + old, or r + bias (0 without one) */
             float *ok = out + (size_t)k * H * W;
             if (nrow > 0) {
+                /* output row oy0 + r interleaves the lanes of y[2a] (even
+                 * columns) and y[2a+1] (odd): one permute, a masked store */
                 __m512 bv = _mm512_set1_ps((!accumulate && bias) ? bias[k] : 0.0f);
                 for (int r = 0; r < nrow; r++) {
-                    int a = (oy0 + r) % 2;
-                    float *o = ok + (size_t)(oy0 + r) * W;
-                    __m512 x = _mm512_permutex2var_ps(y[2 * a], ri[r], y[2 * a + 1]);
-                    x = _mm512_add_ps(x, accumulate ? _mm512_maskz_loadu_ps(rm[r], o) : bv);
-                    _mm512_mask_storeu_ps(o, rm[r], x);
+                    int oy = tt->oy0 + r, a = oy % 2;
+                    float *o = ok + (size_t)oy * W;
+                    __mmask16 rm = tt->rm[r];
+                    __m512 x = _mm512_permutex2var_ps(y[2 * a], _mm512_loadu_si512(tt->ri[r]),
+                                                      y[2 * a + 1]);
+                    x = _mm512_add_ps(x, accumulate ? _mm512_maskz_loadu_ps(rm, o) : bv);
+                    _mm512_mask_storeu_ps(o, rm, x);
                 }
                 continue;
             }
@@ -400,13 +450,13 @@ static EENET_AVX512 void sample_run(float *out, int accumulate, const float *xs,
                 _mm512_storeu_ps(tb + 16 * q, y[q]);
             }
             if (accumulate) {
-                for (int i = 0; i < np; i++) {
-                    ok[dst[i]] = tb[src[i]] + ok[dst[i]];
+                for (int i = 0; i < tt->np; i++) {
+                    ok[tt->dst[i]] = tb[tt->src[i]] + ok[tt->dst[i]];
                 }
             } else {
                 float bk = bias ? bias[k] : 0.0f;
-                for (int i = 0; i < np; i++) {
-                    ok[dst[i]] = tb[src[i]] + bk;
+                for (int i = 0; i < tt->np; i++) {
+                    ok[tt->dst[i]] = tb[tt->src[i]] + bk;
                 }
             }
         }
@@ -429,7 +479,7 @@ static EENET_AVX512 void wl_pad_fill(float *xs, const float *x, int cin, int H, 
 }
 
 EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp,
-                                    const float *u, const float *bias, float *slots,
+                                    float *u, const float *bias, float *slots,
                                     size_t slot_stride, int N, int cin, int cout, int H, int W,
                                     int m, int nt) {
     wl_geom g;
@@ -445,6 +495,10 @@ EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp
         nt = 1;
     }
     size_t in_img = (size_t)cin * H * W, out_img = (size_t)cout * H * W;
+    wl_tv *tvs = (wl_tv *)(u + wl_tabs_at(cin, cout));
+    if (rem > 0) {
+        wl_tv_init(tvs, H, W, &g);
+    }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -482,23 +536,22 @@ EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp
                 int n = 16 * ng + (un - ng);
                 const float *x = inp + (size_t)n * in_img;
                 wl_pad_fill(xs, x, cin, H, W, g.hp, g.wp);
-                sample_run(out + (size_t)n * out_img, accumulate, xs, u, bias, v, mm, tb, cin,
-                           cout, H, W, &g);
+                sample_run(out + (size_t)n * out_img, accumulate, xs, u, bias, v, mm, tb, tvs,
+                           cin, cout, H, W, &g);
             }
         }
     }
 }
 
-/* u (16, cin, cout) as weights_ref, for the pairs p = ci*cout + co in
- * vectors of 8 (double; one rounding to float at the end).  Per call, so
- * it must be cheap next to a batch-1 convolution (the scalar loop cost as
- * much as the 16->16 7x7 convolution of one sample). */
+/* u (16, cin, cout) as weights_ref but in float (the scalar double loop
+ * cost as much as the 16->16 7x7 convolution of one sample): each sum of
+ * G g G^T rounded as it goes, 16 channel pairs p = ci*cout + co at a time.
+ * The g are staged in u's first 9 rows for all pairs first (AVX-512 gathers
+ * are slow on Zen 4, and vector loads right behind the scalar stores would
+ * stall on store forwarding); chunk p0 reads its staged columns before
+ * writing U's. */
 EENET_AVX512 void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip) {
     int P = cin * cout;
-    const __m512d half = _mm512_set1_pd(0.5);
-    /* stage g[3a+b][p] in u's first 9 rows (p = ci*cout + co), all pairs
-     * first: vector loads right after scalar stores to the same lines stall
-     * on store forwarding, and AVX-512 gathers are slow on Zen 4 */
     for (int ci = 0; ci < cin; ci++) {
         for (int co = 0; co < cout; co++) {
             size_t pp = (size_t)ci * cout + co;
@@ -515,32 +568,29 @@ EENET_AVX512 void eenet_wlanes_weights(float *u, const float *w, int cout, int c
             }
         }
     }
-    /* chunk p0 reads its staged columns before writing U's columns p0.. */
-    for (int p0 = 0; p0 < P; p0 += 8) {
-        int np = P - p0 < 8 ? P - p0 : 8;
-        __mmask16 m = (__mmask16)((1u << np) - 1u);
-        __m512d g[3][3], t[4][3];
+    const __m512 half = _mm512_set1_ps(0.5f);
+    for (int p0 = 0; p0 < P; p0 += 16) {
+        __mmask16 m = (__mmask16)(P - p0 >= 16 ? 0xFFFF : (1u << (P - p0)) - 1u);
+        __m512 g[3][3], t[4][3];
         for (int a = 0; a < 3; a++) {
             for (int b = 0; b < 3; b++) {
-                __m512 x = _mm512_maskz_loadu_ps(m, u + (size_t)(3 * a + b) * P + p0);
-                g[a][b] = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+                g[a][b] = _mm512_maskz_loadu_ps(m, u + (size_t)(3 * a + b) * P + p0);
             }
         }
         for (int b = 0; b < 3; b++) { /* t = G g (4x3) */
             t[0][b] = g[0][b];
-            t[1][b] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_add_pd(g[0][b], g[1][b]), g[2][b]));
-            t[2][b] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_sub_pd(g[0][b], g[1][b]), g[2][b]));
+            t[1][b] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(g[0][b], g[1][b]), g[2][b]));
+            t[2][b] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(g[0][b], g[1][b]), g[2][b]));
             t[3][b] = g[2][b];
         }
         for (int i = 0; i < 4; i++) { /* U = t G^T (4x4) */
-            __m512d v[4];
+            __m512 v[4];
             v[0] = t[i][0];
-            v[1] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_add_pd(t[i][0], t[i][1]), t[i][2]));
-            v[2] = _mm512_mul_pd(half, _mm512_add_pd(_mm512_sub_pd(t[i][0], t[i][1]), t[i][2]));
+            v[1] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(t[i][0], t[i][1]), t[i][2]));
+            v[2] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(t[i][0], t[i][1]), t[i][2]));
             v[3] = t[i][2];
             for (int j = 0; j < 4; j++) {
-                _mm512_mask_storeu_ps(u + (size_t)(4 * i + j) * P + p0, m,
-                                      _mm512_castps256_ps512(_mm512_cvtpd_ps(v[j])));
+                _mm512_mask_storeu_ps(u + (size_t)(4 * i + j) * P + p0, m, v[j]);
             }
         }
     }
@@ -552,7 +602,7 @@ void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip)
     weights_ref(u, w, cout, cin, flip);
 }
 
-void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float *u,
+void eenet_wlanes_conv(float *out, int accumulate, const float *inp, float *u,
                        const float *bias, float *slots, size_t slot_stride, int N, int cin,
                        int cout, int H, int W, int m, int nt) {
     (void)out, (void)accumulate, (void)inp, (void)u, (void)bias, (void)slots;
