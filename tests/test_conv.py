@@ -803,3 +803,22 @@ def test_wlanes_large_and_small_values(rng, scale, wlanes_impl):
     rdx = ref_backward(dy, x, w, 1, 1)[0]
     dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
     np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=ATOL * np.abs(rdx).max())
+
+
+@pytest.mark.parametrize("s5", [(37, 16, 7, 7, 16), (21, 16, 8, 8, 16), (18, 16, 14, 14, 16)])
+def test_auto_batch_invariant_on_wlanes_shapes(rng, s5):
+    """Automatic dispatch on the shapes where the batch-lane Winograd path is
+    chosen: forward and input gradient bit-identical alone and in a batch."""
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(0)
+    try:
+        _check_batch_invariant(rng, s5)
+        x, w, b, dy = _arrays(rng, _wshape(s5))
+        _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
+        rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+        dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
+        _close(dx, rdx)
+        _close(dw, rdw)
+        _close(db, rdb)
+    finally:
+        lib.eenet_conv2d_set_impl(old)

@@ -78,6 +78,49 @@ typedef struct {
     int idx[16], src[64], dst[64];
 } wl_tv;
 
+/* Per-thread slot for up to m channels on either side, in floats:
+ * xl (m, hp, wp, 16) group input; yl (m, H, W, 16) group output;
+ * v (16, m, 16) and mm (16, m, 16) one tile vector's V and M;
+ * xs (m, hp, wp) one sample's padded planes (tile mode);
+ * tb (m, 4, 16) one tile vector's outputs (tile mode). */
+typedef struct {
+    size_t xl, yl, v, mm, xs, tb, slot;
+} wl_layout;
+
+static void wl_layout_init(wl_layout *l, int m, int H, int W) {
+    wl_geom g;
+    wl_geom_init(&g, H, W);
+    size_t at = 0;
+    l->xl = at, at += r16(16 * (size_t)m * g.hp * g.wp);
+    l->yl = at, at += r16(16 * (size_t)m * H * W);
+    l->v = at, at += 256 * (size_t)m;
+    l->mm = at, at += 256 * (size_t)m;
+    l->xs = at, at += r16((size_t)m * g.hp * g.wp + 16); /* + slack: 16-float row loads */
+    l->tb = at, at += 64 * (size_t)m;
+    l->slot = at;
+}
+
+/* Shared region: U (16, cin, cout), then the tile-mode tables. */
+static size_t wl_tabs_at(int C, int K) {
+    return r16(16 * (size_t)C * K);
+}
+
+void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
+    wl_layout l;
+    wl_layout_init(&l, C > K ? C : K, H, W);
+    wl_geom g;
+    wl_geom_init(&g, H, W);
+    *shared = wl_tabs_at(C, K) + r16(((size_t)g.ntv * sizeof(wl_tv) + 3) / 4);
+    *slot = l.slot;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define EENET_AVX512 __attribute__((target("avx512f")))
+#define WL_INLINE static EENET_AVX512 inline __attribute__((always_inline))
+
+/* The tile-mode tables of wl_tv for every tile vector of an H x W plane. */
 static void wl_tv_init(wl_tv *tvs, int H, int W, const wl_geom *g) {
     for (int tv = 0; tv < g->ntv; tv++) {
         wl_tv *tt = tvs + tv;
@@ -119,76 +162,6 @@ static void wl_tv_init(wl_tv *tvs, int H, int W, const wl_geom *g) {
     }
 }
 
-/* Per-thread slot for up to m channels on either side, in floats:
- * xl (m, hp, wp, 16) group input; yl (m, H, W, 16) group output;
- * v (16, m, 16) and mm (16, m, 16) one tile vector's V and M;
- * xs (m, hp, wp) one sample's padded planes (tile mode);
- * tb (m, 4, 16) one tile vector's outputs (tile mode). */
-typedef struct {
-    size_t xl, yl, v, mm, xs, tb, slot;
-} wl_layout;
-
-static void wl_layout_init(wl_layout *l, int m, int H, int W) {
-    wl_geom g;
-    wl_geom_init(&g, H, W);
-    size_t at = 0;
-    l->xl = at, at += r16(16 * (size_t)m * g.hp * g.wp);
-    l->yl = at, at += r16(16 * (size_t)m * H * W);
-    l->v = at, at += 256 * (size_t)m;
-    l->mm = at, at += 256 * (size_t)m;
-    l->xs = at, at += r16((size_t)m * g.hp * g.wp + 16); /* + slack: 16-float row loads */
-    l->tb = at, at += 64 * (size_t)m;
-    l->slot = at;
-}
-
-/* Shared region: U (16, cin, cout), then the tile-mode tables. */
-static size_t wl_tabs_at(int C, int K) {
-    return r16(16 * (size_t)C * K);
-}
-
-void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
-    wl_layout l;
-    wl_layout_init(&l, C > K ? C : K, H, W);
-    wl_geom g;
-    wl_geom_init(&g, H, W);
-    *shared = wl_tabs_at(C, K) + r16(((size_t)g.ntv * sizeof(wl_tv) + 3) / 4);
-    *slot = l.slot;
-}
-
-/* The definition of eenet_wlanes_weights (AVX-512 build: the vector version
- * below computes the same formula, 8 channel pairs at a time). */
-static __attribute__((unused)) void weights_ref(float *u, const float *w, int cout, int cin, int flip) {
-    for (int co = 0; co < cout; co++) {
-        for (int ci = 0; ci < cin; ci++) {
-            double g[3][3], t[4][3];
-            for (int a = 0; a < 3; a++) {
-                for (int b = 0; b < 3; b++) {
-                    g[a][b] = flip ? w[((size_t)ci * cout + co) * 9 + (2 - a) * 3 + (2 - b)]
-                                   : w[((size_t)co * cin + ci) * 9 + a * 3 + b];
-                }
-            }
-            for (int b = 0; b < 3; b++) { /* t = G g (4x3) */
-                t[0][b] = g[0][b];
-                t[1][b] = 0.5 * (g[0][b] + g[1][b] + g[2][b]);
-                t[2][b] = 0.5 * (g[0][b] - g[1][b] + g[2][b]);
-                t[3][b] = g[2][b];
-            }
-            for (int i = 0; i < 4; i++) { /* U = t G^T (4x4) */
-                double v[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]),
-                               0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-                for (int j = 0; j < 4; j++) {
-                    u[((size_t)(4 * i + j) * cin + ci) * cout + co] = (float)v[j];
-                }
-            }
-        }
-    }
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
-#define EENET_AVX512 __attribute__((target("avx512f")))
-#define WL_INLINE static EENET_AVX512 inline __attribute__((always_inline))
 
 /* v[4i+j] = (B^T d B)[i][j] for the input tile d[4i+j] (row i, column j). */
 WL_INLINE void in_tf(__m512 *v, const __m512 *d) {
@@ -543,7 +516,8 @@ EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp
     }
 }
 
-/* u (16, cin, cout) as weights_ref but in float (the scalar double loop
+/* u (16, cin, cout) = G g G^T as in the portable version at the end of
+ * this file, but in float (the scalar double loop
  * cost as much as the 16->16 7x7 convolution of one sample): each sum of
  * G g G^T rounded as it goes, 16 channel pairs p = ci*cout + co at a time.
  * The g are staged in u's first 9 rows for all pairs first (AVX-512 gathers
@@ -598,9 +572,35 @@ EENET_AVX512 void eenet_wlanes_weights(float *u, const float *w, int cout, int c
 
 #else /* not x86-64 GCC/Clang: conv.c never chooses this path */
 
+/* U in double, rounded once (the portable build; never chosen by conv.c
+ * there, kept as the plain statement of the formula). */
 void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip) {
-    weights_ref(u, w, cout, cin, flip);
+    for (int co = 0; co < cout; co++) {
+        for (int ci = 0; ci < cin; ci++) {
+            double g[3][3], t[4][3];
+            for (int a = 0; a < 3; a++) {
+                for (int b = 0; b < 3; b++) {
+                    g[a][b] = flip ? w[((size_t)ci * cout + co) * 9 + (2 - a) * 3 + (2 - b)]
+                                   : w[((size_t)co * cin + ci) * 9 + a * 3 + b];
+                }
+            }
+            for (int b = 0; b < 3; b++) { /* t = G g (4x3) */
+                t[0][b] = g[0][b];
+                t[1][b] = 0.5 * (g[0][b] + g[1][b] + g[2][b]);
+                t[2][b] = 0.5 * (g[0][b] - g[1][b] + g[2][b]);
+                t[3][b] = g[2][b];
+            }
+            for (int i = 0; i < 4; i++) { /* U = t G^T (4x4) */
+                double v[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]),
+                               0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
+                for (int j = 0; j < 4; j++) {
+                    u[((size_t)(4 * i + j) * cin + ci) * cout + co] = (float)v[j];
+                }
+            }
+        }
+    }
 }
+
 
 void eenet_wlanes_conv(float *out, int accumulate, const float *inp, float *u,
                        const float *bias, float *slots, size_t slot_stride, int N, int cin,
