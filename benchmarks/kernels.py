@@ -202,7 +202,9 @@ def main() -> None:
     print(f"peak FP32: {peak:.1f} GFLOP/s (FMA chains on {lanes}-lane vectors, "
           f"{args.threads} threads, {args.clock} clock)")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          f"statistic: {args.stat} of {args.repeats}; clock: {args.clock}")
+          f"statistic: {args.stat} of {args.repeats}; clock: {args.clock}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} (one OpenMP runtime for both)")
     print("GF/s = GFLOP/s; ratio = eenet / torch (higher is better); %pk = eenet's share of peak")
 
     shapes: list[ConvShape] = []

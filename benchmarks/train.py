@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     eenet.set_num_threads(args.threads)
     shares = [float(s) for s in args.shares.split(",")]
     print(f"threads={args.threads} torch={torch.__version__} eenet={eenet.__version__} "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} (one OpenMP runtime for both); "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} (one OpenMP runtime for both); "
           f"best of {args.rounds} alternating rounds")
     head = (f"{'model':9s} {'batch':>5s} | {'train img/s eenet':>17s} {'torch':>8s} {'ratio':>6s} | "
             f"{'full img/s eenet':>16s} {'torch':>8s} {'ratio':>6s} | {'EE img/s':>8s} "

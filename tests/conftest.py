@@ -13,10 +13,10 @@ REFERENCE = SHARED / "reference"
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 # torch ships its own libgomp.so.1: whichever of torch and eenet loads first starts the
-# one OpenMP runtime of the process, so give it eenet's passive wait policy (see
-# eenet/__init__.py) before torch loads; with spinning threads the torch comparisons run
-# ~10x slower on busy cores
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# one OpenMP runtime of the process, so let eenet set its wait policy (bounded spinning,
+# see eenet/__init__.py) before torch loads; torch's own default spins ~7 ms per wait,
+# which starves the other thread on busy cores
+import eenet  # noqa: E402,F401
 
 try:
     import torch  # noqa: F401

@@ -1,6 +1,8 @@
 """Kernels of eenet.ops (everything but conv2d) against float64 NumPy references,
 finite differences and (when installed) PyTorch."""
 import gc
+import os
+import pathlib
 import sys
 
 import numpy as np
@@ -765,6 +767,25 @@ def test_threads_1_vs_2():
     for a, b in zip(one, two):
         close(a, b, rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, eenet.DEFAULT_SPINCOUNT),                    # eenet's bounded spin
+    ({"GOMP_SPINCOUNT": "7"}, "7"),                    # the user's spin count wins
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, None),           # so does the user's wait policy
+])
+def test_wait_policy_default(env, expected):
+    """import eenet sets GOMP_SPINCOUNT (before the OpenMP runtime loads) only when the
+    user set neither it nor OMP_WAIT_POLICY."""
+    import subprocess
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    clean.update(env)
+    clean["PYTHONPATH"] = str(pathlib.Path(eenet.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c",
+                          "import os, eenet; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                         env=clean, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(expected)
 
 def test_no_refcount_growth(rng):
     x = f32(rng.normal(size=(2, 3, 6, 6)))

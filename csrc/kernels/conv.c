@@ -1496,3 +1496,48 @@ eenet_status eenet_conv2d_backward_naive(float *dinp, float *dw, float *dbias,
     }
     return EENET_OK;
 }
+
+/* ---- output-channel parts ------------------------------------------------- */
+
+/* The forward path of a plan as one number; 0 for im2col + GEMM, whose
+ * OpenBLAS blocking may depend on the row count K. */
+static int forward_path_id(const conv_plan *pl) {
+    if (pl->use_wf) {
+        return 1 + pl->wino_avx;
+    }
+    if (pl->use_lf) {
+        return 3;
+    }
+    if (pl->use_kf) {
+        return 4 + 8 * pl->kvf + 64 * pl->pf;
+    }
+    if (pl->use_fwd) {
+        return 5 + 64 * pl->pf;
+    }
+    return 0;
+}
+
+int eenet_conv2d_forward_parts_exact(int C, int H, int W, int K, int kh, int kw, int stride,
+                                     int pad, int parts) {
+    int Ho = 0, Wo = 0;
+    if (parts < 1 || parts > K ||
+        check_sizes(1, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo) != EENET_OK) {
+        return 0;
+    }
+    conv_plan pl;
+    plan_init(&pl, 1, C, H, W, K, kh, kw, stride, pad);
+    plan_choose(&pl);
+    const int whole = forward_path_id(&pl);
+    if (whole == 0) {
+        return 0;
+    }
+    for (int t = 0; t < parts; t++) {
+        const int k0 = (int)((long)K * t / parts), k1 = (int)((long)K * (t + 1) / parts);
+        plan_init(&pl, 1, C, H, W, k1 - k0, kh, kw, stride, pad);
+        plan_choose(&pl);
+        if (forward_path_id(&pl) != whole) {
+            return 0;
+        }
+    }
+    return 1;
+}
