@@ -1502,6 +1502,9 @@ eenet_status eenet_conv2d_backward_naive(float *dinp, float *dw, float *dbias,
 /* The forward path of a plan as one number; 0 for im2col + GEMM, whose
  * OpenBLAS blocking may depend on the row count K. */
 static int forward_path_id(const conv_plan *pl) {
+    if (pl->use_xf) {
+        return 6; /* batch-lane Winograd: each output channel on its own */
+    }
     if (pl->use_wf) {
         return 1 + pl->wino_avx;
     }
