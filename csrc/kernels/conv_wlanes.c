@@ -459,10 +459,16 @@ EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp
     wl_geom_init(&g, H, W);
     wl_layout l;
     wl_layout_init(&l, m, H, W);
-    int ng = N / 16, rem = N - 16 * ng;
-    int units = ng + rem; /* whole groups of 16 samples, then single samples */
-    if (nt > units) {
-        nt = units;
+    /* whole groups of 16 samples, as many as split evenly over the threads,
+     * then single samples (tile mode: the same bits, so the split may depend
+     * on nt; each loop is balanced on its own) */
+    int ng = N / 16;
+    if (nt > 1) {
+        ng -= ng % nt;
+    }
+    int rem = N - 16 * ng;
+    if (nt > ng + rem) {
+        nt = ng + rem;
     }
     if (nt < 1) {
         nt = 1;
@@ -491,27 +497,27 @@ EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp
             memset(xs, 0, sizeof(float) * (size_t)cin * g.hp * g.wp);
         }
 #ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+        for (int gi = 0; gi < ng; gi++) {
+            int n0 = 16 * gi;
+            eenet_conv_lanes_in_pad(xl, inp + (size_t)n0 * in_img, 16, in_img, cin, H, W, g.hp,
+                                    g.wp, 1, 1, 1);
+            for (int ty = 0; ty < g.th; ty++) {
+                for (int tx = 0; tx < g.tw; tx++) {
+                    group_tile(yl, xl, u, v, mm, cin, cout, H, W, &g, ty, tx);
+                }
+            }
+            eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, 16, cout, H * W, bias,
+                                 accumulate);
+        }
+#ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int un = 0; un < units; un++) {
-            if (un < ng) {
-                int n0 = 16 * un;
-                eenet_conv_lanes_in_pad(xl, inp + (size_t)n0 * in_img, 16, in_img, cin, H, W,
-                                        g.hp, g.wp, 1, 1, 1);
-                for (int ty = 0; ty < g.th; ty++) {
-                    for (int tx = 0; tx < g.tw; tx++) {
-                        group_tile(yl, xl, u, v, mm, cin, cout, H, W, &g, ty, tx);
-                    }
-                }
-                eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, 16, cout, H * W,
-                                     bias, accumulate);
-            } else {
-                int n = 16 * ng + (un - ng);
-                const float *x = inp + (size_t)n * in_img;
-                wl_pad_fill(xs, x, cin, H, W, g.hp, g.wp);
-                sample_run(out + (size_t)n * out_img, accumulate, xs, u, bias, v, mm, tb, tvs,
-                           cin, cout, H, W, &g);
-            }
+        for (int n = 16 * ng; n < N; n++) {
+            wl_pad_fill(xs, inp + (size_t)n * in_img, cin, H, W, g.hp, g.wp);
+            sample_run(out + (size_t)n * out_img, accumulate, xs, u, bias, v, mm, tb, tvs, cin,
+                       cout, H, W, &g);
         }
     }
 }
