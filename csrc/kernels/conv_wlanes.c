@@ -231,14 +231,21 @@ DEFINE_WP(1, 16)
 
 typedef void (*wp_fn)(float *, const float *, const float *, int, int, int, int);
 
+/* need: bit e set if M_e is read by a stored output (a tile whose second
+ * output row lies outside the plane needs no i = 3 elements, as A^T's first
+ * row is (1 1 1 0); likewise j = 3 for its second column).  Elements left
+ * out keep stale values that only reach unstored outputs. */
 static EENET_AVX512 void products(float *mm, const float *v, const float *u, int cin,
-                                  int cout) {
+                                  int cout, unsigned need) {
     for (int k0 = 0; k0 < cout;) {
         int rem = cout - k0;
         int kb = rem >= 16 ? 16 : rem >= 8 ? 8 : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;
         wp_fn fn = kb == 16 ? wp_16 : kb == 8 ? wp_8 : kb == 4 ? wp_4 : kb == 2 ? wp_2 : wp_1;
-        for (int e0 = 0; e0 < 16; e0 += 16 / kb) {
-            fn(mm, v, u, cin, cout, k0, e0);
+        int E = 16 / kb;
+        for (int e0 = 0; e0 < 16; e0 += E) {
+            if ((need >> e0) & ((1u << E) - 1u)) {
+                fn(mm, v, u, cin, cout, k0, e0);
+            }
         }
         k0 += kb;
     }
@@ -306,7 +313,14 @@ static EENET_AVX512 __attribute__((noinline)) void group_tile(float *yl, const f
                                                               int ty, int tx) {
     in_tile(v, xl + 16 * ((size_t)2 * ty * g->wp + 2 * tx), 16 * (size_t)g->wp,
             16 * (size_t)g->hp * g->wp, cin, 0, cin);
-    products(mm, v, u, cin, cout);
+    unsigned need = 0xFFFF;
+    if (2 * ty + 1 >= H) {
+        need &= 0x0FFF; /* no second output row: i = 3 unused */
+    }
+    if (2 * tx + 1 >= W) {
+        need &= 0x7777; /* no second output column: j = 3 unused */
+    }
+    products(mm, v, u, cin, cout, need);
     out_tile(yl, mm, cout, H, W, ty, tx, 0, cout);
 }
 
@@ -394,7 +408,7 @@ static EENET_AVX512 void sample_run(float *out, int accumulate, const float *xs,
                 _mm512_storeu_ps(vc + e * vs, t[e]);
             }
         }
-        products(mm, v, u, cin, cout);
+        products(mm, v, u, cin, cout, 0xFFFF);
         for (int k = 0; k < cout; k++) {
             __m512 m[16], y[4];
             const float *mk2 = mm + 16 * (size_t)k;
