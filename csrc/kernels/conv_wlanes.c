@@ -421,15 +421,22 @@ static EENET_AVX512 void sample_run(float *out, int accumulate, const float *xs,
             if (nrow > 0) {
                 /* output row oy0 + r interleaves the lanes of y[2a] (even
                  * columns) and y[2a+1] (odd): one permute, a masked store */
+                /* the rows to add to are all loaded before the first store: a
+                 * load overlapping the 64 bytes of a masked store just before
+                 * it waits for that store (no forwarding) */
+                __m512 add[2 * WL_PAIRS];
                 __m512 bv = _mm512_set1_ps((!accumulate && bias) ? bias[k] : 0.0f);
                 for (int r = 0; r < nrow; r++) {
+                    add[r] = accumulate ? _mm512_maskz_loadu_ps(
+                                              (__mmask16)tt->rm[r], ok + (size_t)(tt->oy0 + r) * W)
+                                        : bv;
+                }
+                for (int r = 0; r < nrow; r++) {
                     int oy = tt->oy0 + r, a = oy % 2;
-                    float *o = ok + (size_t)oy * W;
-                    __mmask16 rm = tt->rm[r];
                     __m512 x = _mm512_permutex2var_ps(y[2 * a], _mm512_loadu_si512(tt->ri[r]),
                                                       y[2 * a + 1]);
-                    x = _mm512_add_ps(x, accumulate ? _mm512_maskz_loadu_ps(rm, o) : bv);
-                    _mm512_mask_storeu_ps(o, rm, x);
+                    _mm512_mask_storeu_ps(ok + (size_t)oy * W, (__mmask16)tt->rm[r],
+                                          _mm512_add_ps(x, add[r]));
                 }
                 continue;
             }
