@@ -42,7 +42,7 @@
  *     14x14 planes (wlanes_pick), whole groups of 16 samples in the zmm
  *     lanes, the samples left over with 16 tiles of one sample per zmm (same
  *     bits); 16->16 7x7 (EENet-8 f=4) at batch 128, one thread: forward
- *     99 -> 116 GFLOP/s, backward-data 97 -> 114;
+ *     99 -> 127 GFLOP/s, backward-data 98 -> 124;
  *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
  *     backward-data of strided layers (dcol = w^T dout, col2im), and every
  *     layer on CPUs without AVX-512 or other architectures (the portable
@@ -510,19 +510,20 @@ static int wino_auto_dw(const conv_plan *pl) {
 
 /* Whether the batch-lane Winograd path (conv_wlanes.c) replaces the paths
  * above for the forward (op 0) and the data gradient (op 2).  Measured (1
- * thread CPU time, Zen 4, GFLOP/s of the direct convolution's multiply-adds,
- * paths before -> batch-lane Winograd, forward / backward-data, N = batch):
- *   16->16 7x7 (EENet-8 f=4 b3):   N=1 45.0->45.8 / 38.7->38.1, N=5 78.5->85.3
- *     / 72.6->68.6, N=17 89.6->98.0 / 86.1->94.6, N=32 94.1->104.4 / 91.2->102.1,
- *     N=128 99.4->116.1 / 97.1->113.8 (the 8x8 tiles of a 7x7 plane waste
- *     30%: 16 tiles for 49 outputs);
- *   16->16 8x8:   N=1 48.8->61.5 / 35.7->50.8, N=32 88.7->125.0 / 61.9->109.4,
- *     N=128 88.6->119.4 / 63.6->108.1;
- *   16->16 14x14: N=1 77.5->75.1 / 71.8->65.4, N=5 96.2->103.6 / 92.6->87.6,
- *     N=32 100.9->140.5 / 98.9->136.4, N=128 99.3->158.6 / 100.9->154.5;
- * with dw as well (the engine's backward, dw by the lane path as before):
- * 16->16 7x7 0.92x at N=1-5, 1.04x at 32, 1.09x at 128.  Not chosen: 8->8
- * 7x7 (0.71-0.83x forward), 8->8 14x14 (0.70-1.01x), 4->4 14x14/28x28
+ * thread CPU time, min of 15, Zen 4, GFLOP/s of the direct convolution's
+ * multiply-adds, paths before -> batch-lane Winograd, forward / backward-data,
+ * N = batch):
+ *   16->16 7x7 (EENet-8 f=4 b3): N=1 45.3->47.3 / 38.5->42.4, N=5 77.8->79.8 /
+ *     72.8->75.3, N=17 89.5->100.0 / 85.4->96.9, N=32 95.8->111.7 /
+ *     92.2->108.9, N=128 99.4->126.8 / 97.6->124.2 (a 7x7 plane takes 16
+ *     tiles for 49 outputs; the products no stored output reads are skipped);
+ *   16->16 8x8: N=1 48.5->57.6 / 35.1->51.6, N=5 69.4->107.2 / 55.1->99.9,
+ *     N=32 89.3->129.5 / 62.3->110.4, N=128 88.5->125.5 / 63.5->113.8;
+ *   16->16 14x14: N=1 79.5->72.8 / 72.7->68.3 (the one loss: 49 tiles in 4
+ *     vectors of 16), N=5 94.4->101.2 / 90.4->97.1, N=17 98.8->139.0 /
+ *     96.2->136.3, N=128 101.2->158.7 / 98.7->156.6.
+ * Not chosen (earlier versions of this path, same op counts): 8->8 7x7
+ * (0.71-0.83x forward), 8->8 14x14 (0.70-1.01x), 4->4 14x14/28x28
  * (0.33-0.77x: with few channels the transforms, O(C+K) per tile, outweigh
  * the saved products, O(C*K)), 16->16 16x16 and 32x32 (0.65-0.78x at N=1-5:
  * the per-sample tile mode of wider planes gathers), 8->16 and 16->8 7x7
