@@ -273,6 +273,12 @@ def _lib():
     lib.eenet_conv2d_backward_naive.argtypes = [fp] * 6 + [i] * 9
     lib.eenet_conv2d_forward_ex.restype = i
     lib.eenet_conv2d_forward_ex.argtypes = [fp] * 5 + [i] * 10
+    lib.eenet_conv2d_prepared_floats.restype = ctypes.c_size_t
+    lib.eenet_conv2d_prepared_floats.argtypes = [i] * 8
+    lib.eenet_conv2d_prepare.restype = i
+    lib.eenet_conv2d_prepare.argtypes = [fp] * 2 + [i] * 8
+    lib.eenet_conv2d_forward_prepared.restype = i
+    lib.eenet_conv2d_forward_prepared.argtypes = [fp] * 4 + [i] + [fp] * 2 + [i] * 10
     return lib
 
 
@@ -822,3 +828,44 @@ def test_auto_batch_invariant_on_wlanes_shapes(rng, s5):
         _close(db, rdb)
     finally:
         lib.eenet_conv2d_set_impl(old)
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 8, 8, 64, 3, 1, 1), (2, 32, 16, 16, 32, 3, 1, 1),
+                                   (5, 16, 32, 32, 16, 3, 1, 1), (4, 16, 8, 8, 64, 3, 1, 1),
+                                   (2, 8, 9, 9, 8, 3, 1, 1), (3, 32, 16, 16, 64, 3, 2, 1)])
+def test_c_prepared_weights_same_bits(rng, shape, impl):
+    """eenet_conv2d_forward_prepared with weights prepared once (the engine's eval
+    mode) gives the bits of eenet_conv2d_forward_ex, which transforms them at each
+    call; a prep of other weights is used only under its tag (tag 0: ignored)."""
+    lib = _lib()
+    N, C, H, W, K, _, s, p = shape
+    x, w, b, _ = _arrays(rng, shape)
+    nt = eenet.get_num_threads()
+    ws = np.empty(lib.eenet_conv2d_workspace_floats(N, C, H, W, K, 3, 3, s, p, nt), np.float32)
+    want = np.empty((N, K) + ref_forward(x[:1], w, b, s, p).shape[2:], np.float32)
+    assert lib.eenet_conv2d_forward_ex(_p(want), _p(x), _p(w), _p(b), _p(ws), N, C, H, W, K, 3,
+                                       3, s, p, nt) == 0
+    _close(want, ref_forward(x, w, b, s, p))
+    prep = np.full(lib.eenet_conv2d_prepared_floats(C, H, W, K, 3, 3, s, p) + 1, np.nan,
+                   np.float32)
+    tag = lib.eenet_conv2d_prepare(_p(prep), _p(w), C, H, W, K, 3, 3, s, p)
+    winograd = (impl in (4, 5) and s == 1) or (
+        impl == 0 and (C, K, H) in ((64, 64, 8), (32, 32, 16), (16, 16, 32)))
+    if winograd:
+        assert tag != 0   # the per-sample Winograd path: its transformed weights are kept
+    got = np.empty_like(want)
+    assert lib.eenet_conv2d_forward_prepared(_p(got), _p(x), _p(w), _p(prep), tag, _p(b), _p(ws),
+                                             N, C, H, W, K, 3, 3, s, p, nt) == 0
+    np.testing.assert_array_equal(got, want)
+    if tag:
+        # a prep made from other weights is what the call uses (w is not read)
+        w2 = (w * 2).astype(np.float32)
+        assert lib.eenet_conv2d_prepare(_p(prep), _p(w2), C, H, W, K, 3, 3, s, p) == tag
+        assert lib.eenet_conv2d_forward_prepared(_p(got), _p(x), _p(w), _p(prep), tag, _p(b),
+                                                 _p(ws), N, C, H, W, K, 3, 3, s, p, nt) == 0
+        _close(got, ref_forward(x, w2, b, s, p))
+        # under another tag it is ignored
+        assert lib.eenet_conv2d_forward_prepared(_p(got), _p(x), _p(w), _p(prep), tag + 7,
+                                                 _p(b), _p(ws), N, C, H, W, K, 3, 3, s, p,
+                                                 nt) == 0
+        np.testing.assert_array_equal(got, want)

@@ -770,6 +770,50 @@ def test_eval_results_do_not_depend_on_thread_count(case):
             np.testing.assert_array_equal(a, b)
 
 
+
+def test_eval_sees_every_weight_change():
+    """Eval mode keeps each convolution's transformed weights between calls; a change
+    of the weights (a write through a state_dict view, a training step,
+    load_state_dict) or of the conv implementation switch must reach the next call:
+    its bits equal those of a fresh network holding the same weights."""
+    import ctypes
+    from eenet import _core as core
+    lib = ctypes.CDLL(core.__file__)
+    x, y = batch((3, 32, 32), 6, 10, seed=8)
+
+    def fresh(sd):
+        other = make_net("eenet20", (3, 32, 32), 10, "pool", seed=9)
+        other.load_state_dict(sd)
+        other.eval()
+        return other.predict_all(x)
+
+    net = make_net("eenet20", (3, 32, 32), 10, "pool")
+    net.eval()
+    before = net.predict_all(x)
+    name = next(k for k, v in net.state_dict().items() if k.endswith("weight")
+                and v.ndim == 4 and v.shape[:2] == (64, 64))
+    net.state_dict()[name][...] *= 1.5          # unseen write through the view
+    after = net.predict_all(x)
+    assert not np.array_equal(after[0], before[0])
+    for a, b in zip(after, fresh(snapshot(net))):
+        np.testing.assert_array_equal(a, b)
+    net.train()
+    net.train_step(x, y, optim.SGD(net, lr=0.1, momentum=0.9))
+    net.eval()
+    for a, b in zip(net.predict_all(x), fresh(snapshot(net))):
+        np.testing.assert_array_equal(a, b)
+    net.load_state_dict(snapshot(make_net("eenet20", (3, 32, 32), 10, "pool", seed=4)))
+    for a, b in zip(net.predict_all(x), fresh(snapshot(net))):
+        np.testing.assert_array_equal(a, b)
+    old = lib.eenet_conv2d_set_impl(1)           # im2col + GEMM everywhere
+    try:
+        gemm = net.predict_all(x)
+        for a, b in zip(gemm, fresh(snapshot(net))):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        lib.eenet_conv2d_set_impl(old)
+    assert not np.array_equal(gemm[0], net.predict_all(x)[0])  # Winograd rounds otherwise
+
 def test_predict_does_not_modify_input_or_training_flag():
     net = make_net("eenet8", (1, 28, 28), 10, "pool")
     x, _ = batch((1, 28, 28), 8, 10)

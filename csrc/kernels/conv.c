@@ -115,6 +115,8 @@ int eenet_conv2d_set_impl(int impl) {
     return old;
 }
 
+int eenet_conv2d_get_impl(void) { return conv_impl; }
+
 /* Geometry of a direct (q-space) convolution, see conv_direct.h. */
 typedef struct {
     int cin, h, w;      /* source (cin, h, w) */
@@ -1268,10 +1270,52 @@ static void bias_grad(float *dbias, const float *dout, int N, int K, int howo) {
     }
 }
 
+/* Tag of the prepared weights the forward of this plan can use: 1 + wino_avx
+ * for the per-sample Winograd path (U of eenet_wino_weights), 0 for paths
+ * that transform nothing worth keeping. */
+static int prepared_tag(const conv_plan *pl) {
+    return pl->use_wf && !pl->use_xf ? 1 + pl->wino_avx : 0;
+}
+
+size_t eenet_conv2d_prepared_floats(int C, int H, int W, int K, int kh, int kw, int stride,
+                                    int pad) {
+    int Ho = 0, Wo = 0;
+    if (check_sizes(1, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo) != EENET_OK) {
+        return 0;
+    }
+    conv_plan pl;
+    plan_init(&pl, 1, C, H, W, K, kh, kw, stride, pad);
+    return pl.wino_ok ? eenet_wino_weights_floats(C, K) : 0;
+}
+
+int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K, int kh, int kw,
+                         int stride, int pad) {
+    int Ho = 0, Wo = 0;
+    if (!prep || !w || check_sizes(1, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo) != EENET_OK) {
+        return 0;
+    }
+    conv_plan pl;
+    plan_init(&pl, 1, C, H, W, K, kh, kw, stride, pad);
+    plan_choose(&pl);
+    const int tag = prepared_tag(&pl);
+    if (tag) {
+        eenet_wino_weights(prep, w, K, C, 0, pl.wino_avx);
+    }
+    return tag;
+}
+
 eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *w,
                                      const float *bias, float *workspace, int N, int C, int H,
                                      int W, int K, int kh, int kw, int stride, int pad,
                                      int nthreads) {
+    return eenet_conv2d_forward_prepared(out, inp, w, NULL, 0, bias, workspace, N, C, H, W, K,
+                                         kh, kw, stride, pad, nthreads);
+}
+
+eenet_status eenet_conv2d_forward_prepared(float *out, const float *inp, const float *w,
+                                           const float *prep, int prep_tag, const float *bias,
+                                           float *workspace, int N, int C, int H, int W, int K,
+                                           int kh, int kw, int stride, int pad, int nthreads) {
     int Ho = 0, Wo = 0;
     eenet_status st = check_sizes(N, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo);
     if (st != EENET_OK) {
@@ -1292,7 +1336,8 @@ eenet_status eenet_conv2d_forward_ex(float *out, const float *inp, const float *
         return EENET_OK;
     }
     if (pl.use_wf) {
-        eenet_wino_conv(out, 0, inp, w, 0, bias, workspace + pl.o_wino,
+        const float *u_pre = prep && prep_tag != 0 && prep_tag == prepared_tag(&pl) ? prep : NULL;
+        eenet_wino_conv(out, 0, inp, w, u_pre, 0, bias, workspace + pl.o_wino,
                         workspace + pl.shared + pl.s_wino, pl.slot, N, C, K, H, W,
                         pick_threads_wino(nthreads, &pl), pl.wino_avx);
         return EENET_OK;
@@ -1354,7 +1399,7 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                               pick_threads(nthreads, &pl, 0), &pl);
         }
         if (wd) {
-            eenet_wino_conv(dinp, 1, dout, w, 1, NULL, workspace + pl.o_wino,
+            eenet_wino_conv(dinp, 1, dout, w, NULL, 1, NULL, workspace + pl.o_wino,
                             workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W, ntw,
                             pl.wino_avx);
         } else if (dinp) {

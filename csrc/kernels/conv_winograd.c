@@ -545,16 +545,28 @@ static int rows_at(long long r, long long r1, int ty, int th, int G) {
     return (int)n;
 }
 
-void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *w, int flip,
-                     const float *bias, float *shared, float *slots, size_t slot_stride, int N,
-                     int cin, int cout, int H, int W, int nt, int avx) {
+size_t eenet_wino_weights_floats(int cin, int cout) {
+    return 16 * e_stride(cout, cin);
+}
+
+void eenet_wino_weights(float *u, const float *w, int cout, int cin, int flip, int avx) {
+    wino_weights(u, w, cout, cin, flip, avx && WINO_HAVE_AVX512);
+}
+
+void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *w,
+                     const float *u_pre, int flip, const float *bias, float *shared,
+                     float *slots, size_t slot_stride, int N, int cin, int cout, int H, int W,
+                     int nt, int avx) {
     int th, tw, rmax, ldv;
     wino_geom(H, W, &th, &tw, &rmax, &ldv);
     avx = avx && WINO_HAVE_AVX512;
     size_t ue = e_stride(cout, cin);
-    float *u = shared;
     int *off = (int *)(shared + 16 * e_stride(cin > cout ? cin : cout, cin > cout ? cout : cin));
-    wino_weights(u, w, cout, cin, flip, avx);
+    const float *u = u_pre;
+    if (!u) {
+        wino_weights(shared, w, cout, cin, flip, avx);
+        u = shared;
+    }
     for (int c = 0; c < cin; c++) {
         off[c] = c * ldv;
     }

@@ -25,13 +25,23 @@ void eenet_wino_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
  * (accumulate = 0; bias NULL: none) or out += conv (accumulate = 1).
  * flip = 0: w' = w (cout, cin, 3, 3) (forward);  flip = 1: w is the forward
  * weight (cin, cout, 3, 3) and w'[co][ci][a][b] = w[ci][co][2-a][2-b]
- * (backward-data: inp = dout, out = dinp).  shared/slots as sized by
+ * (backward-data: inp = dout, out = dinp).  u_pre: NULL, or U already
+ * transformed from w (eenet_wino_weights below; w is then not read).
+ * shared/slots as sized by
  * eenet_wino_sizes(C, K, H, W) (slots slot_stride floats apart, nt of them);
  * avx = 1 uses the AVX-512 transforms and GEMM micro-kernel (caller checked
  * the CPU), 0 the portable C transforms with eenet_sgemm. */
-void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *w, int flip,
-                     const float *bias, float *shared, float *slots, size_t slot_stride, int N,
-                     int cin, int cout, int H, int W, int nt, int avx);
+void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *w,
+                     const float *u_pre, int flip, const float *bias, float *shared,
+                     float *slots, size_t slot_stride, int N, int cin, int cout, int H, int W,
+                     int nt, int avx);
+
+/* The transformed weights U (16 positions) eenet_wino_conv forms from w at
+ * each call, for a caller that keeps them over many calls with the same w
+ * (u_pre): eenet_wino_weights_floats(cin, cout) floats, filled by
+ * eenet_wino_weights with the same w, flip and avx as the calls. */
+size_t eenet_wino_weights_floats(int cin, int cout);
+void eenet_wino_weights(float *u, const float *w, int cout, int cin, int flip, int avx);
 
 /* 1 if eenet_wino_dw handles these channel counts on this path (AVX-512:
  * K a multiple of 16 up to 64; portable: any). */

@@ -61,6 +61,27 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                                       int N, int C, int H, int W, int K, int kh, int kw,
                                       int stride, int pad, int nthreads);
 
+/* Forward weights prepared once for many calls with the same weights (the
+ * engine's eval mode): eenet_conv2d_prepare(prep, w, ...) transforms w for
+ * the path the forward of this layer takes (into prep, of
+ * eenet_conv2d_prepared_floats(...) floats; 0 floats: no path to prepare for)
+ * and returns its tag (0: nothing prepared).  eenet_conv2d_forward_prepared
+ * is eenet_conv2d_forward_ex that uses prep instead of transforming w when
+ * prep_tag is the tag of the path it takes (else it transforms w as usual),
+ * with the same bits either way.  prep must come from the weights w of the
+ * call; ask again after changing the implementation switch below.  Today the
+ * per-sample Winograd path (3x3 stride-1 layers of 16-64 channels) prepares
+ * its transformed weights: one transform of 64->64 weights costs about as
+ * much as the products of two 8x8 samples. */
+size_t eenet_conv2d_prepared_floats(int C, int H, int W, int K, int kh, int kw, int stride,
+                                    int pad);
+int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K, int kh, int kw,
+                         int stride, int pad);
+eenet_status eenet_conv2d_forward_prepared(float *out, const float *inp, const float *w,
+                                           const float *prep, int prep_tag, const float *bias,
+                                           float *workspace, int N, int C, int H, int W, int K,
+                                           int kh, int kw, int stride, int pad, int nthreads);
+
 /* Implementation switch for tests and benchmarks (process-wide, not thread-safe
  * against running kernels): 0 automatic (default), 1 im2col+GEMM everywhere,
  * 2 the direct path wherever the CPU and shape allow, 3 as 2 with the weight
@@ -74,6 +95,8 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
  * select 0.  Returns the previous value.  Never
  * changes results beyond float rounding, nor workspace sizes. */
 int eenet_conv2d_set_impl(int impl);
+/* The current value of the switch. */
+int eenet_conv2d_get_impl(void);
 
 /* Naive direct-loop references (double accumulation), same contracts. */
 eenet_status eenet_conv2d_forward_naive(float *out, const float *inp, const float *w,
