@@ -2061,10 +2061,6 @@ static PyObject *Net_get_max_batch(NetObject *self, void *closure) {
     return self->net ? PyLong_FromLong(eenet_net_max_batch(self->net)) : PyLong_FromLong(0);
 }
 
-static PyObject *Net_get_shared_rows(NetObject *self, void *closure) {
-    return PyLong_FromLong(self->net ? eenet_net_shared_rows(self->net) : 0);
-}
-
 static PyObject *Net_get_nbytes(NetObject *self, void *closure) {
     return PyLong_FromSize_t(self->net ? eenet_net_bytes(self->net) : 0);
 }
@@ -2094,9 +2090,6 @@ static PyMethodDef Net_methods[] = {
 static PyGetSetDef Net_getset[] = {
     {"max_batch", (getter)Net_get_max_batch, NULL, "largest batch the arena holds", NULL},
     {"nbytes", (getter)Net_get_nbytes, NULL, "bytes allocated by the network", NULL},
-    {"shared_rows", (getter)Net_get_shared_rows, NULL,
-     "rows of eval runs that the threads computed together, split by channel (the rows a "
-     "split of whole rows between threads leaves over), since creation", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject NetType = {

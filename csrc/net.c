@@ -15,8 +15,6 @@
 #include "net.h"
 
 #include <math.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,7 +101,6 @@ typedef struct {
 struct eenet_net {
     int num_tensors;
     size_t *tsize;        /* (T) per-sample floats */
-    int *tchan;           /* (T) channels */
     float **act;          /* (T) activation rows, max_batch * tsize */
     float **grad;         /* (T) gradient slot or NULL */
     int *last_consumer;   /* (T) index of the last op reading the tensor, -1 if none */
@@ -143,9 +140,6 @@ struct eenet_net {
     int split_threads;    /* eval runs split rows between up to this many threads */
     float *split_ws;      /* split_threads conv scratches of split_ws_floats (1 thread) */
     size_t split_ws_floats;
-    long shared_rows;     /* eenet_net_shared_rows */
-    unsigned char *shared_conv; /* (num_ops) set by shared_row_parts: conv op i computes its
-                                 * share of a shared row's output channels */
 
     int profiling;                   /* eenet_net_set_profiling */
     double prof[EENET_PROF_SLOTS];   /* seconds per slot */
@@ -205,7 +199,6 @@ int eenet_net_num_bn(const eenet_net *net) { return net->num_bn; }
 int eenet_net_num_exits(const eenet_net *net) { return net->num_exits; }
 int eenet_net_num_classes(const eenet_net *net) { return net->K; }
 int eenet_net_max_batch(const eenet_net *net) { return net->max_batch; }
-long eenet_net_shared_rows(const eenet_net *net) { return net->shared_rows; }
 size_t eenet_net_input_size(const eenet_net *net) { return net->tsize[0]; }
 
 size_t eenet_net_bytes(const eenet_net *net) {
@@ -222,8 +215,6 @@ void eenet_net_free(eenet_net *net) {
         return;
     }
     free(net->tsize);
-    free(net->tchan);
-    free(net->shared_conv);
     free(net->act);
     free(net->grad);
     free(net->last_consumer);
@@ -536,7 +527,6 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     net->nthreads = eenet_get_num_threads();
 
     ALLOC(net->tsize, num_tensors);
-    ALLOC(net->tchan, num_tensors);
     ALLOC(net->act, num_tensors);
     ALLOC(net->grad, num_tensors);
     ALLOC(net->last_consumer, num_tensors);
@@ -547,7 +537,6 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
             goto fail;
         }
         net->tsize[t] = (size_t)TC(t) * TH(t) * TW(t);
-        net->tchan[t] = TC(t);
         net->last_consumer[t] = -1;
     }
     ALLOC(net->ops, num_ops);
@@ -635,7 +624,6 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     ALLOC(net->nbt, num_bn);
     ALLOC(net->nbt_snapshot, num_bn);
     ALLOC(net->fused_relu, num_ops);
-    ALLOC(net->shared_conv, num_ops);
     /* In-place ReLU: a ReLU whose input has no other reader writes over that
      * input.  Safe because no backward reads the input of a ReLU's input
      * tensor's producer output (conv, batch norm and add backward read their
@@ -983,162 +971,6 @@ static int split_threads(const eenet_net *net, int begin, int end, int N) {
     return (double)(N / T) * run_macs(net, begin, end) >= SPLIT_MIN_MACS ? T : 1;
 }
 
-/* ---- shared rows: one sample's ops split by channel between threads ---------
- *
- * A row split leaves N % T rows over (e.g. the 7 rows that reach EENet-20's
- * last stage: 4 + 3 left one thread idle for a whole row of the stage's
- * heaviest ops).  Those rows are instead computed by all T threads together,
- * one row at a time: thread t computes channels [C*t/T, C*(t+1)/T) of each
- * per-channel op (batch norm, ReLU, add) and output channels [K*t/T, K*(t+1)/T)
- * of each convolution whose parts are bit-exact (eenet_conv2d_forward_parts_exact);
- * the rest (pooling, linear, softmax, sigmoid: the exit heads) run on thread 0.
- * Every tensor of C channels is thus split the same way, so a per-channel op
- * reads only what its own thread wrote; a spin barrier precedes each op that
- * reads across channels (a convolution or a thread-0 op) and each op that
- * reads a thread-0 op's output.  The threads are all busy in this phase, so
- * they spin (then yield) rather than sleep: a futex wake-up costs more than
- * one of these convolutions' halves. */
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
-#else
-#define cpu_relax() ((void)0)
-#endif
-
-typedef struct {
-    atomic_int arrived; /* threads at the barrier in this phase */
-    atomic_int phase;   /* bumped by the last arrival */
-} spin_barrier;
-
-static void spin_barrier_wait(spin_barrier *b, int team) {
-    const int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == team - 1) {
-        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&b->phase, phase + 1, memory_order_release);
-        return;
-    }
-    for (long spins = 0; atomic_load_explicit(&b->phase, memory_order_acquire) == phase;
-         spins++) {
-        if (spins > 20000) {
-            sched_yield(); /* a thread of the team lost its core */
-        } else {
-            cpu_relax();
-        }
-    }
-}
-
-typedef enum { SHARE_CHANNELS, SHARE_CONV, SHARE_THREAD0 } share_mode;
-
-static share_mode op_share_mode(const eenet_net *net, int i) {
-    switch (net->ops[i].kind) {
-    case EENET_OP_CONV2D:
-        return net->shared_conv[i] ? SHARE_CONV : SHARE_THREAD0;
-    case EENET_OP_BATCHNORM2D:
-    case EENET_OP_RELU:
-    case EENET_OP_ADD:
-        return SHARE_CHANNELS;
-    default:
-        return SHARE_THREAD0;
-    }
-}
-
-/* Whether the leftover rows of an eval run of ops [begin, end) split T ways
- * are worth sharing: at least half of its multiply-adds in convolutions whose
- * T output-channel parts are bit-exact and fit the 1-thread scratch (the
- * others run on thread 0 while the team waits, as a whole row on one thread
- * would).  Marks those convolutions in net->shared_conv. */
-static int shared_row_parts(eenet_net *net, int begin, int end, int T) {
-    double macs = 0.0, shared = 0.0;
-    for (int i = begin; i < end; i++) {
-        net->shared_conv[i] = 0;
-        if (net->ops[i].kind == EENET_OP_CONV2D) {
-            const conv_layer *L = &net->ops[i].u.conv;
-            int ok = eenet_conv2d_forward_parts_exact(L->C, L->H, L->W, L->K, L->k, L->k,
-                                                      L->stride, L->pad, T);
-            for (int t = 0; ok && t < T; t++) {
-                const int kt = L->K * (t + 1) / T - L->K * t / T;
-                ok = eenet_conv2d_workspace_floats(1, L->C, L->H, L->W, kt, L->k, L->k,
-                                                   L->stride, L->pad, 1) <= net->split_ws_floats;
-            }
-            net->shared_conv[i] = (unsigned char)ok;
-            shared += ok ? op_macs(net, i) : 0.0;
-        }
-        macs += op_macs(net, i);
-    }
-    return macs > 0.0 && shared >= 0.5 * macs;
-}
-
-/* Thread t's share (of T) of op i's forward on row r (eval mode): output
- * channels of a convolution, channels of a per-channel op. */
-static eenet_status op_forward_share(eenet_net *net, int i, int r, int t, int T, float *ws) {
-    const net_op *op = &net->ops[i];
-    const int C = net->tchan[op->out];
-    const int c0 = C * t / T, c1 = C * (t + 1) / T;
-    if (c1 == c0) {
-        return EENET_OK;
-    }
-    const size_t plane = net->tsize[op->out] / (size_t)C, off = (size_t)c0 * plane;
-    const float *in = net->act[op->in0] + (size_t)r * net->tsize[op->in0];
-    float *out = net->act[op->out] + (size_t)r * net->tsize[op->out] + off;
-    switch (op->kind) {
-    case EENET_OP_CONV2D: {
-        const conv_layer *L = &op->u.conv;
-        return eenet_conv2d_forward_ex(
-            out, in, net->params + L->w + (size_t)c0 * L->C * L->k * L->k,
-            L->bias >= 0 ? net->params + L->bias + c0 : NULL, ws, 1, L->C, L->H, L->W, c1 - c0,
-            L->k, L->k, L->stride, L->pad, 1);
-    }
-    case EENET_OP_BATCHNORM2D: {
-        const bn_layer *L = &op->u.bn;
-        return (net->fused_relu[i] >= 0 ? eenet_bn2d_relu_forward_eval : eenet_bn2d_forward_eval)(
-            out, in + off, net->params + L->gamma + c0, net->params + L->beta + c0,
-            net->bufs + L->rmean + c0, net->bufs + L->rvar + c0, L->eps, 1, c1 - c0, L->HW);
-    }
-    case EENET_OP_RELU:
-        return eenet_relu_forward(out, in + off, (size_t)(c1 - c0) * plane);
-    case EENET_OP_ADD:
-        return (net->fused_relu[i] >= 0 ? eenet_add_relu_forward : eenet_add_forward)(
-            out, in + off, net->act[op->in1] + (size_t)r * net->tsize[op->in1] + off,
-            (size_t)(c1 - c0) * plane);
-    default:
-        return eenet_set_error(EENET_ERR_INTERNAL, "op %d: kind %d has no channel share", i,
-                               op->kind);
-    }
-}
-
-/* Ops [begin, end) on row r, shared by the T threads of the team (thread t
- * calls this); every thread passes the same barriers, also after an error
- * (st != EENET_OK: it then computes nothing). */
-static eenet_status run_ops_shared_row(eenet_net *net, int begin, int end, int r, int t, int T,
-                                       spin_barrier *bar, float *ws, int timed,
-                                       eenet_status st) {
-    int started = 0, thread0_wrote = 0;
-    for (int i = begin; i < end; i++) {
-        if (net->fused_relu[i] == -2) {
-            continue; /* done inside its producer's forward */
-        }
-        const share_mode mode = op_share_mode(net, i);
-        if (started && (mode != SHARE_CHANNELS || thread0_wrote)) {
-            spin_barrier_wait(bar, T);
-            thread0_wrote = 0;
-        }
-        started = 1;
-        if (mode == SHARE_THREAD0) {
-            if (t == 0 && st == EENET_OK) {
-                st = op_forward_rows(net, i, r, 1, 0, ws, 1);
-            }
-            thread0_wrote = 1;
-        } else if (st == EENET_OK) {
-            st = op_forward_share(net, i, r, t, T, ws);
-        }
-        if (timed) {
-            prof_mark(net, EENET_PROF_FWD + net->ops[i].kind);
-        }
-    }
-    return st;
-}
-
 /* Ops [begin, end) forward on the first N rows.  Eval mode with several
  * threads: the rows are split into contiguous parts, one per thread, each
  * running every op single-threaded with its own conv scratch -- one fork/join
@@ -1168,20 +1000,12 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
     eenet_status err = EENET_OK;
     char msg[512];
     msg[0] = '\0';
-    /* with rows left over, each thread takes N / T whole rows and the team
-     * shares the rest (see run_ops_shared_row) where that is exact */
-    const int share = N % T != 0 && shared_row_parts(net, begin, end, T);
-    int shared_rows = 0;
-    spin_barrier bar;
-    atomic_init(&bar.arrived, 0);
-    atomic_init(&bar.phase, 0);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(T)
 #endif
     {
         /* split by the team that really runs (a build without OpenMP, or a
-         * runtime that grants fewer threads, runs all rows on fewer parts and
-         * shares none) */
+         * runtime that grants fewer threads, runs all rows on fewer parts) */
         int t = 0, team = 1;
 #ifdef _OPENMP
         t = omp_get_thread_num();
@@ -1189,17 +1013,11 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
 #endif
         if (t < T) {
             const int parts = team < T ? team : T;
-            const int shared = share && parts == T;
-            const int lo = shared ? N / T * t : (int)((long)N * t / parts);
-            const int hi = shared ? N / T * (t + 1) : (int)((long)N * (t + 1) / parts);
-            float *ws = net->split_ws + (size_t)t * net->split_ws_floats;
+            const int lo = (int)((long)N * t / parts), hi = (int)((long)N * (t + 1) / parts);
             eenet_status st = EENET_OK;
             if (hi > lo) {
-                st = run_ops_rows(net, begin, end, lo, hi - lo, 0, ws, 1, t == 0);
-            }
-            for (int r = shared ? N / T * T : N; r < N; r++) {
-                st = run_ops_shared_row(net, begin, end, r, t, T, &bar, ws, t == 0, st);
-                shared_rows += t == 0;
+                st = run_ops_rows(net, begin, end, lo, hi - lo, 0,
+                                  net->split_ws + (size_t)t * net->split_ws_floats, 1, t == 0);
             }
             if (st != EENET_OK) {
 #ifdef _OPENMP
@@ -1214,7 +1032,6 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
             }
         }
     }
-    net->shared_rows += shared_rows;
     if (err != EENET_OK) {
         return eenet_set_error(err, "%s", msg);
     }

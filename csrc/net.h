@@ -156,8 +156,5 @@ void eenet_net_set_profiling(eenet_net *net, int on);
 void eenet_net_profile(const eenet_net *net, double *out);
 /* Name of slot i ("conv2d.forward", ..., "zero_grad", ...) or NULL if out of range. */
 const char *eenet_net_profile_name(int i);
-/* Rows of eval runs that a thread team computed together, split by channel
- * (the rows a row split leaves over; see run_ops_shared_row), since creation. */
-long eenet_net_shared_rows(const eenet_net *net);
 
 #endif /* EENET_NET_H */

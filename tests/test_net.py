@@ -770,41 +770,6 @@ def test_eval_results_do_not_depend_on_thread_count(case):
             np.testing.assert_array_equal(a, b)
 
 
-
-@pytest.mark.parametrize("case", [("eenet20", (3, 32, 32), 10, "pool"),
-                                  ("eenet20", (3, 32, 32), 10, "bnpool"),
-                                  ("eenet20", (3, 32, 32), 10, "plain"),
-                                  ("eenet110", (3, 32, 32), 10, "pool"),
-                                  BOTTLENECK],
-                         ids=lambda c: f"{c[0]}-{c[3]}")
-def test_shared_rows_equal_one_sample_runs(case):
-    """A row split between 2 threads leaves an odd row over; the threads compute it
-    together, each taking half of every convolution's output channels and of every
-    per-channel op.  Those rows must give the same bits as the sample run alone (one
-    thread, whole convolutions), in predict_all and in predict at every batch size."""
-    old = eenet.get_num_threads()
-    try:
-        eenet.set_num_threads(2)
-        net = make_net(*case, max_batch=16)
-        x, _ = batch(case[1], 16, case[2], seed=3)
-        spread_confidences(net, x)
-        alone = [net.predict_all(x[i:i + 1]) for i in range(len(x))]
-        single = [net.predict(x[i:i + 1]) for i in range(len(x))]
-        before = net._core.shared_rows
-        for n in (3, 5, 7, 9, 13, 15):
-            probs, conf = net.predict_all(x[:n])
-            pred = net.predict(x[:n])
-            for i in range(n):
-                np.testing.assert_array_equal(probs[:, i], alone[i][0][:, 0])
-                np.testing.assert_array_equal(conf[:, i], alone[i][1][:, 0])
-                np.testing.assert_array_equal(pred.probs[i], single[i].probs[0])
-                assert pred.exit[i] == single[i].exit[0]
-        # the shared path really ran (not every run of a deep net can share: layers
-        # whose channel halves would round differently keep whole rows)
-        assert net._core.shared_rows > before
-    finally:
-        eenet.set_num_threads(old)
-
 def test_predict_does_not_modify_input_or_training_flag():
     net = make_net("eenet8", (1, 28, 28), 10, "pool")
     x, _ = batch((1, 28, 28), 8, 10)

@@ -61,16 +61,6 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                                       int N, int C, int H, int W, int K, int kh, int kw,
                                       int stride, int pad, int nthreads);
 
-/* 1 if the forward convolution of ONE sample, computed as `parts` calls on
- * the output-channel ranges [K*t/parts, K*(t+1)/parts) (weights, bias and
- * output offset to the range's first channel), gives the same bits as one call
- * on all K channels: every part takes the whole's path and that path sums
- * each output channel on its own (the direct, batch-lane and Winograd paths;
- * not im2col + GEMM).  Depends on the implementation switch below, so ask
- * again after changing it.  0 for invalid sizes. */
-int eenet_conv2d_forward_parts_exact(int C, int H, int W, int K, int kh, int kw, int stride,
-                                     int pad, int parts);
-
 /* Implementation switch for tests and benchmarks (process-wide, not thread-safe
  * against running kernels): 0 automatic (default), 1 im2col+GEMM everywhere,
  * 2 the direct path wherever the CPU and shape allow, 3 as 2 with the weight
