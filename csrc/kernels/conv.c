@@ -243,7 +243,9 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         pl->o_offl = at, at += round16(ntaps);
         pl->o_offl2 = at, at += round16((size_t)K * kh * kw);
     }
-    pl->wl_ok = pl->wino_ok && pl->lanes_ok;
+    /* batch-lane Winograd regions only for planes up to 32x32 (it is chosen
+     * on 7x7..14x14): its group buffers grow with 16 * channels * plane */
+    pl->wl_ok = pl->wino_ok && pl->lanes_ok && (size_t)H * W <= 32 * 32;
     size_t wl_shared = 0, wl_slot = 0;
     if (pl->wl_ok) {
         eenet_wlanes_sizes(C, K, H, W, &wl_shared, &wl_slot);
