@@ -832,7 +832,8 @@ def test_auto_batch_invariant_on_wlanes_shapes(rng, s5):
 
 @pytest.mark.parametrize("shape", [(3, 64, 8, 8, 64, 3, 1, 1), (2, 32, 16, 16, 32, 3, 1, 1),
                                    (5, 16, 32, 32, 16, 3, 1, 1), (4, 16, 8, 8, 64, 3, 1, 1),
-                                   (2, 8, 9, 9, 8, 3, 1, 1), (3, 32, 16, 16, 64, 3, 2, 1)])
+                                   (2, 8, 9, 9, 8, 3, 1, 1), (3, 32, 16, 16, 64, 3, 2, 1),
+                                   (5, 16, 7, 7, 16, 3, 1, 1), (17, 16, 14, 14, 16, 3, 1, 1)])
 def test_c_prepared_weights_same_bits(rng, shape, impl):
     """eenet_conv2d_forward_prepared with weights prepared once (the engine's eval
     mode) gives the bits of eenet_conv2d_forward_ex, which transforms them at each
@@ -851,8 +852,11 @@ def test_c_prepared_weights_same_bits(rng, shape, impl):
     tag = lib.eenet_conv2d_prepare(_p(prep), _p(w), C, H, W, K, 3, 3, s, p)
     winograd = (impl in (4, 5) and s == 1) or (
         impl == 0 and (C, K, H) in ((64, 64, 8), (32, 32, 16), (16, 16, 32)))
-    if winograd:
-        assert tag != 0   # the per-sample Winograd path: its transformed weights are kept
+    # the batch-lane Winograd path (16->16 on 7x7/8x8/14x14, or forced by 7)
+    wlanes = (impl in (0, 7) and (C, K, H) in ((16, 16, 7), (16, 16, 14))) or (
+        impl == 7 and s == 1 and max(C, K) <= 16 and H * W <= 1024)
+    if winograd or wlanes:
+        assert tag != 0   # the Winograd paths: their transformed weights are kept
     got = np.empty_like(want)
     assert lib.eenet_conv2d_forward_prepared(_p(got), _p(x), _p(w), _p(prep), tag, _p(b), _p(ws),
                                              N, C, H, W, K, 3, 3, s, p, nt) == 0

@@ -67,13 +67,15 @@ void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot
 void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip);
 
 /* out (N, cout, H, W) = conv3x3_pad1(inp (N, cin, H, W)) + bias (accumulate
- * = 0; bias NULL: none) or out += conv (accumulate = 1), with u the
- * shared region, U filled by eenet_wlanes_weights (the tables after it are
- * written here).  AVX-512 only (caller checked the CPU).  Slots
+ * = 0; bias NULL: none) or out += conv (accumulate = 1), with U (16, cin,
+ * cout) from eenet_wlanes_weights at u (the shared region sized by
+ * eenet_wlanes_sizes, or weights prepared elsewhere) and the shared region
+ * at `shared` (index tables written here after its first r16(16*cin*cout)
+ * floats).  AVX-512 only (caller checked the CPU).  Slots
  * slot_stride floats apart sized by eenet_wlanes_sizes with m = max(C, K);
  * up to nt threads (whole groups of 16 samples, then single samples). */
-void eenet_wlanes_conv(float *out, int accumulate, const float *inp, float *u,
-                       const float *bias, float *slots, size_t slot_stride, int N, int cin,
-                       int cout, int H, int W, int m, int nt);
+void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float *u,
+                       float *shared, const float *bias, float *slots, size_t slot_stride, int N,
+                       int cin, int cout, int H, int W, int m, int nt);
 
 #endif /* EENET_CONV_WINOGRAD_H */

@@ -473,7 +473,7 @@ static EENET_AVX512 void wl_pad_fill(float *xs, const float *x, int cin, int H, 
 }
 
 EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp,
-                                    float *u, const float *bias, float *slots,
+                                    const float *u, float *shared, const float *bias, float *slots,
                                     size_t slot_stride, int N, int cin, int cout, int H, int W,
                                     int m, int nt) {
     wl_geom g;
@@ -495,7 +495,7 @@ EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp
         nt = 1;
     }
     size_t in_img = (size_t)cin * H * W, out_img = (size_t)cout * H * W;
-    wl_tv *tvs = (wl_tv *)(u + wl_tabs_at(cin, cout));
+    wl_tv *tvs = (wl_tv *)(shared + wl_tabs_at(cin, cout));
     if (rem > 0) {
         wl_tv_init(tvs, H, W, &g);
     }
@@ -629,10 +629,10 @@ void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip)
 }
 
 
-void eenet_wlanes_conv(float *out, int accumulate, const float *inp, float *u,
-                       const float *bias, float *slots, size_t slot_stride, int N, int cin,
-                       int cout, int H, int W, int m, int nt) {
-    (void)out, (void)accumulate, (void)inp, (void)u, (void)bias, (void)slots;
+void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float *u,
+                       float *shared, const float *bias, float *slots, size_t slot_stride, int N,
+                       int cin, int cout, int H, int W, int m, int nt) {
+    (void)out, (void)accumulate, (void)inp, (void)u, (void)shared, (void)bias, (void)slots;
     (void)slot_stride, (void)N, (void)cin, (void)cout, (void)H, (void)W, (void)m, (void)nt;
 }
 
