@@ -567,10 +567,10 @@ def test_winograd_inputs_not_modified(rng, wino_impl):
         np.testing.assert_array_equal(a, c)
 
 
-@pytest.mark.parametrize("s5", [(8, 16, 16, 16, 16), (3, 20, 7, 9, 24)])
-def test_winograd_c_accumulates_and_respects_workspace(rng, s5, wino_impl):
-    """Through the C API: backward-data ADDS into dinp, and a workspace sized
-    for 1 thread (then 2 threads configured) is never overrun."""
+def _check_c_accumulates_and_workspace(rng, s5):
+    """3x3 stride-1 layer s5 = (N, C, H, W, K) through the C API under the
+    current conv switch: backward-data ADDS into dinp, and a workspace sized for
+    1 thread (then 2 threads configured) is never overrun."""
     lib = _lib()
     N, C, H, W, K = s5
     x, w, b, dy = _arrays(rng, _wshape(s5))
@@ -598,6 +598,13 @@ def test_winograd_c_accumulates_and_respects_workspace(rng, s5, wino_impl):
     _close(dx, dx0 + rdx)
     _close(dw, dw0 + rdw)
     _close(db, db0 + rdb)
+
+
+@pytest.mark.parametrize("s5", [(8, 16, 16, 16, 16), (3, 20, 7, 9, 24)])
+def test_winograd_c_accumulates_and_respects_workspace(rng, s5, wino_impl):
+    """Through the C API: backward-data ADDS into dinp, and a workspace sized
+    for 1 thread (then 2 threads configured) is never overrun."""
+    _check_c_accumulates_and_workspace(rng, s5)
 
 
 @pytest.mark.parametrize("s5", [(4, 16, 32, 32, 16), (4, 32, 16, 16, 32), (4, 64, 8, 8, 64),
@@ -767,33 +774,7 @@ def test_wlanes_threads_give_same_bits(rng, s5, wlanes_impl):
 def test_wlanes_c_accumulates_and_respects_workspace(rng, s5, wlanes_impl):
     """Through the C API: backward-data ADDS into dinp; a workspace sized for
     1 thread (then 2 threads configured) is never overrun."""
-    lib = _lib()
-    N, C, H, W, K = s5
-    x, w, b, dy = _arrays(rng, _wshape(s5))
-    n = lib.eenet_conv2d_workspace_floats(N, C, H, W, K, 3, 3, 1, 1, 1)
-    guard = 4096
-    ws = np.zeros(n + guard, np.float32)
-    ws[n:] = 12345.0
-    dx0 = rng.standard_normal(x.shape).astype(np.float32)
-    dw0 = rng.standard_normal(w.shape).astype(np.float32)
-    db0 = rng.standard_normal(K).astype(np.float32)
-    dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
-    y = np.empty((N, K, H, W), np.float32)
-    old = eenet.get_num_threads()
-    try:
-        eenet.set_num_threads(2)
-        assert lib.eenet_conv2d_forward_ex(_p(y), _p(x), _p(w), _p(b), _p(ws), N, C, H, W, K,
-                                           3, 3, 1, 1, 1) == 0
-        assert lib.eenet_conv2d_backward_ex(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
-                                            _p(ws), N, C, H, W, K, 3, 3, 1, 1, 1) == 0
-    finally:
-        eenet.set_num_threads(old)
-    assert np.all(ws[n:] == 12345.0)
-    _close(y, ref_forward(x, w, b, 1, 1))
-    rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
-    _close(dx, dx0 + rdx)
-    _close(dw, dw0 + rdw)
-    _close(db, db0 + rdb)
+    _check_c_accumulates_and_workspace(rng, s5)
 
 
 @pytest.mark.parametrize("scale", [1e4, 1e-4])
