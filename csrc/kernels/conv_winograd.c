@@ -98,27 +98,12 @@ static void wino_weights(float *u, const float *w, int cout, int cin, int flip, 
         int kb = packed ? eenet_conv_fwd_kblock(cout - k0) : cout;
         for (int ci = 0; ci < cin; ci++) {
             for (int co = k0; co < k0 + kb; co++) {
-                double g[3][3], t[4][3];
-                for (int a = 0; a < 3; a++) {
-                    for (int b = 0; b < 3; b++) {
-                        g[a][b] = flip ? w[((size_t)ci * cout + co) * 9 + (2 - a) * 3 + (2 - b)]
-                                       : w[((size_t)co * cin + ci) * 9 + a * 3 + b];
-                    }
-                }
-                for (int b = 0; b < 3; b++) { /* t = G g (4x3) */
-                    t[0][b] = g[0][b];
-                    t[1][b] = 0.5 * (g[0][b] + g[1][b] + g[2][b]);
-                    t[2][b] = 0.5 * (g[0][b] - g[1][b] + g[2][b]);
-                    t[3][b] = g[2][b];
-                }
+                double uf[16];
+                eenet_wino_filter(uf, w, cout, cin, co, ci, flip);
                 size_t idx = packed ? (size_t)k0 * cin + (size_t)ci * kb + (size_t)(co - k0)
                                     : (size_t)co * cin + ci;
-                for (int i = 0; i < 4; i++) { /* U = t G^T (4x4) */
-                    double v[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]),
-                                   0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-                    for (int j = 0; j < 4; j++) {
-                        u[(size_t)(4 * i + j) * ue + idx] = (float)v[j];
-                    }
+                for (int e = 0; e < 16; e++) {
+                    u[(size_t)e * ue + idx] = (float)uf[e];
                 }
             }
         }

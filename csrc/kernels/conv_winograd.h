@@ -54,6 +54,33 @@ int eenet_wino_dw_ok(int C, int K, int avx);
 void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
                    size_t slot_stride, int N, int C, int K, int H, int W, int nt, int avx);
 
+/* U = G g G^T (4x4, u[4*i + j]) of one 3x3 filter, in double, with
+ * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] and g = w[co][ci] (flip = 0;
+ * w (cout, cin, 3, 3)) or g[a][b] = w[ci][co][2-a][2-b] (flip = 1; w (cin,
+ * cout, 3, 3): backward-data).  Shared by every Winograd weight transform. */
+static inline void eenet_wino_filter(double u[16], const float *w, int cout, int cin, int co,
+                                     int ci, int flip) {
+    double g[3][3], t[4][3];
+    for (int a = 0; a < 3; a++) {
+        for (int b = 0; b < 3; b++) {
+            g[a][b] = flip ? w[((size_t)ci * cout + co) * 9 + (2 - a) * 3 + (2 - b)]
+                           : w[((size_t)co * cin + ci) * 9 + a * 3 + b];
+        }
+    }
+    for (int b = 0; b < 3; b++) { /* t = G g (4x3) */
+        t[0][b] = g[0][b];
+        t[1][b] = 0.5 * (g[0][b] + g[1][b] + g[2][b]);
+        t[2][b] = 0.5 * (g[0][b] - g[1][b] + g[2][b]);
+        t[3][b] = g[2][b];
+    }
+    for (int i = 0; i < 4; i++) { /* U = t G^T (4x4) */
+        u[4 * i + 0] = t[i][0];
+        u[4 * i + 1] = 0.5 * (t[i][0] + t[i][1] + t[i][2]);
+        u[4 * i + 2] = 0.5 * (t[i][0] - t[i][1] + t[i][2]);
+        u[4 * i + 3] = t[i][2];
+    }
+}
+
 /* ---- batch-lane Winograd F(2x2,3x3) (conv_wlanes.c): cin, cout <= 16 ---- */
 
 /* Workspace of eenet_wlanes_conv for a C -> K layer on an H x W plane, both
@@ -61,7 +88,8 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
  * per thread, for m = max(C, K) channels).  Depends on the sizes only. */
 void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
 
-/* u (16, cin, cout) = U_e[co][ci] = (G g G^T)[e/4][e%4], formed in double,
+/* u (16, cin, cout) = U_e[co][ci] = (G g G^T)[e/4][e%4] (in float, 16
+ * filters per vector, on AVX-512 builds; in double otherwise),
  * for g = w[co][ci] (flip = 0; w (cout, cin, 3, 3)) or g[a][b] =
  * w[ci][co][2-a][2-b] (flip = 1; w (cin, cout, 3, 3): backward-data). */
 void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip);

@@ -604,25 +604,10 @@ EENET_AVX512 void eenet_wlanes_weights(float *u, const float *w, int cout, int c
 void eenet_wlanes_weights(float *u, const float *w, int cout, int cin, int flip) {
     for (int co = 0; co < cout; co++) {
         for (int ci = 0; ci < cin; ci++) {
-            double g[3][3], t[4][3];
-            for (int a = 0; a < 3; a++) {
-                for (int b = 0; b < 3; b++) {
-                    g[a][b] = flip ? w[((size_t)ci * cout + co) * 9 + (2 - a) * 3 + (2 - b)]
-                                   : w[((size_t)co * cin + ci) * 9 + a * 3 + b];
-                }
-            }
-            for (int b = 0; b < 3; b++) { /* t = G g (4x3) */
-                t[0][b] = g[0][b];
-                t[1][b] = 0.5 * (g[0][b] + g[1][b] + g[2][b]);
-                t[2][b] = 0.5 * (g[0][b] - g[1][b] + g[2][b]);
-                t[3][b] = g[2][b];
-            }
-            for (int i = 0; i < 4; i++) { /* U = t G^T (4x4) */
-                double v[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]),
-                               0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-                for (int j = 0; j < 4; j++) {
-                    u[((size_t)(4 * i + j) * cin + ci) * cout + co] = (float)v[j];
-                }
+            double uf[16];
+            eenet_wino_filter(uf, w, cout, cin, co, ci, flip);
+            for (int e = 0; e < 16; e++) {
+                u[((size_t)e * cin + ci) * cout + co] = (float)uf[e];
             }
         }
     }
