@@ -73,7 +73,7 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
  * per-sample Winograd path (3x3 stride-1 layers of 16-64 channels) and the
  * batch-lane Winograd path (16->16 on 7x7, 8x8, 14x14 planes) prepare their
  * transformed weights: one transform of 64->64 weights costs about as much
- * as the products of two 8x8 samples. */
+ * as the products of one 8x8 sample. */
 size_t eenet_conv2d_prepared_floats(int C, int H, int W, int K, int kh, int kw, int stride,
                                     int pad);
 int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K, int kh, int kw,
