@@ -215,6 +215,7 @@ size_t eenet_net_bytes(const eenet_net *net) {
     size_t f = 4 * net->num_params + 2 * net->num_bufs + net->arena_floats +
                net->grad_arena_floats + net->save_floats + net->workspace_floats +
                (net->split_ws ? (size_t)net->split_threads * net->split_ws_floats : 0) +
+               net->prep_floats + net->prep_w_floats +
                2 * (size_t)net->num_exits * net->max_batch * (net->K + 1);
     return f * sizeof(float) + net->argmax_count * sizeof(int32_t) +
            2 * (size_t)net->num_bn * sizeof(int64_t);
