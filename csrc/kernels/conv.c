@@ -517,7 +517,7 @@ static int wino_auto_dw(const conv_plan *pl) {
 }
 
 /* Whether the batch-lane Winograd path (conv_wlanes.c) replaces the paths
- * above for the forward (op 0) and the data gradient (op 2).  Measured (1
+ * above for the forward and the data gradient.  Measured (1
  * thread CPU time, min of 15, Zen 4, GFLOP/s of the direct convolution's
  * multiply-adds, paths before -> batch-lane Winograd, forward / backward-data,
  * N = batch):
@@ -538,8 +538,7 @@ static int wino_auto_dw(const conv_plan *pl) {
  * (0.86-1.16x, mixed).  Like wino_auto, never looks at N (a sample's bits do
  * not depend on its batch: group and tile mode compute it the same way) nor
  * at the thread count. */
-static int wlanes_pick(const conv_plan *pl, int op) {
-    (void)op;
+static int wlanes_pick(const conv_plan *pl) {
     return pl->C == 16 && pl->K == 16 && pl->H == pl->W &&
            (pl->W == 7 || pl->W == 8 || pl->W == 14);
 }
@@ -597,8 +596,8 @@ static void plan_choose(conv_plan *pl) {
     pl->use_ld = lanes && pl->bd_ok && (impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
     /* batch-lane Winograd: forward and backward-data (wlanes_pick) */
     int wl = pl->wl_ok && eenet_conv_direct_available() && (conv_impl == 7 || conv_impl == 0);
-    pl->use_xf = wl && (conv_impl == 7 || wlanes_pick(pl, 0));
-    pl->use_xd = wl && (conv_impl == 7 || wlanes_pick(pl, 2));
+    pl->use_xf = wl && (conv_impl == 7 || wlanes_pick(pl));
+    pl->use_xd = pl->use_xf; /* one measured choice for both directions */
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */

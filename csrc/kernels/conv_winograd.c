@@ -746,37 +746,24 @@ DEFINE_WBW(2, 1)
 DEFINE_WBW(1, 24)
 DEFINE_WBW(1, 1)
 
-/* du (C, K) += V (C, cols; rows ldv) . Dt (cols, K), K in 16..64 a multiple of 16. */
+/* du (C, K) += V (C, cols; rows ldv) . Dt (cols, K), K in 16..64 a multiple of 16:
+ * blocks of tb input channels with the kv = K/16 register tile, then one
+ * channel at a time. */
+typedef void (*wbw_kernel)(float *du, int K, const float *dt, const float *v, int ldv,
+                           int cols);
+
 static WINO_AVX512 void wbw_gemm(float *du, const float *v, int ldv, const float *dt, int C,
                                  int K, int cols) {
-    int kv = K / 16;
-    int tb = kv == 4 ? 6 : kv == 3 ? 8 : kv == 2 ? 12 : 24;
+    static const wbw_kernel block[4] = {wbw_1x24, wbw_2x12, wbw_3x8, wbw_4x6};
+    static const wbw_kernel single[4] = {wbw_1x1, wbw_2x1, wbw_3x1, wbw_4x1};
+    static const int block_rows[4] = {24, 12, 8, 6};
+    const int kv = K / 16, tb = block_rows[kv - 1];
     int c = 0;
     for (; c + tb <= C; c += tb) {
-        const float *vc = v + (size_t)c * ldv;
-        float *dc = du + (size_t)c * K;
-        if (kv == 4) {
-            wbw_4x6(dc, K, dt, vc, ldv, cols);
-        } else if (kv == 3) {
-            wbw_3x8(dc, K, dt, vc, ldv, cols);
-        } else if (kv == 2) {
-            wbw_2x12(dc, K, dt, vc, ldv, cols);
-        } else {
-            wbw_1x24(dc, K, dt, vc, ldv, cols);
-        }
+        block[kv - 1](du + (size_t)c * K, K, dt, v + (size_t)c * ldv, ldv, cols);
     }
     for (; c < C; c++) {
-        const float *vc = v + (size_t)c * ldv;
-        float *dc = du + (size_t)c * K;
-        if (kv == 4) {
-            wbw_4x1(dc, K, dt, vc, ldv, cols);
-        } else if (kv == 3) {
-            wbw_3x1(dc, K, dt, vc, ldv, cols);
-        } else if (kv == 2) {
-            wbw_2x1(dc, K, dt, vc, ldv, cols);
-        } else {
-            wbw_1x1(dc, K, dt, vc, ldv, cols);
-        }
+        single[kv - 1](du + (size_t)c * K, K, dt, v + (size_t)c * ldv, ldv, cols);
     }
 }
 #endif
