@@ -55,8 +55,7 @@ typedef struct {
     size_t prep, prep_n;  /* offset in net->prep and size (0: nothing to prepare) */
     size_t wcopy;         /* offset in net->prep_w of the weights prep was made from */
     int prep_tag;         /* eenet_conv2d_prepare's tag, 0: not prepared */
-    int prep_impl;        /* eenet_conv2d_get_impl() when prepared */
-    int prep_valid;       /* prep_tag and prep_impl are set */
+    int prep_impl;        /* eenet_conv2d_get_impl() when prepared, -1 before */
 } conv_layer;
 
 typedef struct {
@@ -330,6 +329,7 @@ static eenet_status decode_op(eenet_net *net, int i, const int32_t *rec, const f
         L->prep_n = eenet_conv2d_prepared_floats(L->C, L->H, L->W, L->K, L->k, L->k, L->stride,
                                                  L->pad);
         L->prep_tag = 0;
+        L->prep_impl = -1;
         if (L->prep_n > 0) {
             L->prep = net->prep_floats;
             net->prep_floats += L->prep_n;
@@ -1022,7 +1022,7 @@ static void prepare_convs(eenet_net *net, int begin, int end) {
         const size_t wn = (size_t)L->K * L->C * L->k * L->k;
         /* the tag depends on the shape and the switch only: a path that
          * prepares nothing needs no look at the weights */
-        if (L->prep_valid && L->prep_impl == impl &&
+        if (L->prep_impl == impl &&
             (L->prep_tag == 0 || memcmp(w, copy, sizeof(float) * wn) == 0)) {
             continue;
         }
@@ -1030,7 +1030,6 @@ static void prepare_convs(eenet_net *net, int begin, int end) {
         L->prep_tag = eenet_conv2d_prepare(net->prep + L->prep, w, L->C, L->H, L->W, L->K, L->k,
                                            L->k, L->stride, L->pad);
         L->prep_impl = impl;
-        L->prep_valid = 1;
     }
 }
 
