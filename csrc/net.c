@@ -56,6 +56,14 @@ typedef struct {
     size_t wcopy;         /* offset in net->prep_w of the weights prep was made from */
     int prep_tag;         /* eenet_conv2d_prepare's tag, 0: not prepared */
     int prep_impl;        /* eenet_conv2d_get_impl() when prepared, -1 before */
+    /* eval mode: the batch norm reading this conv's output folded into it
+     * (plan_eval_fusion): the conv then writes fuse_out = relu?(conv(x, w')
+     * + b' + fuse_res) with w', b' in net->fold at `fold` (wn weights, then K
+     * biases); -1 / 0 when not folded */
+    int fuse_bn, fuse_out, fuse_res, fuse_relu;
+    size_t fold;
+    size_t bncopy;        /* offset in net->prep_w of the batch norm's gamma, beta,
+                           * running mean and variance (4K) the fold was made from */
 } conv_layer;
 
 typedef struct {
@@ -143,6 +151,9 @@ struct eenet_net {
     float *probs_all, *conf_all, *dprobs_all, *dconf_all; /* (E1,max_batch,K), (E1,max_batch) */
     int *active;          /* (max_batch) original index of each active row in predict */
 
+    float *fold;          /* eval: folded conv weights and biases (conv_layer.fold) */
+    size_t fold_floats;
+    char *eval_skip;      /* (num_ops) eval: 1 on batch norms and adds done inside a conv */
     float *prep;          /* eval: prepared conv weights (conv_layer.prep) */
     float *prep_w;        /* eval: the weights they were prepared from (conv_layer.wcopy) */
     size_t prep_floats, prep_w_floats;
@@ -214,7 +225,7 @@ size_t eenet_net_bytes(const eenet_net *net) {
     size_t f = 4 * net->num_params + 2 * net->num_bufs + net->arena_floats +
                net->grad_arena_floats + net->save_floats + net->workspace_floats +
                (net->split_ws ? (size_t)net->split_threads * net->split_ws_floats : 0) +
-               net->prep_floats + net->prep_w_floats +
+               net->prep_floats + net->prep_w_floats + net->fold_floats +
                2 * (size_t)net->num_exits * net->max_batch * (net->K + 1);
     return f * sizeof(float) + net->argmax_count * sizeof(int32_t) +
            2 * (size_t)net->num_bn * sizeof(int64_t);
@@ -250,6 +261,8 @@ void eenet_net_free(eenet_net *net) {
     free(net->split_ws);
     free(net->prep);
     free(net->prep_w);
+    free(net->fold);
+    free(net->eval_skip);
     free(net->probs_all);
     free(net->conf_all);
     free(net->dprobs_all);
@@ -330,6 +343,8 @@ static eenet_status decode_op(eenet_net *net, int i, const int32_t *rec, const f
                                                  L->pad);
         L->prep_tag = 0;
         L->prep_impl = -1;
+        L->fuse_bn = L->fuse_out = L->fuse_res = -1;
+        L->fuse_relu = 0;
         if (L->prep_n > 0) {
             L->prep = net->prep_floats;
             net->prep_floats += L->prep_n;
@@ -514,6 +529,69 @@ done:
     return st;
 }
 
+/* Eval-mode fusion plan (after fused_relu; with readers[t] = the ops reading
+ * tensor t and producer[t] = the op writing it, -1 for the input).  In eval a
+ * batch norm is affine per channel, so one that reads a conv's output alone
+ * folds into that conv (same segment):
+ *   BN(conv(x, w) + b) = conv(x, w') + b',  w'_k = s_k w_k,
+ *   b'_k = beta_k + (b_k - mean_k) s_k,     s_k = gamma_k / sqrt(var_k + eps),
+ * and the conv writes the batch norm's output, with the ReLU fused into the
+ * batch norm applied as it stores; a batch norm without ReLU whose output is
+ * read only by an add (ResNet's second conv of a block) hands the add to the
+ * conv as well: conv writes relu?(conv + b' + residual) into the add's output,
+ * provided the residual is made before the conv runs.  The folded batch norms
+ * and adds are marked in eval_skip.  Space for the folded weights and the
+ * copies prepare_convs checks them against is counted into fold_floats and
+ * prep_w_floats.  Results differ from the unfolded forward by rounding only
+ * (the tests hold eval outputs to PyTorch's); EENET_EVAL_FUSE=0 in the
+ * environment when the network is built turns the fusion off. */
+static void plan_eval_fusion(eenet_net *net, const int *readers, const int *producer) {
+    const char *env = getenv("EENET_EVAL_FUSE");
+    if (env && env[0] == '0') {
+        return;
+    }
+    for (int j = 0; j < net->num_ops; j++) {
+        const net_op *bn = &net->ops[j];
+        const int i = bn->kind == EENET_OP_BATCHNORM2D ? producer[bn->in0] : -1;
+        if (i < 0 || net->ops[i].kind != EENET_OP_CONV2D || readers[bn->in0] != 1 ||
+            net->ops[i].segment != bn->segment) {
+            continue;
+        }
+        conv_layer *L = &net->ops[i].u.conv;
+        L->fuse_bn = j;
+        L->fuse_out = bn->out; /* a fused ReLU runs in place: its output is this tensor */
+        L->fuse_relu = net->fused_relu[j] >= 0;
+        net->eval_skip[j] = 1;
+        if (!L->fuse_relu && readers[bn->out] == 1) {
+            /* the one reader of the batch norm's output: an add taking a residual
+             * made before the conv? */
+            for (int k = j + 1; k < net->num_ops; k++) {
+                const net_op *add = &net->ops[k];
+                if (add->kind != EENET_OP_ADD || (add->in0 != bn->out && add->in1 != bn->out)) {
+                    continue;
+                }
+                const int res = add->in0 == bn->out ? add->in1 : add->in0;
+                if (res != bn->out && producer[res] < i && add->segment == bn->segment) {
+                    L->fuse_out = add->out;
+                    L->fuse_res = res;
+                    L->fuse_relu = net->fused_relu[k] >= 0;
+                    net->eval_skip[k] = 1;
+                }
+                break;
+            }
+        }
+        const size_t wn = (size_t)L->K * L->C * L->k * L->k;
+        L->fold = net->fold_floats;
+        net->fold_floats += wn + (size_t)L->K;
+        if (L->prep_n == 0) { /* no weight copy yet */
+            L->wcopy = net->prep_w_floats;
+            net->prep_w_floats += wn;
+        }
+        L->bncopy = net->prep_w_floats;
+        net->prep_w_floats += 4 * (size_t)L->K + (L->bias >= 0 ? (size_t)L->K : 0);
+    }
+}
+
 #define ALLOC(ptr, count)                                                              \
     do {                                                                               \
         size_t n_ = (size_t)(count);                                                   \
@@ -646,6 +724,7 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     ALLOC(net->nbt, num_bn);
     ALLOC(net->nbt_snapshot, num_bn);
     ALLOC(net->fused_relu, num_ops);
+    ALLOC(net->eval_skip, num_ops);
     /* In-place ReLU: a ReLU whose input has no other reader writes over that
      * input.  Safe because no backward reads the input of a ReLU's input
      * tensor's producer output (conv, batch norm and add backward read their
@@ -693,6 +772,23 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
                     net->fused_relu[j] = -2;
                 }
             }
+        }
+        {
+            int *producer = malloc(sizeof(int) * (size_t)num_tensors);
+            if (!producer) {
+                free(alias);
+                free(readers);
+                st = eenet_set_error(EENET_ERR_NOMEM, "out of memory: fusion plan");
+                goto fail;
+            }
+            for (int t = 0; t < num_tensors; t++) {
+                producer[t] = -1;
+            }
+            for (int i = 0; i < num_ops; i++) {
+                producer[net->ops[i].out] = i;
+            }
+            plan_eval_fusion(net, readers, producer);
+            free(producer);
         }
         net->arena_floats = 0;
         for (int t = 0; t < num_tensors; t++) {
@@ -742,6 +838,7 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     }
     ALLOC(net->prep, net->prep_floats);
     ALLOC(net->prep_w, net->prep_w_floats);
+    ALLOC(net->fold, net->fold_floats);
     ALLOC(net->probs_all, (size_t)num_exits * max_batch * net->K);
     ALLOC(net->dprobs_all, (size_t)num_exits * max_batch * net->K);
     ALLOC(net->conf_all, (size_t)num_exits * max_batch);
@@ -773,11 +870,22 @@ static eenet_status op_forward_rows(eenet_net *net, int i, int r0, int N, int tr
         conv_layer *L = &op->u.conv;
         /* eval: weights prepared by prepare_convs (training changes them every step) */
         const int tag = training ? 0 : L->prep_tag;
-        return eenet_conv2d_forward_prepared(out, in, net->params + L->w,
-                                             tag ? net->prep + L->prep : NULL, tag,
-                                             L->bias >= 0 ? net->params + L->bias : NULL, ws, N,
-                                             L->C, L->H, L->W, L->K, L->k, L->k, L->stride,
-                                             L->pad, nth);
+        const float *w = net->params + L->w;
+        const float *bias = L->bias >= 0 ? net->params + L->bias : NULL;
+        const float *residual = NULL;
+        if (!training && L->fuse_out >= 0) {
+            /* the folded batch norm's (or its add's) output, see plan_eval_fusion */
+            w = net->fold + L->fold;
+            bias = w + (size_t)L->K * L->C * L->k * L->k;
+            out = net->act[L->fuse_out] + (size_t)r0 * net->tsize[L->fuse_out];
+            if (L->fuse_res >= 0) {
+                residual = net->act[L->fuse_res] + (size_t)r0 * net->tsize[L->fuse_res];
+            }
+        }
+        return eenet_conv2d_forward_fused(out, in, w, tag ? net->prep + L->prep : NULL, tag,
+                                          bias, residual, training ? 0 : L->fuse_relu, ws, N,
+                                          L->C, L->H, L->W, L->K, L->k, L->k, L->stride, L->pad,
+                                          nth);
     }
     case EENET_OP_BATCHNORM2D: {
         bn_layer *L = &op->u.bn;
@@ -949,7 +1057,7 @@ static int set_capable(const eenet_net *net, int i, int j) {
 static eenet_status run_ops_rows(eenet_net *net, int begin, int end, int r0, int N,
                                  int training, float *ws, int nth, int timed) {
     for (int i = begin; i < end; i++) {
-        if (net->fused_relu[i] == -2) {
+        if (net->fused_relu[i] == -2 || (!training && net->eval_skip[i])) {
             continue; /* done inside its producer's forward */
         }
         eenet_status st = op_forward_rows(net, i, r0, N, training, ws, nth);
@@ -1014,21 +1122,60 @@ static void prepare_convs(eenet_net *net, int begin, int end) {
             continue;
         }
         conv_layer *L = &net->ops[i].u.conv;
-        if (L->prep_n == 0) {
+        const int folded = L->fuse_out >= 0;
+        if (L->prep_n == 0 && !folded) {
             continue;
         }
         const float *w = net->params + L->w;
         float *copy = net->prep_w + L->wcopy;
         const size_t wn = (size_t)L->K * L->C * L->k * L->k;
-        /* the tag depends on the shape and the switch only: a path that
-         * prepares nothing needs no look at the weights */
-        if (L->prep_impl == impl &&
-            (L->prep_tag == 0 || memcmp(w, copy, sizeof(float) * wn) == 0)) {
-            continue;
+        const int K = L->K;
+        if (folded) {
+            /* the fold also reads the batch norm's parameters and running
+             * statistics (and the conv bias): copies of them beside the weights' */
+            const bn_layer *B = &net->ops[L->fuse_bn].u.bn;
+            const float *src[5] = {net->params + B->gamma, net->params + B->beta,
+                                   net->bufs + B->rmean, net->bufs + B->rvar,
+                                   L->bias >= 0 ? net->params + L->bias : NULL};
+            float *bc = net->prep_w + L->bncopy;
+            int same = L->prep_impl == impl && memcmp(w, copy, sizeof(float) * wn) == 0;
+            for (int q = 0; q < 5 && same; q++) {
+                same = !src[q] || memcmp(src[q], bc + (size_t)q * K, sizeof(float) * K) == 0;
+            }
+            if (same) {
+                continue;
+            }
+            memcpy(copy, w, sizeof(float) * wn);
+            for (int q = 0; q < 5; q++) {
+                if (src[q]) {
+                    memcpy(bc + (size_t)q * K, src[q], sizeof(float) * K);
+                }
+            }
+            /* w'_k = s_k w_k, b'_k = beta_k + (b_k - mean_k) s_k, s_k = gamma_k /
+             * sqrt(var_k + eps), each rounded once from double */
+            float *fw = net->fold + L->fold, *fb = fw + wn;
+            const size_t per_k = wn / (size_t)K;
+            for (int k = 0; k < K; k++) {
+                const double sk = (double)src[0][k] / sqrt((double)src[3][k] + (double)B->eps);
+                for (size_t e = 0; e < per_k; e++) {
+                    fw[(size_t)k * per_k + e] = (float)(sk * (double)w[(size_t)k * per_k + e]);
+                }
+                const double bk = src[4] ? (double)src[4][k] : 0.0;
+                fb[k] = (float)((double)src[1][k] + (bk - (double)src[2][k]) * sk);
+            }
+            w = fw;
+        } else {
+            /* the tag depends on the shape and the switch only: a path that
+             * prepares nothing needs no look at the weights */
+            if (L->prep_impl == impl &&
+                (L->prep_tag == 0 || memcmp(w, copy, sizeof(float) * wn) == 0)) {
+                continue;
+            }
+            memcpy(copy, w, sizeof(float) * wn);
         }
-        memcpy(copy, w, sizeof(float) * wn);
-        L->prep_tag = eenet_conv2d_prepare(net->prep + L->prep, w, L->C, L->H, L->W, L->K, L->k,
-                                           L->k, L->stride, L->pad);
+        L->prep_tag = L->prep_n ? eenet_conv2d_prepare(net->prep + L->prep, w, L->C, L->H, L->W,
+                                                       L->K, L->k, L->k, L->stride, L->pad)
+                                : 0;
         L->prep_impl = impl;
     }
 }

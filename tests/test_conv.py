@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import eenet
-from eenet import _core
+from eenet import _core, ops
 
 from conftest import requires_torch
 
@@ -279,6 +279,8 @@ def _lib():
     lib.eenet_conv2d_prepare.argtypes = [fp] * 2 + [i] * 8
     lib.eenet_conv2d_forward_prepared.restype = i
     lib.eenet_conv2d_forward_prepared.argtypes = [fp] * 4 + [i] + [fp] * 2 + [i] * 10
+    lib.eenet_conv2d_forward_fused.restype = i
+    lib.eenet_conv2d_forward_fused.argtypes = [fp] * 4 + [i] + [fp] * 2 + [i] + [fp] + [i] * 10
     return lib
 
 
@@ -854,3 +856,37 @@ def test_c_prepared_weights_same_bits(rng, shape, impl):
                                                  _p(b), _p(ws), N, C, H, W, K, 3, 3, s, p,
                                                  nt) == 0
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 8, 8, 64, 3, 1, 1), (5, 16, 32, 32, 16, 3, 1, 1),
+                                   (2, 32, 16, 16, 32, 3, 1, 1), (2, 8, 9, 9, 8, 3, 1, 1),
+                                   (3, 32, 16, 16, 64, 3, 2, 1), (5, 16, 7, 7, 16, 3, 1, 1),
+                                   (4, 16, 8, 8, 32, 1, 2, 0)])
+def test_c_fused_epilogue_same_bits(rng, shape, impl):
+    """eenet_conv2d_forward_fused (the engine's eval mode with a batch norm folded
+    into the conv) gives the bits of the conv followed by the add and ReLU kernels:
+    relu(conv + residual), conv + residual and relu(conv), on every path (the
+    Winograd paths apply them in their output transform, the others after)."""
+    lib = _lib()
+    N, C, H, W, K, k, s, p = shape
+    x, w, b, _ = _arrays(rng, shape)
+    nt = eenet.get_num_threads()
+    ws = np.empty(lib.eenet_conv2d_workspace_floats(N, C, H, W, K, k, k, s, p, nt), np.float32)
+    conv = np.empty((N, K) + ref_forward(x[:1], w, b, s, p).shape[2:], np.float32)
+    assert lib.eenet_conv2d_forward_ex(_p(conv), _p(x), _p(w), _p(b), _p(ws), N, C, H, W, K, k,
+                                       k, s, p, nt) == 0
+    residual = rng.standard_normal(conv.shape).astype(np.float32)
+    res0 = residual.copy()
+    prep = np.empty(lib.eenet_conv2d_prepared_floats(C, H, W, K, k, k, s, p) + 1, np.float32)
+    tag = lib.eenet_conv2d_prepare(_p(prep), _p(w), C, H, W, K, k, k, s, p)
+    cases = [(residual, 1, ops.add(conv, residual, relu=True)),
+             (residual, 0, ops.add(conv, residual)), (None, 1, ops.relu(conv)), (None, 0, conv)]
+    for res, relu, want in cases:
+        got = np.full_like(conv, np.nan)
+        assert lib.eenet_conv2d_forward_fused(_p(got), _p(x), _p(w), _p(prep), tag, _p(b),
+                                              _p(res), relu, _p(ws), N, C, H, W, K, k, k, s, p,
+                                              nt) == 0
+        np.testing.assert_array_equal(got, want)
+        assert (got < 0).any() == (not relu)   # the ReLU did (or did not) run
+    np.testing.assert_array_equal(residual, res0)
+

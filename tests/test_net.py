@@ -805,6 +805,18 @@ def test_eval_sees_every_weight_change():
     net.load_state_dict(snapshot(make_net("eenet20", (3, 32, 32), 10, "pool", seed=4)))
     for a, b in zip(net.predict_all(x), fresh(snapshot(net))):
         np.testing.assert_array_equal(a, b)
+    # eval folds each batch norm into its conv: its parameters and running
+    # statistics are read by the fold, and a write to any of them must reach it
+    bn = next(k[:-len(".running_var")] for k, v in net.state_dict().items()
+              if k.endswith("bn1.running_var") and v.shape == (64,))
+    for field, change in (("running_var", 2.0), ("running_mean", 0.5), ("weight", -1.0),
+                          ("bias", 0.25)):
+        before = net.predict_all(x)
+        net.state_dict()[f"{bn}.{field}"][3] += np.float32(change)
+        after = net.predict_all(x)
+        assert not np.array_equal(after[0], before[0]), field
+        for a, b in zip(after, fresh(snapshot(net))):
+            np.testing.assert_array_equal(a, b)
     old = lib.eenet_conv2d_set_impl(1)           # im2col + GEMM everywhere
     try:
         gemm = net.predict_all(x)
@@ -813,6 +825,70 @@ def test_eval_sees_every_weight_change():
     finally:
         lib.eenet_conv2d_set_impl(old)
     assert not np.array_equal(gemm[0], net.predict_all(x)[0])  # Winograd rounds otherwise
+
+def _random_bn_state(net, seed):
+    """Batch-norm parameters and running statistics away from their initial 1/0,
+    so that folding them into the convs is exercised."""
+    rng = np.random.default_rng(seed)
+    sd = net.state_dict()
+    for k, v in sd.items():
+        if k.endswith("running_var"):
+            v[...] = rng.uniform(0.3, 3.0, v.shape)
+        elif k.endswith("running_mean") or (k.endswith("bias") and "bn" in k):
+            v[...] = rng.normal(0.0, 0.5, v.shape)
+        elif k.endswith("weight") and v.ndim == 1:
+            v[...] = rng.uniform(0.3, 2.0, v.shape)
+
+
+@pytest.mark.parametrize("model,shape,exit_type", [
+    ("eenet20", (3, 32, 32), "pool"), ("eenet20", (3, 32, 32), "bnpool"),
+    ("eenet8", (1, 28, 28), "plain"), ("eenet18", (3, 48, 48), "pool"),
+    ("eenet50", (3, 48, 48), "bnpool")])
+def test_eval_fusion_matches_unfolded(monkeypatch, model, shape, exit_type):
+    """Eval mode folds each batch norm that reads a conv into that conv, with its
+    ReLU and a following residual add (EENET_EVAL_FUSE=0 turns this off when a
+    network is built).  Outputs agree with the unfolded network to rounding, for
+    basic and bottleneck blocks, projection shortcuts and every exit type;
+    predict still equals predict_all row for row."""
+    x, _ = batch(shape, 5, 10, seed=3)
+    outs = []
+    for fuse in ("1", "0"):
+        monkeypatch.setenv("EENET_EVAL_FUSE", fuse)
+        net = make_net(model, shape, 10, exit_type, seed=2)
+        _random_bn_state(net, 4)
+        net.eval()
+        outs.append(net.predict_all(x))
+        if fuse == "1":
+            spread_confidences(net, x)
+            pred = net.predict(x)
+            probs, conf = net.predict_all(x)
+            for n in range(len(x)):
+                e = pred.exit[n]
+                np.testing.assert_array_equal(pred.probs[n], probs[e, n])
+    for a, b in zip(*outs):
+        scale = float(np.abs(b).max())
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(scale, 1.0))
+
+
+def test_eval_fusion_leaves_no_batch_norm_or_add():
+    """In an EENet-20 with pool exits every batch norm follows a conv and every add
+    the second conv of a block, so in eval none of them runs on its own: the
+    profile shows no batch-norm or add time (training still runs them)."""
+    net = make_net("eenet20", (3, 32, 32), 10, "pool")
+    x, y = batch((3, 32, 32), 4, 10)
+    net.eval()
+    net._core.set_profiling(True)
+    net.predict_all(x)
+    prof = net._core.profile()
+    assert prof["conv2d.forward"] > 0
+    assert prof["batchnorm2d.forward"] == 0 and prof["add.forward"] == 0
+    net.train()
+    net._core.set_profiling(True)
+    net.forward(x)
+    prof = net._core.profile()
+    assert prof["batchnorm2d.forward"] > 0 and prof["add.forward"] > 0
+    net._core.set_profiling(False)
+
 
 def test_predict_does_not_modify_input_or_training_flag():
     net = make_net("eenet8", (1, 28, 28), 10, "pool")

@@ -1330,6 +1330,28 @@ eenet_status eenet_conv2d_forward_prepared(float *out, const float *inp, const f
                                            const float *prep, int prep_tag, const float *bias,
                                            float *workspace, int N, int C, int H, int W, int K,
                                            int kh, int kw, int stride, int pad, int nthreads) {
+    return eenet_conv2d_forward_fused(out, inp, w, prep, prep_tag, bias, NULL, 0, workspace, N,
+                                      C, H, W, K, kh, kw, stride, pad, nthreads);
+}
+
+/* out = relu?(out + residual) in place, as eenet_add_forward /
+ * eenet_add_relu_forward / eenet_relu_forward compute it (the paths that do
+ * not fuse the epilogue into their output stores). */
+static void epilogue_pass(float *out, const float *residual, int relu, size_t n) {
+    if (residual && relu) {
+        eenet_add_relu_forward(out, out, residual, n);
+    } else if (residual) {
+        eenet_add_forward(out, out, residual, n);
+    } else if (relu) {
+        eenet_relu_forward(out, out, n);
+    }
+}
+
+eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const float *w,
+                                        const float *prep, int prep_tag, const float *bias,
+                                        const float *residual, int relu, float *workspace, int N,
+                                        int C, int H, int W, int K, int kh, int kw, int stride,
+                                        int pad, int nthreads) {
     int Ho = 0, Wo = 0;
     eenet_status st = check_sizes(N, C, H, W, K, kh, kw, stride, pad, &Ho, &Wo);
     if (st != EENET_OK) {
@@ -1350,16 +1372,19 @@ eenet_status eenet_conv2d_forward_prepared(float *out, const float *inp, const f
         eenet_wlanes_conv(out, 0, inp, u, workspace + pl.o_wlu, bias,
                           workspace + pl.shared + pl.s_wl, pl.slot, N, C, K, H, W,
                           C > K ? C : K, pick_threads_wino(nthreads, &pl));
+        epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
         return EENET_OK;
     }
     if (pl.use_wf) {
+        /* the epilogue inside the output transform */
         const float *u_pre = prep && prep_tag != 0 && prep_tag == prepared_tag(&pl) ? prep : NULL;
-        eenet_wino_conv(out, 0, inp, w, u_pre, 0, bias, workspace + pl.o_wino,
+        eenet_wino_conv(out, residual, relu, inp, w, u_pre, 0, bias, workspace + pl.o_wino,
                         workspace + pl.shared + pl.s_wino, pl.slot, N, C, K, H, W,
                         pick_threads_wino(nthreads, &pl), pl.wino_avx);
         return EENET_OK;
     }
     conv_forward_run(out, inp, w, bias, workspace, pick_threads(nthreads, &pl, 1), &pl);
+    epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
     return EENET_OK;
 }
 
@@ -1416,7 +1441,7 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                               pick_threads(nthreads, &pl, 0), &pl);
         }
         if (wd) {
-            eenet_wino_conv(dinp, 1, dout, w, NULL, 1, NULL, workspace + pl.o_wino,
+            eenet_wino_conv(dinp, dinp, 0, dout, w, NULL, 1, NULL, workspace + pl.o_wino,
                             workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W, ntw,
                             pl.wino_avx);
         } else if (dinp) {

@@ -29,8 +29,8 @@
  * images (8x8: 16 tiles) still give GEMMs with 64 columns and the block count,
  * rounded to a multiple of the thread count, keeps 2 threads balanced at any
  * batch.  Per block and thread: input transform into V (16, cin, ldv), 16
- * GEMMs into M (16, cout, ldv), output transform (+ bias, or accumulate) into
- * the output; V and M stay in L2.
+ * GEMMs into M (16, cout, ldv), output transform (+ bias, + an added tensor,
+ * ReLU) into the output; V and M stay in L2.
  *
  * AVX-512 path (caller checked the CPU): transforms vectorised over 16 tiles
  * of a tile row (deinterleaving loads with permutes; masked at the borders),
@@ -40,6 +40,7 @@
  */
 #include "conv_winograd.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -201,10 +202,20 @@ static void in_tiles_c(float *v, size_t es, const float *xc, int H, int W, int t
     }
 }
 
-/* Output plane yc (H, W), tile row ty: Y = A^T m A + bias (or yc += Y),
- * m the 16 rows (es apart) of M, columns [0, tw). */
+/* Output plane yc (H, W), tile row ty: yc = post(A^T m A + bias), m the 16
+ * rows (es apart) of M, columns [0, tw); post(y) = relu?(y + ac) with ac the
+ * plane of the added tensor (NULL: none; yc itself to accumulate) and relu as
+ * eenet_relu_forward (v < 0 ? 0 : v), so that the fused forms give the bits of
+ * the conv followed by eenet_add_forward / eenet_add_relu_forward. */
+static inline float out_post(float y, const float *ac, size_t i, int relu) {
+    if (ac) {
+        y = y + ac[i];
+    }
+    return relu && y < 0.0f ? 0.0f : y;
+}
+
 static void out_tiles_c(float *yc, const float *m, size_t es, int H, int W, int ty, int tw,
-                        float bias, int accumulate) {
+                        float bias, const float *ac, int relu) {
     for (int tx = 0; tx < tw; tx++) {
         float t[2][4];
         for (int j = 0; j < 4; j++) { /* t = A^T m */
@@ -214,19 +225,12 @@ static void out_tiles_c(float *yc, const float *m, size_t es, int H, int W, int 
             t[1][j] = m1 - m2 - m3;
         }
         for (int a = 0; a < 2 && 2 * ty + a < H; a++) {
-            float *row = yc + (size_t)(2 * ty + a) * W + 2 * tx;
+            size_t i = (size_t)(2 * ty + a) * W + 2 * tx;
             float y0 = t[a][0] + t[a][1] + t[a][2] + bias;
             float y1 = t[a][1] - t[a][2] - t[a][3] + bias;
-            if (accumulate) {
-                row[0] += y0;
-                if (2 * tx + 1 < W) {
-                    row[1] += y1;
-                }
-            } else {
-                row[0] = y0;
-                if (2 * tx + 1 < W) {
-                    row[1] = y1;
-                }
+            yc[i] = out_post(y0, ac, i, relu);
+            if (2 * tx + 1 < W) {
+                yc[i + 1] = out_post(y1, ac, i + 1, relu);
             }
         }
     }
@@ -254,6 +258,20 @@ static WINO_AVX512 inline __mmask16 colmask(int s, int W) {
         return 0;
     }
     return (__mmask16)(tmask(hi) & ~tmask(lo));
+}
+
+/* out_post on 16 lanes (mask mk of the stored ones): + the added plane's
+ * values at p (ac non-NULL), then v < 0 ? 0 : v (relu). */
+static WINO_AVX512 inline __m512 post_avx(__m512 v, const float *p, __mmask16 mk, int add,
+                                          int relu) {
+    if (add) {
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, p));
+    }
+    if (relu) {
+        v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ),
+                               _mm512_setzero_ps());
+    }
+    return v;
 }
 
 static WINO_AVX512 inline __m512 shift1(__m512 lo, __m512 hi) {
@@ -316,7 +334,7 @@ static WINO_AVX512 void in_tiles_avx(float *v, size_t es, const float *xc, int H
 /* As out_tiles_c, 16 tiles per vector; the two columns of each tile are
  * interleaved back into 32 consecutive floats of an output row. */
 static WINO_AVX512 void out_tiles_avx(float *yc, const float *m, size_t es, int H, int W, int ty,
-                                      int tw, float bias, int accumulate) {
+                                      int tw, float bias, const float *ac, int relu) {
     const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i ih =
         _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -341,11 +359,10 @@ static WINO_AVX512 void out_tiles_avx(float *yc, const float *m, size_t es, int 
             __m512 y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(t[a][1], t[a][2]), t[a][3]), vb);
             __m512 lo = _mm512_permutex2var_ps(y0, il, y1);
             __m512 hi = _mm512_permutex2var_ps(y0, ih, y1);
-            float *row = yc + (size_t)(2 * ty + a) * W + col0;
-            if (accumulate) {
-                lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(mlo, row));
-                hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(mhi, row + 16));
-            }
+            size_t i = (size_t)(2 * ty + a) * W + col0;
+            float *row = yc + i;
+            lo = post_avx(lo, ac + i, mlo, ac != NULL, relu);
+            hi = post_avx(hi, ac + i + 16, mhi, ac != NULL, relu);
             _mm512_mask_storeu_ps(row, mlo, lo);
             _mm512_mask_storeu_ps(row + 16, mhi, hi);
         }
@@ -400,7 +417,8 @@ static WINO_AVX512 void in_stack_avx(float *v, size_t es, const float *xc, int H
 /* As out_tiles_avx for ntr <= G tile rows: the interleaved pair of output
  * rows of each tile row is the stack slot g (2tw columns, W stored). */
 static WINO_AVX512 void out_stack_avx(float *yc, const float *m, size_t es, int H, int W, int ty,
-                                      int ntr, const wino_idx *ix, float bias, int accumulate) {
+                                      int ntr, const wino_idx *ix, float bias, const float *ac,
+                                      int relu) {
     const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i ih =
         _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -428,12 +446,9 @@ static WINO_AVX512 void out_stack_avx(float *yc, const float *m, size_t es, int 
             }
             int p = g * L, o = p % 16;
             __mmask16 mk = (__mmask16)(mw << o);
-            float *row = yc + (size_t)oy * W - o;
-            __m512 val = p < 16 ? S0 : S1;
-            if (accumulate) {
-                val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mk, row));
-            }
-            _mm512_mask_storeu_ps(row, mk, val);
+            ptrdiff_t i = (ptrdiff_t)oy * W - o;
+            __m512 val = post_avx(p < 16 ? S0 : S1, ac + i, mk, ac != NULL, relu);
+            _mm512_mask_storeu_ps(yc + i, mk, val);
         }
     }
 }
@@ -463,23 +478,24 @@ static void in_rows(float *v, size_t es, const float *xc, int H, int W, int ty, 
     }
 }
 
-/* Output transform of ntr tile rows ty.. (M columns tw apart per row). */
+/* Output transform of ntr tile rows ty.. (M columns tw apart per row); ac
+ * and relu as in out_tiles_c. */
 static void out_rows(float *yc, const float *m, size_t es, int H, int W, int ty, int ntr, int tw,
-                     float bias, int accumulate, int avx, const wino_idx *ix) {
+                     float bias, const float *ac, int relu, int avx, const wino_idx *ix) {
 #if WINO_HAVE_AVX512
     if (ix) {
-        out_stack_avx(yc, m, es, H, W, ty, ntr, ix, bias, accumulate);
+        out_stack_avx(yc, m, es, H, W, ty, ntr, ix, bias, ac, relu);
         return;
     }
 #endif
     for (int q = 0; q < ntr; q++) {
 #if WINO_HAVE_AVX512
         if (avx) {
-            out_tiles_avx(yc, m + (size_t)q * tw, es, H, W, ty + q, tw, bias, accumulate);
+            out_tiles_avx(yc, m + (size_t)q * tw, es, H, W, ty + q, tw, bias, ac, relu);
             continue;
         }
 #endif
-        out_tiles_c(yc, m + (size_t)q * tw, es, H, W, ty + q, tw, bias, accumulate);
+        out_tiles_c(yc, m + (size_t)q * tw, es, H, W, ty + q, tw, bias, ac, relu);
     }
 }
 
@@ -538,7 +554,7 @@ void eenet_wino_weights(float *u, const float *w, int cout, int cin, int flip, i
     wino_weights(u, w, cout, cin, flip, avx && WINO_HAVE_AVX512);
 }
 
-void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *w,
+void eenet_wino_conv(float *out, const float *add, int relu, const float *inp, const float *w,
                      const float *u_pre, int flip, const float *bias, float *shared,
                      float *slots, size_t slot_stride, int N, int cin, int cout, int H, int W,
                      int nt, int avx) {
@@ -625,8 +641,9 @@ void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *
                 int ntr = rows_at(r, r1, ty, th, G);
                 const float *mr = mm + (size_t)(r - r0) * tw;
                 for (int k = 0; k < cout; k++) {
-                    out_rows(out + ((size_t)n * cout + k) * hw, mr + (size_t)k * ldv, esm, H, W,
-                             ty, ntr, tw, bias ? bias[k] : 0.0f, accumulate, avx, pix);
+                    const size_t plane = ((size_t)n * cout + k) * hw;
+                    out_rows(out + plane, mr + (size_t)k * ldv, esm, H, W, ty, ntr, tw,
+                             bias ? bias[k] : 0.0f, add ? add + plane : NULL, relu, avx, pix);
                 }
                 r += ntr;
             }

@@ -21,8 +21,10 @@
  * sizes only. */
 void eenet_wino_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
 
-/* out (N, cout, H, W) = conv3x3_pad1(inp (N, cin, H, W), w') + bias
- * (accumulate = 0; bias NULL: none) or out += conv (accumulate = 1).
+/* out (N, cout, H, W) = relu?(conv3x3_pad1(inp (N, cin, H, W), w') + bias
+ * + add), bias NULL: none, add (N, cout, H, W) NULL: none, add = out:
+ * accumulate (out += conv); relu = 1 applies v < 0 ? 0 : v last.  The same
+ * bits as the conv alone followed by eenet_add_forward / eenet_relu_forward.
  * flip = 0: w' = w (cout, cin, 3, 3) (forward);  flip = 1: w is the forward
  * weight (cin, cout, 3, 3) and w'[co][ci][a][b] = w[ci][co][2-a][2-b]
  * (backward-data: inp = dout, out = dinp).  u_pre: NULL, or U already
@@ -31,7 +33,7 @@ void eenet_wino_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
  * eenet_wino_sizes(C, K, H, W) (slots slot_stride floats apart, nt of them);
  * avx = 1 uses the AVX-512 transforms and GEMM micro-kernel (caller checked
  * the CPU), 0 the portable C transforms with eenet_sgemm. */
-void eenet_wino_conv(float *out, int accumulate, const float *inp, const float *w,
+void eenet_wino_conv(float *out, const float *add, int relu, const float *inp, const float *w,
                      const float *u_pre, int flip, const float *bias, float *shared,
                      float *slots, size_t slot_stride, int N, int cin, int cout, int H, int W,
                      int nt, int avx);

@@ -82,6 +82,18 @@ eenet_status eenet_conv2d_forward_prepared(float *out, const float *inp, const f
                                            const float *prep, int prep_tag, const float *bias,
                                            float *workspace, int N, int C, int H, int W, int K,
                                            int kh, int kw, int stride, int pad, int nthreads);
+/* eenet_conv2d_forward_prepared with an epilogue (the engine's eval mode, where
+ * a batch norm folded into the conv leaves its ReLU and residual add):
+ *   out (N,K,Ho,Wo) = relu?(conv(inp, w) + bias + residual)
+ * residual (N,K,Ho,Wo) or NULL (must not overlap out); relu = 1 applies
+ * v < 0 ? 0 : v last.  The same bits as the conv followed by eenet_add_forward
+ * and eenet_relu_forward (or eenet_add_relu_forward): the Winograd path does
+ * it in its output transform, the others in one pass over out. */
+eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const float *w,
+                                        const float *prep, int prep_tag, const float *bias,
+                                        const float *residual, int relu, float *workspace, int N,
+                                        int C, int H, int W, int K, int kh, int kw, int stride,
+                                        int pad, int nthreads);
 
 /* Implementation switch for tests and benchmarks (process-wide, not thread-safe
  * against running kernels): 0 automatic (default), 1 im2col+GEMM everywhere,
