@@ -319,7 +319,8 @@ class Net:
         return self
 
     def eval(self) -> "Net":
-        """Evaluation mode: batch norm uses running statistics."""
+        """Evaluation mode: batch norm uses running statistics (folded into the
+        convolution it follows, see the README's notes on threads and eval mode)."""
         return self.train(False)
 
     # -- compute -------------------------------------------------------------------
