@@ -106,12 +106,14 @@ static size_t round16(size_t n) {
  * portable C transforms and OpenBLAS, 6: the batch-lane path wherever
  * possible (every sample, partial groups included), the rest as 0, 7: the
  * batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
- * every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512), the rest as 0. */
+ * every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512), the rest as 0,
+ * 8: the Winograd F(4x4,3x3) forward (conv_wino4.c) for every 3x3 stride-1
+ * pad-1 layer on 32-wide planes (H a multiple of 8, AVX-512), the rest as 0. */
 static int conv_impl = 0;
 
 int eenet_conv2d_set_impl(int impl) {
     int old = conv_impl;
-    conv_impl = (impl >= 0 && impl <= 7) ? impl : 0;
+    conv_impl = (impl >= 0 && impl <= 8) ? impl : 0;
     return old;
 }
 
@@ -162,6 +164,8 @@ typedef struct {
     int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
     int use_wf, use_wd, wino_avx; /* Winograd forward / backward-data; its AVX-512 path */
     int use_ww;                  /* Winograd weight gradient */
+    int w4_ok;                   /* Winograd F(4x4) forward possible (32-wide planes) */
+    int use_qf;                  /* Winograd F(4x4) forward (conv_wino4.c) */
     int wl_ok;                   /* 3x3 s1 p1, C, K <= 16: batch-lane Winograd regions */
     int use_xf, use_xd;          /* batch-lane Winograd forward / backward-data */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
@@ -234,6 +238,15 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     size_t wino_shared = 0, wino_slot = 0;
     if (pl->wino_ok) {
         eenet_wino_sizes(C, K, H, W, &wino_shared, &wino_slot);
+        /* the F(4x4) forward (32-wide planes) shares these regions: one
+         * Winograd path runs at a time */
+        pl->w4_ok = eenet_wino4_ok(H, W);
+        if (pl->w4_ok) {
+            size_t sh4 = 0, sl4 = 0;
+            eenet_wino4_sizes(C, K, H, W, &sh4, &sl4);
+            wino_shared = sh4 > wino_shared ? sh4 : wino_shared;
+            wino_slot = sl4 > wino_slot ? sl4 : wino_slot;
+        }
         pl->o_wino = at, at += round16(wino_shared);
     }
     /* batch-lane path (few channels): tap offsets of the padded input and of
@@ -543,9 +556,17 @@ static int wlanes_pick(const conv_plan *pl) {
            (pl->W == 7 || pl->W == 8 || pl->W == 14);
 }
 
+/* Whether the Winograd F(4x4,3x3) forward (conv_wino4.c) replaces F(2x2)
+ * for the forward.  MEASURED_PLACEHOLDER
+ * Like wino_auto, never looks at N nor at the thread count. */
+static int wino4_pick(const conv_plan *pl) {
+    return pl->C == 16 && pl->K == 16 && pl->H == 32 && pl->W == 32;
+}
+
 static void plan_choose(conv_plan *pl) {
-    /* 7 forces the batch-lane Winograd path (below) and is otherwise 0 */
-    int impl = conv_impl == 7 ? 0 : conv_impl;
+    /* 7 forces the batch-lane Winograd path (below), 8 the F(4x4) forward;
+     * otherwise they are 0 */
+    int impl = conv_impl == 7 || conv_impl == 8 ? 0 : conv_impl;
     int avail = pl->direct_ok && impl != 1 && eenet_conv_direct_available();
     int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
     int prefer = avail && (impl != 0 || !one);
@@ -598,6 +619,9 @@ static void plan_choose(conv_plan *pl) {
     int wl = pl->wl_ok && eenet_conv_direct_available() && (conv_impl == 7 || conv_impl == 0);
     pl->use_xf = wl && (conv_impl == 7 || wlanes_pick(pl));
     pl->use_xd = pl->use_xf; /* one measured choice for both directions */
+    /* Winograd F(4x4,3x3) forward (wino4_pick); backward keeps the paths above */
+    pl->use_qf = pl->w4_ok && !pl->use_xf && eenet_conv_direct_available() &&
+                 (conv_impl == 8 || (conv_impl == 0 && wino4_pick(pl)));
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -1284,6 +1308,9 @@ static int prepared_tag(const conv_plan *pl) {
     if (pl->use_xf) {
         return 3;
     }
+    if (pl->use_qf) {
+        return 4; /* U of eenet_wino4_weights */
+    }
     return pl->use_wf ? 1 + pl->wino_avx : 0;
 }
 
@@ -1297,7 +1324,9 @@ size_t eenet_conv2d_prepared_floats(int C, int H, int W, int K, int kh, int kw, 
     plan_init(&pl, 1, C, H, W, K, kh, kw, stride, pad);
     size_t n = pl.wino_ok ? eenet_wino_weights_floats(C, K) : 0;
     size_t nl = pl.wl_ok ? 16 * (size_t)C * K : 0; /* eenet_wlanes_weights' U */
-    return n > nl ? n : nl;
+    size_t n4 = pl.wino_ok && pl.w4_ok ? eenet_wino4_weights_floats(C, K) : 0;
+    n = n > nl ? n : nl;
+    return n > n4 ? n : n4;
 }
 
 int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K, int kh, int kw,
@@ -1312,6 +1341,8 @@ int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K
     const int tag = prepared_tag(&pl);
     if (tag == 3) {
         eenet_wlanes_weights(prep, w, K, C, 0);
+    } else if (tag == 4) {
+        eenet_wino4_weights(prep, w, K, C);
     } else if (tag) {
         eenet_wino_weights(prep, w, K, C, 0, pl.wino_avx);
     }
@@ -1373,6 +1404,14 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
                           workspace + pl.shared + pl.s_wl, pl.slot, N, C, K, H, W,
                           C > K ? C : K, pick_threads_wino(nthreads, &pl));
         epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
+        return EENET_OK;
+    }
+    if (pl.use_qf) {
+        /* F(4x4): the epilogue inside the output transform */
+        const float *u_pre = prep && prep_tag == 4 ? prep : NULL;
+        eenet_wino4_conv(out, residual, relu, inp, w, u_pre, bias, workspace + pl.o_wino,
+                         workspace + pl.shared + pl.s_wino, pl.slot, N, C, K, H, W,
+                         pick_threads_wino(nthreads, &pl));
         return EENET_OK;
     }
     if (pl.use_wf) {

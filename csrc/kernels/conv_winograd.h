@@ -108,4 +108,29 @@ void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float
                        float *shared, const float *bias, float *slots, size_t slot_stride, int N,
                        int cin, int cout, int H, int W, int m, int nt);
 
+/* ---- Winograd F(4x4,3x3) forward (conv_wino4.c): W = 32, H % 8 == 0 ---- */
+
+/* 1 if eenet_wino4_conv handles an H x W plane (W = 32, H a multiple of 8). */
+int eenet_wino4_ok(int H, int W);
+
+/* Workspace of eenet_wino4_conv for a C -> K forward: `shared` floats once
+ * (transformed weights, GEMM row offsets), `slot` floats per thread.
+ * Depends on the sizes only. */
+void eenet_wino4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
+
+/* U (36 planes) of eenet_wino4_conv: eenet_wino4_weights_floats(cin, cout)
+ * floats, filled by eenet_wino4_weights from w (cout, cin, 3, 3). */
+size_t eenet_wino4_weights_floats(int cin, int cout);
+void eenet_wino4_weights(float *u, const float *w, int cout, int cin);
+
+/* out (N, cout, H, W) = relu?(conv3x3_pad1(inp (N, cin, H, W), w) + bias
+ * + add) (bias, add NULL: none; add = out allowed), the same bits as the conv
+ * alone followed by eenet_add_forward / eenet_relu_forward; w (cout, cin, 3,
+ * 3) or u_pre (eenet_wino4_weights of w; w then not read).  AVX-512 only
+ * (caller checked the CPU and eenet_wino4_ok); shared/slots as sized by
+ * eenet_wino4_sizes (nt slots slot_stride floats apart). */
+void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, const float *w,
+                      const float *u_pre, const float *bias, float *shared, float *slots,
+                      size_t slot_stride, int N, int cin, int cout, int H, int W, int nt);
+
 #endif /* EENET_CONV_WINOGRAD_H */

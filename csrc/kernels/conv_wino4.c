@@ -1,0 +1,384 @@
+/* conv_wino4.c: Winograd F(4x4,3x3) forward convolution (3x3 kernel, stride 1,
+ * padding 1) on 32-wide planes (W = 32, H a multiple of 8), AVX-512 only.
+ * conv.c chooses it for the forward of 16->16 32x32 layers (the ResNet/EENet
+ * CIFAR stage 1, see plan_choose); backward-data and the weight gradient keep
+ * the F(2x2,3x3) / direct paths.
+ *
+ * For a 4x4 output tile at (4ty, 4tx), input tile d (6x6) read at rows
+ * 4ty-1..4ty+4, columns 4tx-1..4tx+4 (zero outside the input), filter g (3x3),
+ * with the interpolation points 0, 1, -1, 2, -2, inf (Lavin & Gray):
+ *
+ *   V = B^T d B (6x6),  U = G g G^T (6x6),  Y = A^T (U (.) V) A (4x4)
+ *
+ *   B^T = [4  0 -5  0  1  0]   G = [ 1/4     0     0  ]   A^T = [1 1  1 1  1 0]
+ *         [0 -4 -4  1  1  0]       [-1/6  -1/6  -1/6  ]         [0 1 -1 2 -2 0]
+ *         [0  4 -4 -1  1  0]       [-1/6   1/6  -1/6  ]         [0 1  1 4  4 0]
+ *         [0 -2 -1  2  1  0]       [1/24  1/12   1/6  ]         [0 1 -1 8 -8 1]
+ *         [0  2 -1 -2  1  0]       [1/24 -1/12   1/6  ]
+ *         [0  4  0 -5  0  1]       [ 0      0     1   ]
+ *
+ * Summed over input channels, (U (.) V) is 36 GEMMs, one per element
+ * e = 6i+j: M_e (cout, tiles) = U_e (cout, cin) . V_e (cin, tiles): 36
+ * multiply-adds per 16 outputs per channel pair (F(2x2): 64; direct: 144).
+ * U is formed in double and rounded once; the transforms run in float (the
+ * points {0, +-1, +-2} keep the error within the tests' rtol 1e-4, atol 1e-5
+ * x max|ref|: see conv.c plan_choose for the measured margin).
+ *
+ * Vector layout: a plane has th = H/4 tile rows of 8 tiles; tile row ty and
+ * ty + th/2 share one 16-lane vector ("group" q = ty < th/2: lane l < 8 is
+ * tile (q, l), lane l >= 8 tile (q + th/2, l - 8)), so a sample has th/2
+ * groups, and its V/M columns are 16 per group.  Input rows are loaded as
+ * two 16-float halves, the stride-4 columns 4tx+m picked with
+ * _mm512_permutex2var_ps and the two rows' 8-tile halves paired with
+ * _mm512_shuffle_f32x4; the columns 4tx-1 and 4tx+4 are those of the
+ * neighbouring tile, shifted in by one lane (zero at the plane's border).
+ * Consecutive groups of a sample share 2 of their 6 input rows (row-
+ * transformed once).  The output transform interleaves the four columns of
+ * each tile back into two rows of 32 with two permutex2var stages, then adds
+ * bias, the added tensor and applies the ReLU (post_avx of conv_winograd.c:
+ * v + add, then v < 0 ? 0 : v) in the store.
+ *
+ * Blocking: groups are numbered globally (n * th/2 + q); a block is up to
+ * W4_GROUPS consecutive groups (16 columns each, possibly spanning samples),
+ * blocks split over the threads.  Each column's GEMM sums over cin in the same
+ * order whatever the block, so a sample's bits do not depend on its batch nor
+ * on the thread count.  Per block and thread: input transform into V (36,
+ * cin, ldv), 36 GEMMs (eenet_conv_direct_fwd) into M (36, cout, ldv), output
+ * transform into the output planes.
+ */
+#include "conv_winograd.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "conv_direct.h"
+#include "eenet.h"
+
+/* Groups of 16 tiles per block (GEMM width 16 * W4_GROUPS columns). */
+#ifndef W4_GROUPS
+#define W4_GROUPS 4
+#endif
+
+static size_t r16(size_t n) {
+    return (n + 15u) & ~(size_t)15u;
+}
+
+/* Floats between the 36 element planes of V, M (rows x ldv) or U (cout x
+ * cin): one cache line more than the rows (see conv_winograd.c e_stride). */
+static size_t e4_stride(int rows, int ldv) {
+    return (size_t)rows * ldv + 16;
+}
+
+#define W4_LDV (16 * W4_GROUPS)
+
+int eenet_wino4_ok(int H, int W) {
+    return W == 32 && H >= 8 && H % 8 == 0;
+}
+
+void eenet_wino4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
+    (void)H, (void)W;
+    *shared = 36 * e4_stride(K, C) + r16((size_t)C);
+    *slot = 36 * (e4_stride(C, W4_LDV) + e4_stride(K, W4_LDV));
+}
+
+size_t eenet_wino4_weights_floats(int cin, int cout) {
+    return 36 * e4_stride(cout, cin);
+}
+
+/* U_e (cout, cin) for e = 0..35 at u + e*e4_stride(cout, cin): (G g G^T)[e/6][e%6]
+ * with g = w[co][ci] (w (cout, cin, 3, 3)), in double, rounded once; laid
+ * out as the direct micro-kernel wants (blocks of kb = eenet_conv_fwd_kblock
+ * output channels, [ci][kk] inside, conv_direct.h). */
+void eenet_wino4_weights(float *u, const float *w, int cout, int cin) {
+    static const double G[6][3] = {{1.0 / 4, 0, 0},
+                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                   {0, 0, 1}};
+    size_t ue = e4_stride(cout, cin);
+    for (int k0 = 0; k0 < cout;) {
+        int kb = eenet_conv_fwd_kblock(cout - k0);
+        for (int ci = 0; ci < cin; ci++) {
+            for (int co = k0; co < k0 + kb; co++) {
+                const float *g = w + ((size_t)co * cin + ci) * 9;
+                double t[6][3]; /* t = G g (6x3) */
+                for (int i = 0; i < 6; i++) {
+                    for (int b = 0; b < 3; b++) {
+                        t[i][b] = G[i][0] * g[b] + G[i][1] * g[3 + b] + G[i][2] * g[6 + b];
+                    }
+                }
+                size_t idx = (size_t)k0 * cin + (size_t)ci * kb + (size_t)(co - k0);
+                for (int i = 0; i < 6; i++) { /* U = t G^T (6x6) */
+                    for (int j = 0; j < 6; j++) {
+                        double s = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
+                        u[(size_t)(6 * i + j) * ue + idx] = (float)s;
+                    }
+                }
+            }
+        }
+        k0 += kb;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define W4_AVX512 __attribute__((target("avx512f")))
+
+/* o = x B (the 6 columns of B^T applied to x0..x5), 12 operations:
+ *   o0 = 4x0 - 5x2 + x4          o3 = (x4 - x2) - 2(x1 - x3)
+ *   o1 = (x4 - 4x2) + (x3 - 4x1)  o4 = (x4 - x2) + 2(x1 - x3)
+ *   o2 = (x4 - 4x2) - (x3 - 4x1)  o5 = 4x1 - 5x3 + x5 */
+static W4_AVX512 inline void bt6(__m512 o[6], __m512 x0, __m512 x1, __m512 x2, __m512 x3,
+                                 __m512 x4, __m512 x5) {
+    const __m512 c4 = _mm512_set1_ps(4.0f), c5 = _mm512_set1_ps(5.0f);
+    const __m512 c2 = _mm512_set1_ps(2.0f);
+    __m512 a = _mm512_fnmadd_ps(c4, x2, x4); /* x4 - 4x2 */
+    __m512 b = _mm512_fnmadd_ps(c4, x1, x3); /* x3 - 4x1 */
+    __m512 c = _mm512_sub_ps(x4, x2);
+    __m512 d = _mm512_sub_ps(x1, x3);
+    o[0] = _mm512_fmadd_ps(c4, x0, _mm512_fnmadd_ps(c5, x2, x4));
+    o[1] = _mm512_add_ps(a, b);
+    o[2] = _mm512_sub_ps(a, b);
+    o[3] = _mm512_fnmadd_ps(c2, d, c);
+    o[4] = _mm512_fmadd_ps(c2, d, c);
+    o[5] = _mm512_fmadd_ps(c4, x1, _mm512_fnmadd_ps(c5, x3, x5));
+}
+
+/* o = A^T x (4 from 6), 10 operations:
+ *   o0 = x0 + (x1 + x2) + (x3 + x4)     o2 = (x1 + x2) + 4(x3 + x4)
+ *   o1 = (x1 - x2) + 2(x3 - x4)         o3 = (x1 - x2) + 8(x3 - x4) + x5 */
+static W4_AVX512 inline void at6(__m512 o[4], __m512 x0, __m512 x1, __m512 x2, __m512 x3,
+                                 __m512 x4, __m512 x5) {
+    __m512 s12 = _mm512_add_ps(x1, x2), d12 = _mm512_sub_ps(x1, x2);
+    __m512 s34 = _mm512_add_ps(x3, x4), d34 = _mm512_sub_ps(x3, x4);
+    o[0] = _mm512_add_ps(_mm512_add_ps(x0, s12), s34);
+    o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);
+    o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);
+    o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), x5);
+}
+
+/* r = d B for input rows ya (lanes 0-7) and yb (lanes 8-15) of plane xc
+ * (H, 32): lane l holds tile tx = l % 8, d_j its column 4tx-1+j (rows
+ * outside [0, H) and columns outside [0, 32) read zero). */
+static W4_AVX512 inline void row_pair(__m512 r[6], const float *xc, int H, int ya, int yb) {
+    const __m512i i01 =
+        _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i i23 =
+        _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+    const __m512i iprev = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 8, 6, 5, 4, 3, 2, 1, 0, 0);
+    const __m512i inext = _mm512_set_epi32(8, 15, 14, 13, 12, 11, 10, 9, 0, 7, 6, 5, 4, 3, 2, 1);
+    const __m512 z = _mm512_setzero_ps();
+    __m512 a0 = z, a1 = z, b0 = z, b1 = z;
+    if (ya >= 0 && ya < H) {
+        a0 = _mm512_loadu_ps(xc + (size_t)ya * 32);
+        a1 = _mm512_loadu_ps(xc + (size_t)ya * 32 + 16);
+    }
+    if (yb >= 0 && yb < H) {
+        b0 = _mm512_loadu_ps(xc + (size_t)yb * 32);
+        b1 = _mm512_loadu_ps(xc + (size_t)yb * 32 + 16);
+    }
+    /* S01 = [row a columns 4t (t < 8), row a columns 4t+1], ... */
+    __m512 sa01 = _mm512_permutex2var_ps(a0, i01, a1), sa23 = _mm512_permutex2var_ps(a0, i23, a1);
+    __m512 sb01 = _mm512_permutex2var_ps(b0, i01, b1), sb23 = _mm512_permutex2var_ps(b0, i23, b1);
+    /* c_m lanes 0-7: row a columns 4t+m; lanes 8-15: row b */
+    __m512 c0 = _mm512_shuffle_f32x4(sa01, sb01, 0x44), c1 = _mm512_shuffle_f32x4(sa01, sb01, 0xEE);
+    __m512 c2 = _mm512_shuffle_f32x4(sa23, sb23, 0x44), c3 = _mm512_shuffle_f32x4(sa23, sb23, 0xEE);
+    __m512 dm = _mm512_maskz_permutexvar_ps((__mmask16)0xFEFE, iprev, c3); /* columns 4t-1 */
+    __m512 dp = _mm512_maskz_permutexvar_ps((__mmask16)0x7F7F, inext, c0); /* columns 4t+4 */
+    bt6(r, dm, c0, c1, c2, c3, dp);
+}
+
+/* V_e columns [0, 16*ng) (planes es apart) for groups q0 .. q0+ng-1 of one
+ * input plane xc (H, 32); half = H/8 groups per plane. */
+static W4_AVX512 void in_groups(float *v, size_t es, const float *xc, int H, int q0, int ng) {
+    const int half = H / 8;
+    __m512 r[6][6];
+    for (int g = 0; g < ng; g++) {
+        int q = q0 + g;
+        for (int i = g == 0 ? 0 : 2; i < 6; i++) {
+            int ya = 4 * q - 1 + i;
+            row_pair(r[i], xc, H, ya, ya + 4 * half);
+        }
+        float *vg = v + 16 * (size_t)g;
+        for (int j = 0; j < 6; j++) {
+            __m512 o[6];
+            bt6(o, r[0][j], r[1][j], r[2][j], r[3][j], r[4][j], r[5][j]);
+            for (int i = 0; i < 6; i++) {
+                _mm512_storeu_ps(vg + (size_t)(6 * i + j) * es, o[i]);
+            }
+        }
+        for (int j = 0; j < 6; j++) {
+            r[0][j] = r[4][j];
+            r[1][j] = r[5][j];
+        }
+    }
+}
+
+/* Output plane yc (H, 32), groups q0 .. q0+ng-1 from M columns [0, 16*ng)
+ * (36 planes es apart): yc = post(A^T m A + bias), post(y) = relu?(y + ac)
+ * (ac: the added plane, NULL: none), as post_avx in conv_winograd.c. */
+static W4_AVX512 void out_groups(float *yc, const float *m, size_t es, int H, int q0, int ng,
+                                 float bias, const float *ac, int relu) {
+    const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i ih =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512i j0 = _mm512_set_epi32(23, 22, 7, 6, 21, 20, 5, 4, 19, 18, 3, 2, 17, 16, 1, 0);
+    const __m512i j1 =
+        _mm512_set_epi32(31, 30, 15, 14, 29, 28, 13, 12, 27, 26, 11, 10, 25, 24, 9, 8);
+    const __m512 vb = _mm512_set1_ps(bias), z = _mm512_setzero_ps();
+    const int half = H / 8;
+    for (int g = 0; g < ng; g++) {
+        int q = q0 + g;
+        const float *mg = m + 16 * (size_t)g;
+        __m512 t[4][6]; /* t = A^T m (4x6) */
+        for (int j = 0; j < 6; j++) {
+            __m512 o[4];
+            at6(o, _mm512_loadu_ps(mg + (size_t)j * es), _mm512_loadu_ps(mg + (size_t)(6 + j) * es),
+                _mm512_loadu_ps(mg + (size_t)(12 + j) * es),
+                _mm512_loadu_ps(mg + (size_t)(18 + j) * es),
+                _mm512_loadu_ps(mg + (size_t)(24 + j) * es),
+                _mm512_loadu_ps(mg + (size_t)(30 + j) * es));
+            for (int a = 0; a < 4; a++) {
+                t[a][j] = o[a];
+            }
+        }
+        for (int a = 0; a < 4; a++) {
+            __m512 y[4]; /* y_b lane l: output column 4tx+b of tile l */
+            at6(y, t[a][0], t[a][1], t[a][2], t[a][3], t[a][4], t[a][5]);
+            for (int b = 0; b < 4; b++) {
+                y[b] = _mm512_add_ps(y[b], vb);
+            }
+            /* interleave: p01 = y0[0] y1[0] y0[1] y1[1] .. (tiles 0-7 of row a),
+             * then pairs of p01 / p23 into 4 consecutive columns per tile */
+            __m512 p01l = _mm512_permutex2var_ps(y[0], il, y[1]);
+            __m512 p23l = _mm512_permutex2var_ps(y[2], il, y[3]);
+            __m512 p01h = _mm512_permutex2var_ps(y[0], ih, y[1]);
+            __m512 p23h = _mm512_permutex2var_ps(y[2], ih, y[3]);
+            __m512 rows[4] = {_mm512_permutex2var_ps(p01l, j0, p23l),
+                              _mm512_permutex2var_ps(p01l, j1, p23l),
+                              _mm512_permutex2var_ps(p01h, j0, p23h),
+                              _mm512_permutex2var_ps(p01h, j1, p23h)};
+            for (int h = 0; h < 2; h++) {
+                size_t i = (size_t)(4 * (q + h * half) + a) * 32;
+                for (int s = 0; s < 2; s++) {
+                    __m512 val = rows[2 * h + s];
+                    if (ac) {
+                        val = _mm512_add_ps(val, _mm512_loadu_ps(ac + i + 16 * s));
+                    }
+                    if (relu) {
+                        val = _mm512_mask_mov_ps(val, _mm512_cmp_ps_mask(val, z, _CMP_LT_OQ), z);
+                    }
+                    _mm512_storeu_ps(yc + i + 16 * s, val);
+                }
+            }
+        }
+    }
+}
+
+/* Groups handled together from global group gg (group q of its sample): at
+ * most up to the block end g1 and the sample's last group. */
+static int groups_at(long long gg, long long g1, int q, int half) {
+    long long n = g1 - gg;
+    if (n > half - q) {
+        n = half - q;
+    }
+    return (int)n;
+}
+
+void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, const float *w,
+                      const float *u_pre, const float *bias, float *shared, float *slots,
+                      size_t slot_stride, int N, int cin, int cout, int H, int W, int nt) {
+    (void)W;
+    const int half = H / 8;
+    const size_t ue = e4_stride(cout, cin);
+    int *off = (int *)(shared + 36 * ue);
+    const float *u = u_pre;
+    if (!u) {
+        eenet_wino4_weights(shared, w, cout, cin);
+        u = shared;
+    }
+    for (int c = 0; c < cin; c++) {
+        off[c] = c * W4_LDV;
+    }
+    /* blocks of up to W4_GROUPS groups; their count a multiple of the threads where possible */
+    const long long gtot = (long long)N * half;
+    long long nb = (gtot + W4_GROUPS - 1) / W4_GROUPS;
+    if (nt > 1) {
+        nb = (nb + nt - 1) / nt * nt;
+        if (nb > gtot) {
+            nb = gtot;
+        }
+    }
+    const long long R = (gtot + nb - 1) / nb;
+    const long long nblk = (gtot + R - 1) / R;
+    if (nt > nblk) {
+        nt = (int)nblk;
+    }
+    if (nt < 1) {
+        nt = 1;
+    }
+    const size_t hw = (size_t)H * 32;
+    const size_t esv = e4_stride(cin, W4_LDV), esm = e4_stride(cout, W4_LDV);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *v = slots + (size_t)tid * slot_stride; /* V (36, cin, ldv) */
+        float *mm = v + 36 * esv;                      /* M (36, cout, ldv) */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long long b = 0; b < nblk; b++) {
+            long long g0 = b * R, g1 = g0 + R < gtot ? g0 + R : gtot;
+            int nq = (int)(g1 - g0);
+            for (int c = 0; c < cin; c++) {
+                for (long long gg = g0; gg < g1;) {
+                    int n = (int)(gg / half), q = (int)(gg % half);
+                    int ng = groups_at(gg, g1, q, half);
+                    in_groups(v + (size_t)c * W4_LDV + 16 * (size_t)(gg - g0), esv,
+                              inp + ((size_t)n * cin + c) * hw, H, q, ng);
+                    gg += ng;
+                }
+            }
+            /* M_e (cout, cols) = U_e (cout, cin) . V_e (cin, cols) */
+            for (int e = 0; e < 36; e++) {
+                eenet_conv_direct_fwd(mm + e * esm, (size_t)W4_LDV, v + e * esv, off, u + e * ue,
+                                      cout, cin, nq);
+            }
+            for (long long gg = g0; gg < g1;) {
+                int n = (int)(gg / half), q = (int)(gg % half);
+                int ng = groups_at(gg, g1, q, half);
+                const float *mg = mm + 16 * (size_t)(gg - g0);
+                for (int k = 0; k < cout; k++) {
+                    const size_t plane = ((size_t)n * cout + k) * hw;
+                    out_groups(out + plane, mg + (size_t)k * W4_LDV, esm, H, q, ng,
+                               bias ? bias[k] : 0.0f, add ? add + plane : NULL, relu);
+                }
+                gg += ng;
+            }
+        }
+    }
+}
+
+#else /* no AVX-512 build: conv.c never chooses this path (no direct kernels) */
+
+void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, const float *w,
+                      const float *u_pre, const float *bias, float *shared, float *slots,
+                      size_t slot_stride, int N, int cin, int cout, int H, int W, int nt) {
+    (void)out, (void)add, (void)relu, (void)inp, (void)w, (void)u_pre, (void)bias;
+    (void)shared, (void)slots, (void)slot_stride, (void)N, (void)cin, (void)cout, (void)H;
+    (void)W, (void)nt;
+}
+
+#endif
