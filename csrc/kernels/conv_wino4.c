@@ -6,23 +6,31 @@
  *
  * For a 4x4 output tile at (4ty, 4tx), input tile d (6x6) read at rows
  * 4ty-1..4ty+4, columns 4tx-1..4tx+4 (zero outside the input), filter g (3x3),
- * with the interpolation points 0, 1, -1, 2, -2, inf (Lavin & Gray):
+ * with the interpolation points 0, 1, -1, 1/2, -2, inf (Toom-Cook; about
+ * half the float32 rounding error of Lavin & Gray's 0, +-1, +-2, inf, whose
+ * B^T has entries up to 5 and A^T up to 8, for 6 more operations per
+ * 6-point input transform and 2 per output one):
  *
  *   V = B^T d B (6x6),  U = G g G^T (6x6),  Y = A^T (U (.) V) A (4x4)
  *
- *   B^T = [4  0 -5  0  1  0]   G = [ 1/4     0     0  ]   A^T = [1 1  1 1  1 0]
- *         [0 -4 -4  1  1  0]       [-1/6  -1/6  -1/6  ]         [0 1 -1 2 -2 0]
- *         [0  4 -4 -1  1  0]       [-1/6   1/6  -1/6  ]         [0 1  1 4  4 0]
- *         [0 -2 -1  2  1  0]       [1/24  1/12   1/6  ]         [0 1 -1 8 -8 1]
- *         [0  2 -1 -2  1  0]       [1/24 -1/12   1/6  ]
- *         [0  4  0 -5  0  1]       [ 0      0     1   ]
+ *   B^T = [1 -3/2   -2  3/2   1  0]   G = [   1      0      0  ]
+ *         [0  -1   1/2  5/2   1  0]       [  1/3    1/3    1/3 ]
+ *         [0   1  -5/2  1/2   1  0]       [ -1/3    1/3   -1/3 ]
+ *         [0  -2    -1    2   1  0]       [-16/15  -8/15  -4/15]
+ *         [0  1/2   -1 -1/2   1  0]       [ 1/15  -2/15   4/15 ]
+ *         [0   1  -3/2   -2 3/2  1]       [   0      0      1  ]
+ *
+ *   A^T = [1 1  1   1    1 0]
+ *         [0 1 -1  1/2  -2 0]
+ *         [0 1  1  1/4   4 0]
+ *         [0 1 -1  1/8  -8 1]
  *
  * Summed over input channels, (U (.) V) is 36 GEMMs, one per element
  * e = 6i+j: M_e (cout, tiles) = U_e (cout, cin) . V_e (cin, tiles): 36
  * multiply-adds per 16 outputs per channel pair (F(2x2): 64; direct: 144).
  * U is formed in double and rounded once; the transforms run in float (the
- * points {0, +-1, +-2} keep the error within the tests' rtol 1e-4, atol 1e-5
- * x max|ref|: see conv.c plan_choose for the measured margin).
+ * error stays well within the tests' rtol 1e-4, atol 1e-5 x max|ref|: see
+ * conv.c wino4_pick for the measured margin).
  *
  * Vector layout: a plane has th = H/4 tile rows of 8 tiles; tile row ty and
  * ty + th/2 share one 16-lane vector ("group" q = ty < th/2: lane l < 8 is
@@ -95,11 +103,11 @@ size_t eenet_wino4_weights_floats(int cin, int cout) {
  * out as the direct micro-kernel wants (blocks of kb = eenet_conv_fwd_kblock
  * output channels, [ci][kk] inside, conv_direct.h). */
 void eenet_wino4_weights(float *u, const float *w, int cout, int cin) {
-    static const double G[6][3] = {{1.0 / 4, 0, 0},
-                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
+    static const double G[6][3] = {{1, 0, 0},
+                                   {1.0 / 3, 1.0 / 3, 1.0 / 3},
+                                   {-1.0 / 3, 1.0 / 3, -1.0 / 3},
+                                   {-16.0 / 15, -8.0 / 15, -4.0 / 15},
+                                   {1.0 / 15, -2.0 / 15, 4.0 / 15},
                                    {0, 0, 1}};
     size_t ue = e4_stride(cout, cin);
     for (int k0 = 0; k0 < cout;) {
@@ -131,37 +139,39 @@ void eenet_wino4_weights(float *u, const float *w, int cout, int cin) {
 
 #define W4_AVX512 __attribute__((target("avx512f")))
 
-/* o = x B (the 6 columns of B^T applied to x0..x5), 12 operations:
- *   o0 = 4x0 - 5x2 + x4          o3 = (x4 - x2) - 2(x1 - x3)
- *   o1 = (x4 - 4x2) + (x3 - 4x1)  o4 = (x4 - x2) + 2(x1 - x3)
- *   o2 = (x4 - 4x2) - (x3 - 4x1)  o5 = 4x1 - 5x3 + x5 */
+/* o = x B (the 6 columns of B^T applied to x0..x5), 18 operations, with
+ * c = x4 - x2, d = x3 - x1:
+ *   o0 = (x0 + x4) - 2x2 + 3/2 d       o3 = c + 2d
+ *   o1 = (c + d) + 3/2 (x2 + x3)       o4 = c - 1/2 d
+ *   o2 = (c - d) + 3/2 (x3 - x2)       o5 = (x1 + x5) - 2x3 + 3/2 c */
 static W4_AVX512 inline void bt6(__m512 o[6], __m512 x0, __m512 x1, __m512 x2, __m512 x3,
                                  __m512 x4, __m512 x5) {
-    const __m512 c4 = _mm512_set1_ps(4.0f), c5 = _mm512_set1_ps(5.0f);
-    const __m512 c2 = _mm512_set1_ps(2.0f);
-    __m512 a = _mm512_fnmadd_ps(c4, x2, x4); /* x4 - 4x2 */
-    __m512 b = _mm512_fnmadd_ps(c4, x1, x3); /* x3 - 4x1 */
+    const __m512 c15 = _mm512_set1_ps(1.5f), c2 = _mm512_set1_ps(2.0f);
+    const __m512 ch = _mm512_set1_ps(0.5f);
     __m512 c = _mm512_sub_ps(x4, x2);
-    __m512 d = _mm512_sub_ps(x1, x3);
-    o[0] = _mm512_fmadd_ps(c4, x0, _mm512_fnmadd_ps(c5, x2, x4));
-    o[1] = _mm512_add_ps(a, b);
-    o[2] = _mm512_sub_ps(a, b);
-    o[3] = _mm512_fnmadd_ps(c2, d, c);
-    o[4] = _mm512_fmadd_ps(c2, d, c);
-    o[5] = _mm512_fmadd_ps(c4, x1, _mm512_fnmadd_ps(c5, x3, x5));
+    __m512 d = _mm512_sub_ps(x3, x1);
+    o[0] = _mm512_fmadd_ps(c15, d, _mm512_fnmadd_ps(c2, x2, _mm512_add_ps(x0, x4)));
+    o[1] = _mm512_fmadd_ps(c15, _mm512_add_ps(x2, x3), _mm512_add_ps(c, d));
+    o[2] = _mm512_fmadd_ps(c15, _mm512_sub_ps(x3, x2), _mm512_sub_ps(c, d));
+    o[3] = _mm512_fmadd_ps(c2, d, c);
+    o[4] = _mm512_fnmadd_ps(ch, d, c);
+    o[5] = _mm512_fmadd_ps(c15, c, _mm512_fnmadd_ps(c2, x3, _mm512_add_ps(x1, x5)));
 }
 
-/* o = A^T x (4 from 6), 10 operations:
- *   o0 = x0 + (x1 + x2) + (x3 + x4)     o2 = (x1 + x2) + 4(x3 + x4)
- *   o1 = (x1 - x2) + 2(x3 - x4)         o3 = (x1 - x2) + 8(x3 - x4) + x5 */
+/* o = A^T x (4 from 6), 12 operations:
+ *   o0 = x0 + (x1 + x2) + x3 + x4      o2 = (x1 + x2) + 1/4 x3 + 4 x4
+ *   o1 = (x1 - x2) + 1/2 x3 - 2 x4     o3 = (x1 - x2) + 1/8 x3 - 8 x4 + x5 */
 static W4_AVX512 inline void at6(__m512 o[4], __m512 x0, __m512 x1, __m512 x2, __m512 x3,
                                  __m512 x4, __m512 x5) {
     __m512 s12 = _mm512_add_ps(x1, x2), d12 = _mm512_sub_ps(x1, x2);
-    __m512 s34 = _mm512_add_ps(x3, x4), d34 = _mm512_sub_ps(x3, x4);
-    o[0] = _mm512_add_ps(_mm512_add_ps(x0, s12), s34);
-    o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), d34, d12);
-    o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), s34, s12);
-    o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0f), d34, d12), x5);
+    o[0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x0, s12), x3), x4);
+    o[1] = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), x4,
+                            _mm512_fmadd_ps(_mm512_set1_ps(0.5f), x3, d12));
+    o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), x4,
+                           _mm512_fmadd_ps(_mm512_set1_ps(0.25f), x3, s12));
+    o[3] = _mm512_add_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.0f), x4,
+                                          _mm512_fmadd_ps(_mm512_set1_ps(0.125f), x3, d12)),
+                         x5);
 }
 
 /* r = d B for input rows ya (lanes 0-7) and yb (lanes 8-15) of plane xc
