@@ -997,3 +997,18 @@ def test_wino4_batch_invariant(rng, n, threads):
     finally:
         eenet.set_num_threads(old)
         lib.eenet_conv2d_set_impl(old_impl)
+
+
+@pytest.mark.parametrize("impl_s5", [(0, (4, 16, 32, 32, 16)), (8, (3, 5, 16, 32, 40)),
+                                     (8, (2, 40, 8, 32, 3))])
+def test_wino4_c_respects_workspace(rng, impl_s5):
+    """Through the C API, F(4x4) forward (auto on 16->16 32x32, forced on
+    C != K): a workspace sized for 1 thread (then 2 threads configured) is never
+    overrun, and the backward (other paths) still accumulates."""
+    sw, s5 = impl_s5
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(sw)
+    try:
+        _check_c_accumulates_and_workspace(rng, s5)
+    finally:
+        lib.eenet_conv2d_set_impl(old)

@@ -37,6 +37,10 @@
  *     2.25x fewer multiply-adds, the 16 transformed-domain GEMMs run on the
  *     direct path's register-blocked micro-kernel (64->64 8x8 at batch 128,
  *     one thread: 5.6 -> 3.4 ms forward, 6.0 -> 4.3 ms weight gradient);
+ *   - Winograd F(4x4,3x3) forward (conv_wino4.c): 16->16 3x3 stride-1
+ *     pad-1 layers on 32x32 planes (wino4_pick), 36 products per 16 outputs
+ *     instead of 64, transforms vectorised over two tile rows of 8 tiles;
+ *     one thread, forward 115-123 -> 163-216 GFLOP/s at N = 1..32;
  *   - batch-lane Winograd F(2x2,3x3) (conv_wlanes.c): forward and
  *     backward-data of 16->16 3x3 stride-1 pad-1 layers on 7x7, 8x8 and
  *     14x14 planes (wlanes_pick), whole groups of 16 samples in the zmm
@@ -557,8 +561,22 @@ static int wlanes_pick(const conv_plan *pl) {
 }
 
 /* Whether the Winograd F(4x4,3x3) forward (conv_wino4.c) replaces F(2x2)
- * for the forward.  MEASURED_PLACEHOLDER
- * Like wino_auto, never looks at N nor at the thread count. */
+ * for the forward (backward-data and the weight gradient keep theirs).
+ * 16->16 32x32 (ResNet/EENet CIFAR stage 1, nearly all the work of early-exit
+ * EENet-110 inference): 36 transformed-domain products per 16 outputs
+ * instead of F(2x2)'s 64.  Measured (1 thread, CPU time, best of 25,
+ * GFLOP/s of the direct convolution's 2*N*K*C*9*H*W, eenet.ops.conv2d,
+ * F(2x2) -> F(4x4)): N=1 116 -> 163, N=7 123 -> 213, N=16 122 -> 216,
+ * N=32 115 -> 209; benchmarks/kernels.py (--threads 1 --clock cpu --stat
+ * min) forward 101 -> 203 at N=32, 75 -> 109 at N=128.  Profile at N=16:
+ * GEMM micro-kernel 42%, input transform 17%, output transform 12%.
+ * Accuracy (x, w standard normal, 40 seeds of 4 samples, worst error over
+ * the tests' tolerance rtol 1e-4 + atol 1e-5 x max|ref|): F(2x2) 0.013,
+ * F(4x4) with points 0, +-1, +-2 0.32, with 0, 1, -1, 1/2, -2 (kept; same
+ * speed) 0.13.  Other shapes (16-channel planes of other widths, 32+
+ * channels) were not measured: they keep the paths above (set_impl 8
+ * forces it on every 32-wide plane).  Like wino_auto, never looks at N
+ * nor at the thread count. */
 static int wino4_pick(const conv_plan *pl) {
     return pl->C == 16 && pl->K == 16 && pl->H == 32 && pl->W == 32;
 }
@@ -1300,7 +1318,8 @@ static void bias_grad(float *dbias, const float *dout, int N, int K, int howo) {
 }
 
 /* Tag of the prepared weights the forward of this plan can use: 1 + wino_avx
- * for the per-sample Winograd path (U of eenet_wino_weights), 3 for the
+ * for the per-sample Winograd path (U of eenet_wino_weights), 4 for the
+ * F(4x4) forward (U of eenet_wino4_weights), 3 for the
  * batch-lane Winograd path (U of eenet_wlanes_weights: 16->16 7x7, one
  * thread, C caller: one sample 4.10 -> 3.23 us, 55 -> 70 GFLOP/s; five
  * 12.8 -> 12.0 us), 0 for paths that transform nothing worth keeping. */

@@ -70,7 +70,8 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
  * prep_tag is the tag of the path it takes (else it transforms w as usual),
  * with the same bits either way.  prep must come from the weights w of the
  * call; ask again after changing the implementation switch below.  Today the
- * per-sample Winograd path (3x3 stride-1 layers of 16-64 channels) and the
+ * per-sample Winograd path (3x3 stride-1 layers of 16-64 channels), the
+ * Winograd F(4x4,3x3) forward (16->16 on 32x32 planes, tag 4) and the
  * batch-lane Winograd path (16->16 on 7x7, 8x8, 14x14 planes) prepare their
  * transformed weights: one transform of 64->64 weights costs about as much
  * as the products of one 8x8 sample. */
@@ -104,7 +105,12 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
  * buffers only there; AVX-512 transforms where the CPU has them,
  * there the weight gradient only for K a multiple of 16 up to 64; other
  * layers as 0), 5 as 4 with the portable C transforms and OpenBLAS, 6 the batch-lane direct path (16 samples per AVX-512 vector) for
- * every layer with C, K <= 16 and every sample (others as 0).  Other values
+ * every layer with C, K <= 16 and every sample (others as 0), 7 the
+ * batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
+ * every 3x3 stride-1 pad-1 layer with C, K <= 16 (others as 0), 8 the
+ * Winograd F(4x4,3x3) forward (conv_wino4.c) of every 3x3 stride-1 pad-1
+ * layer with C, K <= 128 on 32-wide planes with H a multiple of 8 (AVX-512;
+ * its backward and other layers as 0).  Other values
  * select 0.  Returns the previous value.  Never
  * changes results beyond float rounding, nor workspace sizes. */
 int eenet_conv2d_set_impl(int impl);
