@@ -260,12 +260,12 @@ static WINO_AVX512 inline __mmask16 colmask(int s, int W) {
     return (__mmask16)(tmask(hi) & ~tmask(lo));
 }
 
-/* out_post on 16 lanes (mask mk of the stored ones): + the added plane's
- * values at p (ac non-NULL), then v < 0 ? 0 : v (relu). */
-static WINO_AVX512 inline __m512 post_avx(__m512 v, const float *p, __mmask16 mk, int add,
+/* out_post on 16 lanes (mask mk of the stored ones) that go to plane index i:
+ * + the added plane ac's values there (ac non-NULL), then v < 0 ? 0 : v (relu). */
+static WINO_AVX512 inline __m512 post_avx(__m512 v, const float *ac, ptrdiff_t i, __mmask16 mk,
                                           int relu) {
-    if (add) {
-        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, p));
+    if (ac) {
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ac + i));
     }
     if (relu) {
         v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ),
@@ -361,8 +361,8 @@ static WINO_AVX512 void out_tiles_avx(float *yc, const float *m, size_t es, int 
             __m512 hi = _mm512_permutex2var_ps(y0, ih, y1);
             size_t i = (size_t)(2 * ty + a) * W + col0;
             float *row = yc + i;
-            lo = post_avx(lo, ac + i, mlo, ac != NULL, relu);
-            hi = post_avx(hi, ac + i + 16, mhi, ac != NULL, relu);
+            lo = post_avx(lo, ac, (ptrdiff_t)i, mlo, relu);
+            hi = post_avx(hi, ac, (ptrdiff_t)i + 16, mhi, relu);
             _mm512_mask_storeu_ps(row, mlo, lo);
             _mm512_mask_storeu_ps(row + 16, mhi, hi);
         }
@@ -447,7 +447,7 @@ static WINO_AVX512 void out_stack_avx(float *yc, const float *m, size_t es, int 
             int p = g * L, o = p % 16;
             __mmask16 mk = (__mmask16)(mw << o);
             ptrdiff_t i = (ptrdiff_t)oy * W - o;
-            __m512 val = post_avx(p < 16 ? S0 : S1, ac + i, mk, ac != NULL, relu);
+            __m512 val = post_avx(p < 16 ? S0 : S1, ac, i, mk, relu);
             _mm512_mask_storeu_ps(yc + i, mk, val);
         }
     }
