@@ -56,13 +56,15 @@ SHAPES = [
 # 7 the batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
 # every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512 CPUs), the rest as 0,
 # 8 the Winograd F(4x4,3x3) forward (conv_wino4.c) of every 3x3 stride-1 pad-1
-# layer on 32-wide planes with H a multiple of 8 (AVX-512 CPUs), the rest as 0.
-IMPLS = [0, 1, 2, 3, 4, 5, 6, 7, 8]
+# layer on 32-wide planes with H a multiple of 8 (AVX-512 CPUs), the rest as 0,
+# 9 the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward and
+# backward-data of every 16->16 3x3 stride-1 pad-1 layer with 4 < H, W <= 8.
+IMPLS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 WINO_IMPLS = [4, 5]
 
 
 @pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt", "wino", "wino-c",
-                                   "lanes", "wlanes", "wino4"])
+                                   "lanes", "wlanes", "wino4", "wl4"])
 def impl(request):
     lib = ctypes.CDLL(_core.__file__)
     old = lib.eenet_conv2d_set_impl(request.param)
@@ -817,6 +819,7 @@ def test_auto_batch_invariant_on_wlanes_shapes(rng, s5):
 
 @pytest.mark.parametrize("shape", [(3, 64, 8, 8, 64, 3, 1, 1), (2, 32, 16, 16, 32, 3, 1, 1),
                                    (5, 16, 32, 32, 16, 3, 1, 1), (4, 16, 8, 8, 64, 3, 1, 1),
+                                   (3, 16, 8, 8, 16, 3, 1, 1),
                                    (2, 8, 9, 9, 8, 3, 1, 1), (3, 32, 16, 16, 64, 3, 2, 1),
                                    (5, 16, 7, 7, 16, 3, 1, 1), (17, 16, 14, 14, 16, 3, 1, 1)])
 def test_c_prepared_weights_same_bits(rng, shape, impl):
@@ -841,9 +844,13 @@ def test_c_prepared_weights_same_bits(rng, shape, impl):
     if _avx512() and s == 1 and W == 32 and H % 8 == 0 and (
             impl == 8 or (impl == 0 and (C, K, H) == (16, 16, 32))):
         assert tag == 4   # the F(4x4) forward (conv_wino4.c) is chosen
-    # the batch-lane Winograd path (16->16 on 7x7/8x8/14x14, or forced by 7)
-    wlanes = (impl in (0, 7) and (C, K, H) in ((16, 16, 7), (16, 16, 14))) or (
+    # the batch-lane Winograd path (16->16 on 14x14, or forced by 7)
+    wlanes = (impl in (0, 7) and (C, K, H) == (16, 16, 14)) or (
         impl == 7 and s == 1 and max(C, K) <= 16 and H * W <= 1024)
+    # the channel-lane F(4x4) path (16->16 on 7x7/8x8, or forced by 9)
+    if _avx512() and s == 1 and (C, K) == (16, 16) and (
+            (impl == 0 and H == W and H in (7, 8)) or (impl == 9 and 4 < H <= 8 and 4 < W <= 8)):
+        assert tag == 5
     if winograd or wlanes:
         assert tag != 0   # the Winograd paths: their transformed weights are kept
     got = np.empty_like(want)
@@ -1012,3 +1019,143 @@ def test_wino4_c_respects_workspace(rng, impl_s5):
         _check_c_accumulates_and_workspace(rng, s5)
     finally:
         lib.eenet_conv2d_set_impl(old)
+
+
+# ---- channel-lane Winograd F(4x4,3x3) (conv_wl4.c) ----------------------------
+# Chosen automatically for forward and backward-data of 16->16 on 7x7 and 8x8
+# planes (EENet-8 f=4), forced with set_impl 9 on every 16->16 plane with
+# 4 < H, W <= 8.  One sample at a time (channels in the lanes): a sample's bits
+# never depend on its batch or the thread count.
+
+WL4_SHAPES = [(1, 16, 7, 7, 16), (5, 16, 7, 7, 16), (16, 16, 7, 7, 16), (17, 16, 7, 7, 16),
+              (32, 16, 7, 7, 16), (128, 16, 7, 7, 16), (1, 16, 8, 8, 16), (17, 16, 8, 8, 16)]
+
+
+def _wl4_switch(value):
+    lib = ctypes.CDLL(_core.__file__)
+    return lib.eenet_conv2d_set_impl(value)
+
+
+def _wl4_err(y, ref):
+    """Worst |y - ref| over the tests' tolerance rtol + atol x max|ref|."""
+    tol = RTOL * np.abs(ref) + ATOL * max(1.0, float(np.abs(ref).max()))
+    return float((np.abs(y - ref) / tol).max())
+
+
+@pytest.mark.parametrize("sw_s5", [(0, s) for s in WL4_SHAPES] + [
+    (9, (3, 16, 5, 5, 16)), (9, (18, 16, 6, 8, 16)), (9, (2, 16, 8, 5, 16))])
+def test_wl4_matches_numpy(rng, sw_s5):
+    """Forward and data gradient against the float64 reference (bias or not;
+    batches with and without whole groups of 16), and the path is the one
+    taken (its bits differ from the F(2x2) batch lanes of set_impl 7)."""
+    sw, s5 = sw_s5
+    old = _wl4_switch(sw)
+    try:
+        shape = _wshape(s5)
+        for bias in (True, False):
+            x, w, b, dy = _arrays(rng, shape, bias)
+            ref = ref_forward(x, w, b, 1, 1)
+            y = _core.conv2d_forward(x, w, b, 1, 1)
+            _close(y, ref)
+            assert _wl4_err(y, ref) < 0.5
+            rdx = ref_backward(dy, x, w, 1, 1)[0]
+            dx = _core.conv2d_backward(dy, x, w, 1, 1, bias)[0]
+            _close(dx, rdx)
+            assert _wl4_err(dx, rdx) < 0.5
+            dx3, dw3, _ = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)
+            assert dw3 is None
+            np.testing.assert_array_equal(dx3, dx)
+            if _avx512():
+                _wl4_switch(7)
+                assert not np.array_equal(_core.conv2d_forward(x, w, b, 1, 1), y)
+                _wl4_switch(sw)
+    finally:
+        _wl4_switch(old)
+
+
+def test_wl4_accuracy_margin():
+    """F(4x4)'s float32 rounding error on 16->16 7x7 (x, w, dy standard normal,
+    8 seeds of 4 samples): worst error over the tolerance every test applies
+    (rtol 1e-4, atol 1e-5 x max|ref|) measured WL4_MARGIN; fail above 0.3."""
+    old = _wl4_switch(0)
+    worst = 0.0
+    try:
+        for seed in range(8):
+            r = np.random.default_rng(2000 + seed)
+            x, w, b, dy = _arrays(r, _wshape((4, 16, 7, 7, 16)))
+            worst = max(worst, _wl4_err(_core.conv2d_forward(x, w, b, 1, 1),
+                                        ref_forward(x, w, b, 1, 1)))
+            dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
+            worst = max(worst, _wl4_err(dx, ref_backward(dy, x, w, 1, 1)[0]))
+    finally:
+        _wl4_switch(old)
+    assert 0.0 < worst < 0.3
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("sw_s5", [(0, (37, 16, 7, 7, 16)), (0, (19, 16, 8, 8, 16)),
+                                   (9, (18, 16, 6, 5, 16))])
+def test_wl4_batch_invariant(rng, sw_s5, threads):
+    """A sample's forward output and input gradient are bit-identical alone and
+    inside a batch (and a batch cut elsewhere), on 1 or 2 threads."""
+    sw, s5 = sw_s5
+    old = _wl4_switch(sw)
+    old_t = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(threads)
+        _check_batch_invariant(rng, s5)
+        x, w, b, _ = _arrays(rng, _wshape(s5))
+        np.testing.assert_array_equal(_core.conv2d_forward(x[3:8], w, b, 1, 1),
+                                      _core.conv2d_forward(x, w, b, 1, 1)[3:8])
+    finally:
+        eenet.set_num_threads(old_t)
+        _wl4_switch(old)
+
+
+@pytest.mark.parametrize("s5", [(40, 16, 7, 7, 16), (3, 16, 7, 7, 16), (33, 16, 8, 8, 16)])
+def test_wl4_threads_give_same_bits(rng, s5):
+    x, w, b, dy = _arrays(rng, _wshape(s5))
+    old = eenet.get_num_threads()
+    old_sw = _wl4_switch(0)
+    try:
+        outs = []
+        for t in (1, 2):
+            eenet.set_num_threads(t)
+            outs.append((_core.conv2d_forward(x, w, b, 1, 1),
+                         _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]))
+    finally:
+        eenet.set_num_threads(old)
+        _wl4_switch(old_sw)
+    for a, r in zip(*outs):
+        np.testing.assert_array_equal(a, r)
+
+
+@pytest.mark.parametrize("sw_s5", [(0, (35, 16, 7, 7, 16)), (0, (3, 16, 8, 8, 16)),
+                                   (9, (5, 16, 6, 7, 16))])
+def test_wl4_c_accumulates_and_respects_workspace(rng, sw_s5):
+    """Through the C API: backward-data ADDS into dinp; a workspace sized for
+    1 thread (then 2 threads configured) is never overrun."""
+    sw, s5 = sw_s5
+    old = _wl4_switch(sw)
+    try:
+        _check_c_accumulates_and_workspace(rng, s5)
+    finally:
+        _wl4_switch(old)
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e-4])
+def test_wl4_large_and_small_values(rng, scale):
+    old = _wl4_switch(0)
+    try:
+        x, w, b, dy = _arrays(rng, _wshape((17, 16, 7, 7, 16)))
+        x *= scale
+        dy *= scale
+        b *= scale
+        ref = ref_forward(x, w, b, 1, 1)
+        np.testing.assert_allclose(_core.conv2d_forward(x, w, b, 1, 1), ref, rtol=RTOL,
+                                   atol=ATOL * np.abs(ref).max())
+        rdx = ref_backward(dy, x, w, 1, 1)[0]
+        dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
+        np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=ATOL * np.abs(rdx).max())
+    finally:
+        _wl4_switch(old)

@@ -41,9 +41,14 @@
  *     pad-1 layers on 32x32 planes (wino4_pick), 36 products per 16 outputs
  *     instead of 64, transforms vectorised over two tile rows of 8 tiles;
  *     one thread, forward 115-123 -> 163-216 GFLOP/s at N = 1..32;
+ *   - channel-lane Winograd F(4x4,3x3) (conv_wl4.c): forward and
+ *     backward-data of 16->16 3x3 stride-1 pad-1 layers on 7x7 and 8x8
+ *     planes (wl4_pick), one sample at a time, channels in the zmm lanes;
+ *     16->16 7x7 at batch 128, one thread: forward 133 -> 207 GFLOP/s,
+ *     backward-data 129 -> 200 (over the F(2x2) batch lanes below);
  *   - batch-lane Winograd F(2x2,3x3) (conv_wlanes.c): forward and
- *     backward-data of 16->16 3x3 stride-1 pad-1 layers on 7x7, 8x8 and
- *     14x14 planes (wlanes_pick), whole groups of 16 samples in the zmm
+ *     backward-data of 16->16 3x3 stride-1 pad-1 layers on 14x14 planes
+ *     (wlanes_pick; 7x7 and 8x8 before the F(4x4) path), whole groups of 16 samples in the zmm
  *     lanes, the samples left over with 16 tiles of one sample per zmm (same
  *     bits); 16->16 7x7 (EENet-8 f=4) at batch 128, one thread: forward
  *     99 -> 127 GFLOP/s, backward-data 98 -> 124;
@@ -112,12 +117,15 @@ static size_t round16(size_t n) {
  * batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
  * every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512), the rest as 0,
  * 8: the Winograd F(4x4,3x3) forward (conv_wino4.c) for every 3x3 stride-1
- * pad-1 layer on 32-wide planes (H a multiple of 8, AVX-512), the rest as 0. */
+ * pad-1 layer on 32-wide planes (H a multiple of 8, AVX-512), the rest as 0,
+ * 9: the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward and
+ * backward-data of every 16->16 3x3 stride-1 pad-1 layer on planes with
+ * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there). */
 static int conv_impl = 0;
 
 int eenet_conv2d_set_impl(int impl) {
     int old = conv_impl;
-    conv_impl = (impl >= 0 && impl <= 8) ? impl : 0;
+    conv_impl = (impl >= 0 && impl <= 9) ? impl : 0;
     return old;
 }
 
@@ -172,6 +180,8 @@ typedef struct {
     int use_qf;                  /* Winograd F(4x4) forward (conv_wino4.c) */
     int wl_ok;                   /* 3x3 s1 p1, C, K <= 16: batch-lane Winograd regions */
     int use_xf, use_xd;          /* batch-lane Winograd forward / backward-data */
+    int y4_ok;                   /* channel-lane F(4x4) possible (conv_wl4.c) */
+    int use_yf;                  /* channel-lane F(4x4) forward and backward-data */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group (q-space planes) */
@@ -266,6 +276,14 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     size_t wl_shared = 0, wl_slot = 0;
     if (pl->wl_ok) {
         eenet_wlanes_sizes(C, K, H, W, &wl_shared, &wl_slot);
+        /* the channel-lane F(4x4) path (conv_wl4.c) shares these regions */
+        pl->y4_ok = eenet_wl4_ok(C, K, H, W);
+        if (pl->y4_ok) {
+            size_t sh4 = 0, sl4 = 0;
+            eenet_wl4_sizes(C, K, H, W, &sh4, &sl4);
+            wl_shared = sh4 > wl_shared ? sh4 : wl_shared;
+            wl_slot = sl4 > wl_slot ? sl4 : wl_slot;
+        }
         pl->o_wlu = at, at += round16(wl_shared);
     }
     pl->shared = at;
@@ -547,6 +565,7 @@ static int wino_auto_dw(const conv_plan *pl) {
  *   16->16 14x14: N=1 79.5->72.8 / 72.7->68.3 (the one loss: 49 tiles in 4
  *     vectors of 16), N=5 94.4->101.2 / 90.4->97.1, N=17 98.8->139.0 /
  *     96.2->136.3, N=128 101.2->158.7 / 98.7->156.6.
+ * (16->16 7x7 and 8x8 now take the F(4x4) path of wl4_pick, faster still.)
  * Not chosen (earlier versions of this path, same op counts): 8->8 7x7
  * (0.71-0.83x forward), 8->8 14x14 (0.70-1.01x), 4->4 14x14/28x28
  * (0.33-0.77x: with few channels the transforms, O(C+K) per tile, outweigh
@@ -581,10 +600,36 @@ static int wino4_pick(const conv_plan *pl) {
     return pl->C == 16 && pl->K == 16 && pl->H == 32 && pl->W == 32;
 }
 
+/* Whether the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) replaces
+ * the batch-lane F(2x2) one (wlanes_pick) for forward and backward-data:
+ * 16->16 on 7x7 and 8x8 planes, 4 tiles of 4x4 per sample (144 products per
+ * channel pair; F(2x2): 256).  Measured (1 thread, CPU time, best of 30x5,
+ * GFLOP/s of the direct convolution's 2*N*K*C*9*H*W, eenet.ops-level
+ * _core.conv2d_forward / conv2d_backward(need_dw=False), F(2x2) batch lanes
+ * -> F(4x4) channel lanes, forward / backward-data):
+ *   16->16 7x7: N=1 43.3->51.3 / 39.4->47.3, N=5 79.0->123.8 / 74.2->115.5,
+ *     N=17 117.0->182.8 / 114.7->174.3, N=32 121.6->195.7 / 119.9->187.6,
+ *     N=128 133.0->206.7 / 129.3->200.0; benchmarks/kernels.py (--threads 1
+ *     --clock cpu --stat min, main 49433b5 -> this) N=128 forward 115.2 ->
+ *     201.3 (torch ratio 1.27 -> 2.17), backward-data 111.6 -> 190.6 (1.31 ->
+ *     2.03); N=32 121.5 -> 196.9 / 120.5 -> 186.1;
+ *   16->16 8x8: N=1 58.6->72.4 / 52.9->64.6, N=5 106.9->177.2 /
+ *     101.1->164.4, N=17 113.8->210.1 / 106.4->199.8, N=128 121.2->228.4 /
+ *     107.0->220.7.
+ * Accuracy (x, w, dy standard normal, 40 seeds of 4 samples, worst error over
+ * the tests' tolerance rtol 1e-4 + atol 1e-5 x max|ref|): 7x7 forward 0.108,
+ * backward-data 0.154 (F(2x2): 0.015 / 0.017); 8x8 0.138 / 0.134.  Other
+ * planes (4 < H, W <= 8, set_impl 9) were not measured.  Like wlanes_pick,
+ * never looks at N nor at the thread count (one sample at a time: its bits
+ * do not depend on them). */
+static int wl4_pick(const conv_plan *pl) {
+    return pl->C == 16 && pl->K == 16 && pl->H == pl->W && (pl->W == 7 || pl->W == 8);
+}
+
 static void plan_choose(conv_plan *pl) {
     /* 7 forces the batch-lane Winograd path (below), 8 the F(4x4) forward;
      * otherwise they are 0 */
-    int impl = conv_impl == 7 || conv_impl == 8 ? 0 : conv_impl;
+    int impl = conv_impl == 7 || conv_impl == 8 || conv_impl == 9 ? 0 : conv_impl;
     int avail = pl->direct_ok && impl != 1 && eenet_conv_direct_available();
     int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
     int prefer = avail && (impl != 0 || !one);
@@ -635,7 +680,10 @@ static void plan_choose(conv_plan *pl) {
     pl->use_ld = lanes && pl->bd_ok && (impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
     /* batch-lane Winograd: forward and backward-data (wlanes_pick) */
     int wl = pl->wl_ok && eenet_conv_direct_available() && (conv_impl == 7 || conv_impl == 0);
-    pl->use_xf = wl && (conv_impl == 7 || wlanes_pick(pl));
+    /* channel-lane F(4x4) (wl4_pick) where chosen, instead of F(2x2) lanes */
+    pl->use_yf = pl->wl_ok && pl->y4_ok && eenet_conv_direct_available() &&
+                 (conv_impl == 9 || (conv_impl == 0 && wl4_pick(pl)));
+    pl->use_xf = wl && !pl->use_yf && (conv_impl == 7 || wlanes_pick(pl));
     pl->use_xd = pl->use_xf; /* one measured choice for both directions */
     /* Winograd F(4x4,3x3) forward (wino4_pick); backward keeps the paths above */
     pl->use_qf = pl->w4_ok && !pl->use_xf && eenet_conv_direct_available() &&
@@ -1324,6 +1372,9 @@ static void bias_grad(float *dbias, const float *dout, int N, int K, int howo) {
  * thread, C caller: one sample 4.10 -> 3.23 us, 55 -> 70 GFLOP/s; five
  * 12.8 -> 12.0 us), 0 for paths that transform nothing worth keeping. */
 static int prepared_tag(const conv_plan *pl) {
+    if (pl->use_yf) {
+        return 5; /* U (36, C, K) of eenet_wl4_weights */
+    }
     if (pl->use_xf) {
         return 3;
     }
@@ -1343,6 +1394,9 @@ size_t eenet_conv2d_prepared_floats(int C, int H, int W, int K, int kh, int kw, 
     plan_init(&pl, 1, C, H, W, K, kh, kw, stride, pad);
     size_t n = pl.wino_ok ? eenet_wino_weights_floats(C, K) : 0;
     size_t nl = pl.wl_ok ? 16 * (size_t)C * K : 0; /* eenet_wlanes_weights' U */
+    if (pl.y4_ok) {
+        nl = 36 * (size_t)C * K; /* eenet_wl4_weights' U */
+    }
     size_t n4 = pl.wino_ok && pl.w4_ok ? eenet_wino4_weights_floats(C, K) : 0;
     n = n > nl ? n : nl;
     return n > n4 ? n : n4;
@@ -1358,7 +1412,9 @@ int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K
     plan_init(&pl, 1, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
     const int tag = prepared_tag(&pl);
-    if (tag == 3) {
+    if (tag == 5) {
+        eenet_wl4_weights(prep, w, K, C, 0);
+    } else if (tag == 3) {
         eenet_wlanes_weights(prep, w, K, C, 0);
     } else if (tag == 4) {
         eenet_wino4_weights(prep, w, K, C);
@@ -1413,6 +1469,17 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
+    if (pl.use_yf) {
+        /* channel-lane F(4x4): U (36, C, K) prepared, or made for this call */
+        const float *u = prep && prep_tag == 5 ? prep : workspace + pl.o_wlu;
+        if (u != prep) {
+            eenet_wl4_weights(workspace + pl.o_wlu, w, K, C, 0);
+        }
+        eenet_wl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
+                       pick_threads_wino(nthreads, &pl));
+        epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
+        return EENET_OK;
+    }
     if (pl.use_xf) {
         /* batch-lane Winograd: U (16, C, K) prepared, or made for this call */
         const float *u = prep && prep_tag == 3 ? prep : workspace + pl.o_wlu;
@@ -1468,6 +1535,19 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
+    if (pl.use_yf && dinp) {
+        /* dw, dbias by the paths above, then dinp += the channel-lane F(4x4)
+         * convolution of dout with the flipped, transposed kernel */
+        if (dw || dbias) {
+            conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
+                              pick_threads(nthreads, &pl, 0), &pl);
+        }
+        float *u = workspace + pl.o_wlu;
+        eenet_wl4_weights(u, w, C, K, 1);
+        eenet_wl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
+                       pick_threads_wino(nthreads, &pl));
+        return EENET_OK;
+    }
     if (pl.use_xd && dinp) {
         /* dw, dbias by the paths above, then dinp += the batch-lane Winograd
          * convolution of dout with the flipped, transposed kernel */

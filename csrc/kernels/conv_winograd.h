@@ -133,4 +133,30 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
                       const float *u_pre, const float *bias, float *shared, float *slots,
                       size_t slot_stride, int N, int cin, int cout, int H, int W, int nt);
 
+/* ---- Winograd F(4x4,3x3), 16 -> 16 on small planes (conv_wl4.c) ---- */
+
+/* 1 if eenet_wl4_conv handles a C -> K layer on an H x W plane (C = K = 16,
+ * 4 < H, W <= 8: 2x2 tiles of 4x4 outputs). */
+int eenet_wl4_ok(int C, int K, int H, int W);
+
+/* Workspace of eenet_wl4_conv (either direction): `shared` floats (U) once,
+ * `slot` floats per thread.  Depends on the sizes only. */
+void eenet_wl4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
+
+/* u (36, cin, cout) = U_e[co][ci] = (G g G^T)[e/6][e%6] (points 0, 1, -1,
+ * 1/2, -2, inf; in double, rounded once) for g = w[co][ci] (flip = 0; w
+ * (cout, cin, 3, 3)) or g[a][b] = w[ci][co][2-a][2-b] (flip = 1; w (cin,
+ * cout, 3, 3): backward-data). */
+void eenet_wl4_weights(float *u, const float *w, int cout, int cin, int flip);
+
+/* out (N, 16, H, W) = conv3x3_pad1(inp (N, 16, H, W)) + bias (accumulate =
+ * 0; bias NULL: none) or out += conv (accumulate = 1), with u from
+ * eenet_wl4_weights.  AVX-512 only (caller checked the CPU and
+ * eenet_wl4_ok); up to nt threads over the samples, slots slot_stride floats
+ * apart sized by eenet_wl4_sizes.  A sample's bits do not depend on N, its
+ * position or nt. */
+void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u,
+                    const float *bias, float *slots, size_t slot_stride, int N, int H, int W,
+                    int nt);
+
 #endif /* EENET_CONV_WINOGRAD_H */

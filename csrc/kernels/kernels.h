@@ -72,7 +72,8 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
  * call; ask again after changing the implementation switch below.  Today the
  * per-sample Winograd path (3x3 stride-1 layers of 16-64 channels), the
  * Winograd F(4x4,3x3) forward (16->16 on 32x32 planes, tag 4) and the
- * batch-lane Winograd path (16->16 on 7x7, 8x8, 14x14 planes) prepare their
+ * batch-lane Winograd path (16->16 on 8x8, 14x14 planes, tag 3) and the
+ * channel-lane F(4x4) path (16->16 on 7x7 planes, tag 5) prepare their
  * transformed weights: one transform of 64->64 weights costs about as much
  * as the products of one 8x8 sample. */
 size_t eenet_conv2d_prepared_floats(int C, int H, int W, int K, int kh, int kw, int stride,
@@ -110,7 +111,11 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
  * every 3x3 stride-1 pad-1 layer with C, K <= 16 (others as 0), 8 the
  * Winograd F(4x4,3x3) forward (conv_wino4.c) of every 3x3 stride-1 pad-1
  * layer with C, K <= 128 on 32-wide planes with H a multiple of 8 (AVX-512;
- * its backward and other layers as 0).  Other values
+ * its backward and other layers as 0), 9 the channel-lane Winograd
+ * F(4x4,3x3) path (conv_wl4.c) for forward and backward-data of every 16->16
+ * 3x3 stride-1 pad-1 layer on planes with 4 < H, W <= 8 (AVX-512; others as
+ * 0; on 16->16 7x7 it is the automatic choice, 7 forces F(2x2) lanes
+ * there).  Other values
  * select 0.  Returns the previous value.  Never
  * changes results beyond float rounding, nor workspace sizes. */
 int eenet_conv2d_set_impl(int impl);
