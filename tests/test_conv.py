@@ -849,7 +849,7 @@ def test_c_prepared_weights_same_bits(rng, shape, impl):
         impl == 7 and s == 1 and max(C, K) <= 16 and H * W <= 1024)
     # the channel-lane F(4x4) path (16->16 on 7x7/8x8, or forced by 9)
     if _avx512() and s == 1 and (C, K) == (16, 16) and (
-            (impl == 0 and H == W and H in (7, 8)) or (impl == 9 and 4 < H <= 8 and 4 < W <= 8)):
+            (impl == 0 and H == W == 7) or (impl == 9 and 4 < H <= 8 and 4 < W <= 8)):
         assert tag == 5
     if winograd or wlanes:
         assert tag != 0   # the Winograd paths: their transformed weights are kept
@@ -1022,13 +1022,12 @@ def test_wino4_c_respects_workspace(rng, impl_s5):
 
 
 # ---- channel-lane Winograd F(4x4,3x3) (conv_wl4.c) ----------------------------
-# Chosen automatically for forward and backward-data of 16->16 on 7x7 and 8x8
-# planes (EENet-8 f=4), forced with set_impl 9 on every 16->16 plane with
-# 4 < H, W <= 8.  One sample at a time (channels in the lanes): a sample's bits
+# Chosen automatically for forward and backward-data of 16->16 on 7x7 planes
+# (EENet-8 f=4), forced with set_impl 9 on every 16->16 plane with 4 < H, W <= 8.  One sample at a time (channels in the lanes): a sample's bits
 # never depend on its batch or the thread count.
 
 WL4_SHAPES = [(1, 16, 7, 7, 16), (5, 16, 7, 7, 16), (16, 16, 7, 7, 16), (17, 16, 7, 7, 16),
-              (32, 16, 7, 7, 16), (128, 16, 7, 7, 16), (1, 16, 8, 8, 16), (17, 16, 8, 8, 16)]
+              (32, 16, 7, 7, 16), (128, 16, 7, 7, 16)]
 
 
 def _wl4_switch(value):
@@ -1043,7 +1042,8 @@ def _wl4_err(y, ref):
 
 
 @pytest.mark.parametrize("sw_s5", [(0, s) for s in WL4_SHAPES] + [
-    (9, (3, 16, 5, 5, 16)), (9, (18, 16, 6, 8, 16)), (9, (2, 16, 8, 5, 16))])
+    (9, (3, 16, 5, 5, 16)), (9, (18, 16, 6, 8, 16)), (9, (2, 16, 8, 5, 16)),
+    (9, (1, 16, 8, 8, 16)), (9, (17, 16, 8, 8, 16))])
 def test_wl4_matches_numpy(rng, sw_s5):
     """Forward and data gradient against the float64 reference (bias or not;
     batches with and without whole groups of 16), and the path is the one
@@ -1076,7 +1076,7 @@ def test_wl4_matches_numpy(rng, sw_s5):
 def test_wl4_accuracy_margin():
     """F(4x4)'s float32 rounding error on 16->16 7x7 (x, w, dy standard normal,
     8 seeds of 4 samples): worst error over the tolerance every test applies
-    (rtol 1e-4, atol 1e-5 x max|ref|) measured WL4_MARGIN; fail above 0.3."""
+    (rtol 1e-4, atol 1e-5 x max|ref|) measured 0.15 (40 seeds); fail above 0.3."""
     old = _wl4_switch(0)
     worst = 0.0
     try:
@@ -1093,7 +1093,7 @@ def test_wl4_accuracy_margin():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("sw_s5", [(0, (37, 16, 7, 7, 16)), (0, (19, 16, 8, 8, 16)),
+@pytest.mark.parametrize("sw_s5", [(0, (37, 16, 7, 7, 16)), (9, (19, 16, 8, 8, 16)),
                                    (9, (18, 16, 6, 5, 16))])
 def test_wl4_batch_invariant(rng, sw_s5, threads):
     """A sample's forward output and input gradient are bit-identical alone and
@@ -1112,11 +1112,13 @@ def test_wl4_batch_invariant(rng, sw_s5, threads):
         _wl4_switch(old)
 
 
-@pytest.mark.parametrize("s5", [(40, 16, 7, 7, 16), (3, 16, 7, 7, 16), (33, 16, 8, 8, 16)])
-def test_wl4_threads_give_same_bits(rng, s5):
+@pytest.mark.parametrize("sw_s5", [(0, (40, 16, 7, 7, 16)), (0, (3, 16, 7, 7, 16)),
+                                   (9, (33, 16, 8, 8, 16))])
+def test_wl4_threads_give_same_bits(rng, sw_s5):
+    sw, s5 = sw_s5
     x, w, b, dy = _arrays(rng, _wshape(s5))
     old = eenet.get_num_threads()
-    old_sw = _wl4_switch(0)
+    old_sw = _wl4_switch(sw)
     try:
         outs = []
         for t in (1, 2):
@@ -1130,7 +1132,7 @@ def test_wl4_threads_give_same_bits(rng, s5):
         np.testing.assert_array_equal(a, r)
 
 
-@pytest.mark.parametrize("sw_s5", [(0, (35, 16, 7, 7, 16)), (0, (3, 16, 8, 8, 16)),
+@pytest.mark.parametrize("sw_s5", [(0, (35, 16, 7, 7, 16)), (9, (3, 16, 8, 8, 16)),
                                    (9, (5, 16, 6, 7, 16))])
 def test_wl4_c_accumulates_and_respects_workspace(rng, sw_s5):
     """Through the C API: backward-data ADDS into dinp; a workspace sized for
