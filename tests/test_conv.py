@@ -1022,8 +1022,9 @@ def test_wino4_c_respects_workspace(rng, impl_s5):
 
 
 # ---- channel-lane Winograd F(4x4,3x3) (conv_wl4.c) ----------------------------
-# Chosen automatically for forward and backward-data of 16->16 on 7x7 planes
-# (EENet-8 f=4), forced with set_impl 9 on every 16->16 plane with 4 < H, W <= 8.  One sample at a time (channels in the lanes): a sample's bits
+# Chosen automatically for forward, backward-data and weight gradient of 16->16
+# on 7x7 planes (EENet-8 f=4), forced with set_impl 9 on every 16->16 plane with
+# 4 < H, W <= 8.  One sample at a time (channels in the lanes): a sample's bits
 # never depend on its batch or the thread count.
 
 WL4_SHAPES = [(1, 16, 7, 7, 16), (5, 16, 7, 7, 16), (16, 16, 7, 7, 16), (17, 16, 7, 7, 16),
@@ -1058,13 +1059,22 @@ def test_wl4_matches_numpy(rng, sw_s5):
             y = _core.conv2d_forward(x, w, b, 1, 1)
             _close(y, ref)
             assert _wl4_err(y, ref) < 0.5
-            rdx = ref_backward(dy, x, w, 1, 1)[0]
-            dx = _core.conv2d_backward(dy, x, w, 1, 1, bias)[0]
+            rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+            dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, bias)
             _close(dx, rdx)
             assert _wl4_err(dx, rdx) < 0.5
+            _close(dw, rdw)
+            assert _wl4_err(dw, rdw) < 0.5
+            if bias:
+                _close(db, rdb)
             dx3, dw3, _ = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)
             assert dw3 is None
             np.testing.assert_array_equal(dx3, dx)
+            dx4, dw4, db4 = _core.conv2d_backward(dy, x, w, 1, 1, bias, need_dx=False)
+            assert dx4 is None
+            np.testing.assert_array_equal(dw4, dw)
+            if bias:
+                np.testing.assert_array_equal(db4, db)
             if _avx512():
                 _wl4_switch(7)
                 assert not np.array_equal(_core.conv2d_forward(x, w, b, 1, 1), y)
@@ -1075,21 +1085,27 @@ def test_wl4_matches_numpy(rng, sw_s5):
 
 def test_wl4_accuracy_margin():
     """F(4x4)'s float32 rounding error on 16->16 7x7 (x, w, dy standard normal,
-    8 seeds of 4 samples): worst error over the tolerance every test applies
-    (rtol 1e-4, atol 1e-5 x max|ref|) measured 0.15 (40 seeds); fail above 0.3."""
+    8 seeds of 4 samples; the weight gradient also at 128 samples, its sums
+    over 512 tiles): worst error over the tolerance every test applies
+    (rtol 1e-4, atol 1e-5 x max|ref|) measured 0.15 for forward and
+    backward-data, 0.12 for the weight gradient (40 seeds of 4, 10 of 128); fail
+    above 0.3."""
     old = _wl4_switch(0)
-    worst = 0.0
+    worst = [0.0, 0.0]
     try:
         for seed in range(8):
             r = np.random.default_rng(2000 + seed)
-            x, w, b, dy = _arrays(r, _wshape((4, 16, 7, 7, 16)))
-            worst = max(worst, _wl4_err(_core.conv2d_forward(x, w, b, 1, 1),
-                                        ref_forward(x, w, b, 1, 1)))
-            dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
-            worst = max(worst, _wl4_err(dx, ref_backward(dy, x, w, 1, 1)[0]))
+            x, w, b, dy = _arrays(r, _wshape((4 if seed < 6 else 128, 16, 7, 7, 16)))
+            rdx, rdw, _ = ref_backward(dy, x, w, 1, 1)
+            dx, dw, _ = _core.conv2d_backward(dy, x, w, 1, 1, False)
+            worst[1] = max(worst[1], _wl4_err(dw, rdw))
+            if seed < 6:
+                worst[0] = max(worst[0], _wl4_err(_core.conv2d_forward(x, w, b, 1, 1),
+                                                  ref_forward(x, w, b, 1, 1)),
+                               _wl4_err(dx, rdx))
     finally:
         _wl4_switch(old)
-    assert 0.0 < worst < 0.3
+    assert 0.0 < worst[0] < 0.3 and 0.0 < worst[1] < 0.3
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -1123,13 +1139,16 @@ def test_wl4_threads_give_same_bits(rng, sw_s5):
         outs = []
         for t in (1, 2):
             eenet.set_num_threads(t)
-            outs.append((_core.conv2d_forward(x, w, b, 1, 1),
-                         _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]))
+            outs.append((_core.conv2d_forward(x, w, b, 1, 1),)
+                        + _core.conv2d_backward(dy, x, w, 1, 1, True))
     finally:
         eenet.set_num_threads(old)
         _wl4_switch(old_sw)
-    for a, r in zip(*outs):
+    for a, r in zip(outs[0][:2], outs[1][:2]):
         np.testing.assert_array_equal(a, r)
+    # the weight and bias gradients sum per-thread partials: equal to rounding
+    for a, r in zip(outs[0][2:], outs[1][2:]):
+        _close(a, r)
 
 
 @pytest.mark.parametrize("sw_s5", [(0, (35, 16, 7, 7, 16)), (9, (3, 16, 8, 8, 16)),

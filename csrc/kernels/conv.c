@@ -41,11 +41,12 @@
  *     pad-1 layers on 32x32 planes (wino4_pick), 36 products per 16 outputs
  *     instead of 64, transforms vectorised over two tile rows of 8 tiles;
  *     one thread, forward 115-123 -> 163-216 GFLOP/s at N = 1..32;
- *   - channel-lane Winograd F(4x4,3x3) (conv_wl4.c): forward and
- *     backward-data of 16->16 3x3 stride-1 pad-1 layers on 7x7 planes
+ *   - channel-lane Winograd F(4x4,3x3) (conv_wl4.c): forward, backward-data
+ *     and weight gradient of 16->16 3x3 stride-1 pad-1 layers on 7x7 planes
  *     (wl4_pick), one sample at a time, channels in the zmm lanes;
  *     16->16 7x7 at batch 128, one thread: forward 133 -> 207 GFLOP/s,
- *     backward-data 129 -> 200 (over the F(2x2) batch lanes below);
+ *     backward-data 129 -> 200 (over the F(2x2) batch lanes below), weight
+ *     gradient with bias 92 -> 183;
  *   - batch-lane Winograd F(2x2,3x3) (conv_wlanes.c): forward and
  *     backward-data of 16->16 3x3 stride-1 pad-1 layers on 8x8 and 14x14
  *     planes (wlanes_pick; 7x7 before the F(4x4) path), whole groups of 16 samples in the zmm
@@ -118,8 +119,8 @@ static size_t round16(size_t n) {
  * every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512), the rest as 0,
  * 8: the Winograd F(4x4,3x3) forward (conv_wino4.c) for every 3x3 stride-1
  * pad-1 layer on 32-wide planes (H a multiple of 8, AVX-512), the rest as 0,
- * 9: the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward and
- * backward-data of every 16->16 3x3 stride-1 pad-1 layer on planes with
+ * 9: the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward,
+ * backward-data and weight gradient of every 16->16 3x3 stride-1 pad-1 layer on planes with
  * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there). */
 static int conv_impl = 0;
 
@@ -182,6 +183,7 @@ typedef struct {
     int use_xf, use_xd;          /* batch-lane Winograd forward / backward-data */
     int y4_ok;                   /* channel-lane F(4x4) possible (conv_wl4.c) */
     int use_yf;                  /* channel-lane F(4x4) forward and backward-data */
+    int use_yw;                  /* ... and its weight gradient */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group (q-space planes) */
@@ -601,7 +603,8 @@ static int wino4_pick(const conv_plan *pl) {
 }
 
 /* Whether the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) replaces
- * the batch-lane F(2x2) one (wlanes_pick) for forward and backward-data:
+ * the batch-lane F(2x2) one (wlanes_pick) for forward and backward-data, and
+ * the direct paths for the weight gradient (with the bias gradient):
  * 16->16 on 7x7 planes, 4 tiles of 4x4 per sample (144 products per
  * channel pair; F(2x2): 256).  Measured (1 thread, CPU time, best of 30x5,
  * GFLOP/s of the direct convolution's 2*N*K*C*9*H*W, eenet.ops-level
@@ -613,12 +616,19 @@ static int wino4_pick(const conv_plan *pl) {
  *     --clock cpu --stat min, main 49433b5 -> this) N=128 forward 115.2 ->
  *     201.3 (torch ratio 1.27 -> 2.17), backward-data 111.6 -> 190.6 (1.31 ->
  *     2.03); N=32 121.5 -> 196.9 / 120.5 -> 186.1;
+ *   weight gradient with bias (16->16 7x7, need_dx=False, the K-vectorised
+ *     q-space path -> F(4x4): dU_e (36, k, c) summed per thread over blocks
+ *     of 4 samples, G^T dU G in double at the end): N=1 21.6->39.3, N=5
+ *     57.5->111.7, N=17 79.8->162.6, N=32 86.2->178.2, N=128 92.1->182.7;
+ *     kernels.py N=128 bwd-weight 89.2 (main 49433b5) -> 185.0 (torch ratio
+ *     1.31 -> 2.57), N=32 84.3 -> 155.0;
  *   16->16 8x8: N=1 58.6->72.4 / 52.9->64.6, N=5 106.9->177.2 /
  *     101.1->164.4, N=17 113.8->210.1 / 106.4->199.8, N=128 121.2->228.4 /
  *     107.0->220.7.
  * Accuracy (x, w, dy standard normal, 40 seeds of 4 samples, worst error over
  * the tests' tolerance rtol 1e-4 + atol 1e-5 x max|ref|): 7x7 forward 0.108,
- * backward-data 0.154 (F(2x2): 0.015 / 0.017); 8x8 0.138 / 0.134.
+ * backward-data 0.154 (F(2x2): 0.015 / 0.017), weight gradient 0.122 (N=4;
+ * 0.109 at N=128, 10 seeds); 8x8 0.138 / 0.134.
  * 8x8 is NOT chosen although faster: with it the eenet20 (3x16x16) five-step
  * SGD trajectory test (tests/test_net.py) meets a ReLU input 1.9e-7 of its
  * tensor's max from zero, inside F(4x4)'s rounding error, and its gradient
@@ -687,6 +697,7 @@ static void plan_choose(conv_plan *pl) {
     /* channel-lane F(4x4) (wl4_pick) where chosen, instead of F(2x2) lanes */
     pl->use_yf = pl->wl_ok && pl->y4_ok && eenet_conv_direct_available() &&
                  (conv_impl == 9 || (conv_impl == 0 && wl4_pick(pl)));
+    pl->use_yw = pl->use_yf; /* measured faster wherever use_yf is chosen */
     pl->use_xf = wl && !pl->use_yf && (conv_impl == 7 || wlanes_pick(pl));
     pl->use_xd = pl->use_xf; /* one measured choice for both directions */
     /* Winograd F(4x4,3x3) forward (wino4_pick); backward keeps the paths above */
@@ -1539,12 +1550,19 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
     conv_plan pl;
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
-    if (pl.use_yf && dinp) {
-        /* dw, dbias by the paths above, then dinp += the channel-lane F(4x4)
-         * convolution of dout with the flipped, transposed kernel */
-        if (dw || dbias) {
+    if (pl.use_yf && (dinp || (dw && pl.use_yw))) {
+        /* dw through the F(4x4) domain (use_yw) or with dbias by the paths
+         * above, then dinp += the channel-lane F(4x4) convolution of dout
+         * with the flipped, transposed kernel */
+        if (dw && pl.use_yw) {
+            eenet_wl4_dw(dw, dbias, dout, inp, workspace + pl.shared + pl.s_wl, pl.slot, N, H,
+                         W, pick_threads_wino(nthreads, &pl));
+        } else if (dw || dbias) {
             conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
                               pick_threads(nthreads, &pl, 0), &pl);
+        }
+        if (!dinp) {
+            return EENET_OK;
         }
         float *u = workspace + pl.o_wlu;
         eenet_wl4_weights(u, w, C, K, 1);

@@ -159,4 +159,14 @@ void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u
                     const float *bias, float *slots, size_t slot_stride, int N, int H, int W,
                     int nt);
 
+/* Weight gradient of the same layer through the F(4x4) domain: dw (16, 16,
+ * 3, 3) += sum over samples and tiles of G^T [(A dY A^T) (.) (B^T d B)] G,
+ * dbias (16; NULL: none) += sum of dout over samples and pixels, dout (N, 16,
+ * H, W), inp (N, 16, H, W) (ACCUMULATES).
+ * Per thread a partial dU (36, 16, 16) summed over blocks of 4 samples (each
+ * block's sum formed from zero), the partials added in thread order, then
+ * G^T dU G in double.  Slots as for eenet_wl4_conv. */
+void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const float *inp, float *slots,
+                  size_t slot_stride, int N, int H, int W, int nt);
+
 #endif /* EENET_CONV_WINOGRAD_H */

@@ -1,7 +1,8 @@
 /* conv_wl4.c: Winograd F(4x4,3x3), 3x3 stride-1 pad-1, 16 -> 16 channels on
  * small planes (4 < H, W <= 8: 2x2 tiles of 4x4 outputs; EENet-8 f=4's
- * 16->16 7x7), forward and backward-data, AVX-512, one sample at a time with
- * the CHANNELS in the 16 lanes of a zmm (conv.c chooses it, see wl4_pick).
+ * 16->16 7x7), forward, backward-data and weight gradient, AVX-512, one
+ * sample at a time with the CHANNELS in the 16 lanes of a zmm (conv.c
+ * chooses it, see wl4_pick).
  *
  * Transforms and interpolation points {0, 1, -1, 1/2, -2, inf} as
  * conv_wino4.c (its header gives B^T, G, A^T): for the tile (ty, tx) the
@@ -25,6 +26,15 @@
  *       out = y + old when accumulating, as eenet_conv_lanes_out).
  * Every sample goes through the same operations whatever its batch, thread
  * count or position, so a sample's bits do not depend on them.
+ *
+ * Weight gradient (eenet_wl4_dw): dU_e[k][c] = sum over samples and tiles of
+ * D_e[k] V_e[c] with D = A dY A^T (6x6 from the 4x4 dout tile, zero outside
+ * the plane; A = (A^T)^T), V as above; dw[k][c] += G^T dU[k][c] G.  Per
+ * sample V (lane c) and D (lane k) are formed as above, then for each e a
+ * block of 4 samples x 4 tiles is summed in 16 registers (lane c, one per k,
+ * from zero) and added to the thread's partial dU (36, 16 k, 16 c); the
+ * partials are added in thread order and G^T dU G is formed in double
+ * (rounded once into dw).  dbias is the sum of the transposed dout vectors.
  */
 #include "conv_winograd.h"
 
@@ -51,10 +61,22 @@ int eenet_wl4_ok(int C, int K, int H, int W) {
 #define WL4_Y (WL4_M + 4 * 36 * 16)
 #define WL4_SLOT (WL4_Y + 64 * 16)
 
+/* Weight-gradient slot: dU partial (36, 16 k, 16 c), xp, yp (8, 8, 16) the
+ * sample's dout pixel-major (zero outside the plane), then V and D of a block
+ * of WL4_NB samples ((WL4_NB, 4, 36, 16) each). */
+#define WL4_NB 4
+#define WD_DU 0
+#define WD_XP (WD_DU + 36 * 256)
+#define WD_YP (WD_XP + WL4_PW * WL4_PW * 16)
+#define WD_V (WD_YP + 64 * 16)
+#define WD_D (WD_V + WL4_NB * 4 * 36 * 16)
+#define WD_DB (WD_D + WL4_NB * 4 * 36 * 16) /* dbias partial (16 k) */
+#define WD_SLOT (WD_DB + 16)
+
 void eenet_wl4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     (void)H, (void)W;
     *shared = r16(36 * (size_t)C * K);
-    *slot = r16(WL4_SLOT);
+    *slot = r16(WL4_SLOT > WD_SLOT ? WL4_SLOT : WD_SLOT);
 }
 
 /* G (6x3) of the points 0, 1, -1, 1/2, -2, inf (conv_wino4.c). */
@@ -201,10 +223,9 @@ WL4_INLINE void prod2(float *mm, const float *v, const float *u, int e0) {
     }
 }
 
-/* One sample: out (16, H, W) = conv + bias (or += conv) of x (16, H, W). */
-static WL4_AVX512 void wl4_sample(float *out, int accumulate, const float *x, const float *u,
-                                  const float *bias, float *slot, int H, int W) {
-    float *xp = slot + WL4_XP, *v = slot + WL4_V, *mm = slot + WL4_M, *yb = slot + WL4_Y;
+/* v (4, 36, 16) = V_e of the 4 tiles of one sample x (16, H, W), lane c,
+ * through xp (10, 10, 16) (borders zero, interior overwritten). */
+WL4_INLINE void wl4_in(float *v, float *xp, const float *x, int H, int W) {
     const int hw = H * W;
     /* xp interior = x transposed to pixel-major (borders stay zero) */
     for (int p0 = 0; p0 < hw; p0 += 16) {
@@ -238,6 +259,14 @@ static WL4_AVX512 void wl4_sample(float *out, int accumulate, const float *x, co
             }
         }
     }
+}
+
+/* One sample: out (16, H, W) = conv + bias (or += conv) of x (16, H, W). */
+static WL4_AVX512 void wl4_sample(float *out, int accumulate, const float *x, const float *u,
+                                  const float *bias, float *slot, int H, int W) {
+    float *xp = slot + WL4_XP, *v = slot + WL4_V, *mm = slot + WL4_M, *yb = slot + WL4_Y;
+    const int hw = H * W;
+    wl4_in(v, xp, x, H, W);
     for (int e0 = 0; e0 < 36; e0 += 2) {
         prod2(mm, v, u, e0);
     }
@@ -313,6 +342,183 @@ WL4_AVX512 void eenet_wl4_conv(float *out, int accumulate, const float *inp, con
     }
 }
 
+/* o = A y (6 from 4; A = (A^T)^T of conv_wino4.c):
+ *   o0 = y0, o1 = (y0 + y1) + (y2 + y3), o2 = (y0 + y2) - (y1 + y3),
+ *   o3 = y0 + 1/2 y1 + 1/4 y2 + 1/8 y3, o4 = y0 - 2 y1 + 4 y2 - 8 y3, o5 = y3 */
+WL4_INLINE void a6(__m512 o[6], __m512 y0, __m512 y1, __m512 y2, __m512 y3) {
+    o[0] = y0;
+    o[1] = _mm512_add_ps(_mm512_add_ps(y0, y1), _mm512_add_ps(y2, y3));
+    o[2] = _mm512_sub_ps(_mm512_add_ps(y0, y2), _mm512_add_ps(y1, y3));
+    o[3] = _mm512_fmadd_ps(_mm512_set1_ps(0.125f), y3,
+                           _mm512_fmadd_ps(_mm512_set1_ps(0.25f), y2,
+                                           _mm512_fmadd_ps(_mm512_set1_ps(0.5f), y1, y0)));
+    o[4] = _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), y3,
+                            _mm512_fmadd_ps(_mm512_set1_ps(4.0f), y2,
+                                            _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), y1, y0)));
+    o[5] = y3;
+}
+
+/* d (4, 36, 16) = D_e = (A dY A^T)[e/6][e%6] of the 4 tiles of one sample's
+ * dout dy (16, H, W), lane k, through yp (8, 8, 16) (zero outside the
+ * plane: written inside only).  Returns the sum of dy over the plane (lane k:
+ * pixels in order from zero). */
+WL4_INLINE __m512 wl4_dy(float *d, float *yp, const float *dy, int H, int W) {
+    const int hw = H * W;
+    __m512 bsum = _mm512_setzero_ps();
+    for (int p0 = 0; p0 < hw; p0 += 16) {
+        int np = hw - p0 < 16 ? hw - p0 : 16;
+        __mmask16 mk = (__mmask16)(np == 16 ? 0xFFFF : (1u << np) - 1u);
+        __m512 r[16];
+        for (int k = 0; k < 16; k++) {
+            r[k] = _mm512_maskz_loadu_ps(mk, dy + (size_t)k * hw + p0);
+        }
+        tr16(r);
+        for (int j = 0; j < np; j++) {
+            int p = p0 + j;
+            _mm512_storeu_ps(yp + (size_t)((p / W) * 8 + p % W) * 16, r[j]);
+            bsum = _mm512_add_ps(bsum, r[j]);
+        }
+    }
+    for (int t = 0; t < 4; t++) {
+        const float *b = yp + (size_t)(4 * (t >> 1) * 8 + 4 * (t & 1)) * 16;
+        __m512 s[4][6];
+        for (int a = 0; a < 4; a++) { /* rows: dY A^T */
+            const float *ra = b + (size_t)a * 8 * 16;
+            a6(s[a], _mm512_loadu_ps(ra), _mm512_loadu_ps(ra + 16), _mm512_loadu_ps(ra + 32),
+               _mm512_loadu_ps(ra + 48));
+        }
+        float *dt = d + (size_t)t * 36 * 16;
+        for (int j = 0; j < 6; j++) { /* columns: A (.) */
+            __m512 o[6];
+            a6(o, s[0][j], s[1][j], s[2][j], s[3][j]);
+            for (int i = 0; i < 6; i++) {
+                _mm512_storeu_ps(dt + (size_t)(6 * i + j) * 16, o[i]);
+            }
+        }
+    }
+    return bsum;
+}
+
+/* du (36, 16 k, 16 c) += sum over the nb samples and 4 tiles of v (nb, 4, 36,
+ * 16 c) times d (nb, 4, 36, 16 k): the block's sum formed from zero in
+ * registers (16 chains, one per k), then added to du. */
+static WL4_AVX512 void wl4_dw_block(float *du, const float *v, const float *d, int nb) {
+    for (int e = 0; e < 36; e++) {
+        __m512 acc[16];
+        for (int k = 0; k < 16; k++) {
+            acc[k] = _mm512_setzero_ps();
+        }
+        for (int q = 0; q < 4 * nb; q++) { /* q = 4n + t */
+            const size_t at = ((size_t)q * 36 + e) * 16;
+            __m512 x = _mm512_loadu_ps(v + at);
+            const float *dk = d + at;
+            for (int k = 0; k < 16; k++) {
+                acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(dk[k]), x, acc[k]);
+            }
+        }
+        float *de = du + (size_t)e * 256;
+        for (int k = 0; k < 16; k++) {
+            _mm512_storeu_ps(de + 16 * k, _mm512_add_ps(_mm512_loadu_ps(de + 16 * k), acc[k]));
+        }
+    }
+}
+
+WL4_AVX512 void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const float *inp,
+                             float *slots, size_t slot_stride, int N, int H, int W, int nt) {
+    const int nblk = (N + WL4_NB - 1) / WL4_NB;
+    if (nt > nblk) {
+        nt = nblk;
+    }
+    if (nt < 1) {
+        nt = 1;
+    }
+    const size_t img = (size_t)16 * H * W;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *slot = slots + (size_t)tid * slot_stride;
+        memset(slot + WD_DU, 0, sizeof(float) * 36 * 256);
+        memset(slot + WD_XP, 0, sizeof(float) * WL4_PW * WL4_PW * 16);
+        memset(slot + WD_YP, 0, sizeof(float) * 64 * 16);
+        memset(slot + WD_DB, 0, sizeof(float) * 16);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int bi = 0; bi < nblk; bi++) {
+            int n0 = bi * WL4_NB, nb = N - n0 < WL4_NB ? N - n0 : WL4_NB;
+            __m512 bs = _mm512_setzero_ps();
+            for (int i = 0; i < nb; i++) {
+                wl4_in(slot + WD_V + (size_t)i * 4 * 36 * 16, slot + WD_XP,
+                       inp + (size_t)(n0 + i) * img, H, W);
+                bs = _mm512_add_ps(bs, wl4_dy(slot + WD_D + (size_t)i * 4 * 36 * 16,
+                                              slot + WD_YP, dout + (size_t)(n0 + i) * img, H, W));
+            }
+            _mm512_storeu_ps(slot + WD_DB, _mm512_add_ps(_mm512_loadu_ps(slot + WD_DB), bs));
+            wl4_dw_block(slot + WD_DU, slot + WD_V, slot + WD_D, nb);
+        }
+    }
+    /* threads' partials summed in thread order into slot 0, then
+     * dw[k][c] += G^T dU[k][c] G (3x3 from 6x6) in double, rounded once */
+    float *du = slots + WD_DU;
+    for (int th = 1; th < nt; th++) {
+        const float *o = slots + (size_t)th * slot_stride + WD_DU;
+        for (int i = 0; i < 36 * 256; i += 16) {
+            _mm512_storeu_ps(du + i, _mm512_add_ps(_mm512_loadu_ps(du + i), _mm512_loadu_ps(o + i)));
+        }
+        const float *ob = slots + (size_t)th * slot_stride + WD_DB;
+        _mm512_storeu_ps(slots + WD_DB,
+                         _mm512_add_ps(_mm512_loadu_ps(slots + WD_DB), _mm512_loadu_ps(ob)));
+    }
+    if (dbias) {
+        for (int k = 0; k < 16; k++) {
+            dbias[k] += slots[WD_DB + k];
+        }
+    }
+    /* per output channel k, the 16 input channels c in two vectors of 8
+     * doubles: t = G^T dU (3x6), then G^T dU G = t G (3x3) */
+    for (int k = 0; k < 16; k++) {
+        float tmp[9][16];
+        for (int h = 0; h < 2; h++) {
+            __m512d t[3][6];
+            for (int j = 0; j < 6; j++) {
+                __m512d x[6];
+                for (int i = 0; i < 6; i++) {
+                    __m512 f = _mm512_loadu_ps(du + (size_t)(6 * i + j) * 256 + 16 * k);
+                    x[i] = _mm512_cvtps_pd(_mm512_castps512_ps256(
+                        h ? _mm512_shuffle_f32x4(f, f, 0xEE) : f));
+                }
+                for (int a = 0; a < 3; a++) {
+                    __m512d sum = _mm512_mul_pd(_mm512_set1_pd(wl4_G[0][a]), x[0]);
+                    for (int i = 1; i < 6; i++) {
+                        sum = _mm512_fmadd_pd(_mm512_set1_pd(wl4_G[i][a]), x[i], sum);
+                    }
+                    t[a][j] = sum;
+                }
+            }
+            for (int a = 0; a < 3; a++) {
+                for (int b = 0; b < 3; b++) {
+                    __m512d sum = _mm512_mul_pd(t[a][0], _mm512_set1_pd(wl4_G[0][b]));
+                    for (int j = 1; j < 6; j++) {
+                        sum = _mm512_fmadd_pd(t[a][j], _mm512_set1_pd(wl4_G[j][b]), sum);
+                    }
+                    _mm256_storeu_ps(&tmp[3 * a + b][8 * h], _mm512_cvtpd_ps(sum));
+                }
+            }
+        }
+        for (int c = 0; c < 16; c++) {
+            float *g = dw + ((size_t)k * 16 + c) * 9;
+            for (int ab = 0; ab < 9; ab++) {
+                g[ab] += tmp[ab][c];
+            }
+        }
+    }
+}
+
 #else /* not x86-64 GCC/Clang: conv.c never chooses this path */
 
 /* The plain statement of the weight transform (never chosen there). */
@@ -345,6 +551,12 @@ void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u
                     int nt) {
     (void)out, (void)accumulate, (void)inp, (void)u, (void)bias, (void)slots;
     (void)slot_stride, (void)N, (void)H, (void)W, (void)nt;
+}
+
+void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const float *inp, float *slots,
+                  size_t slot_stride, int N, int H, int W, int nt) {
+    (void)dw, (void)dbias, (void)dout, (void)inp, (void)slots, (void)slot_stride, (void)N, (void)H, (void)W;
+    (void)nt;
 }
 
 #endif

@@ -112,7 +112,8 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
  * Winograd F(4x4,3x3) forward (conv_wino4.c) of every 3x3 stride-1 pad-1
  * layer with C, K <= 128 on 32-wide planes with H a multiple of 8 (AVX-512;
  * its backward and other layers as 0), 9 the channel-lane Winograd
- * F(4x4,3x3) path (conv_wl4.c) for forward and backward-data of every 16->16
+ * F(4x4,3x3) path (conv_wl4.c) for forward, backward-data and weight
+ * gradient of every 16->16
  * 3x3 stride-1 pad-1 layer on planes with 4 < H, W <= 8 (AVX-512; others as
  * 0; on 16->16 7x7 it is the automatic choice, 7 forces F(2x2) lanes
  * there).  Other values
