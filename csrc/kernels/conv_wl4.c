@@ -468,7 +468,8 @@ WL4_AVX512 void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const f
     for (int th = 1; th < nt; th++) {
         const float *o = slots + (size_t)th * slot_stride + WD_DU;
         for (int i = 0; i < 36 * 256; i += 16) {
-            _mm512_storeu_ps(du + i, _mm512_add_ps(_mm512_loadu_ps(du + i), _mm512_loadu_ps(o + i)));
+            __m512 sum = _mm512_add_ps(_mm512_loadu_ps(du + i), _mm512_loadu_ps(o + i));
+            _mm512_storeu_ps(du + i, sum);
         }
         const float *ob = slots + (size_t)th * slot_stride + WD_DB;
         _mm512_storeu_ps(slots + WD_DB,
@@ -555,8 +556,8 @@ void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u
 
 void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const float *inp, float *slots,
                   size_t slot_stride, int N, int H, int W, int nt) {
-    (void)dw, (void)dbias, (void)dout, (void)inp, (void)slots, (void)slot_stride, (void)N, (void)H, (void)W;
-    (void)nt;
+    (void)dw, (void)dbias, (void)dout, (void)inp, (void)slots, (void)slot_stride, (void)N;
+    (void)H, (void)W, (void)nt;
 }
 
 #endif
