@@ -622,6 +622,11 @@ static int wino4_pick(const conv_plan *pl) {
  *     57.5->111.7, N=17 79.8->162.6, N=32 86.2->178.2, N=128 92.1->182.7;
  *     kernels.py N=128 bwd-weight 89.2 (main 49433b5) -> 185.0 (torch ratio
  *     1.31 -> 2.57), N=32 84.3 -> 155.0;
+ *   2 threads, wall clock (kernels.py --threads 2, N=128, load average
+ *     0.6-0.9: not a quiet machine; 49433b5 -> this, two runs): forward
+ *     226-252 -> 377-382 GFLOP/s (torch ratio 1.49-1.63 -> 2.41-2.48),
+ *     backward-data 217-239 -> 345-349 (1.43-1.59 -> 2.23-2.35), weight
+ *     gradient 175-179 -> 347-357 (1.52-1.54 -> 2.98-3.08);
  *   16->16 8x8: N=1 58.6->72.4 / 52.9->64.6, N=5 106.9->177.2 /
  *     101.1->164.4, N=17 113.8->210.1 / 106.4->199.8, N=128 121.2->228.4 /
  *     107.0->220.7.
