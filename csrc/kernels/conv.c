@@ -388,10 +388,29 @@ static int conv_max_threads(void) {
 #endif
 }
 
+/* Multiply-adds a convolution needs per thread it uses.  With eenet's default
+ * bounded spin (GOMP_SPINCOUNT, see eenet/__init__.py) a waiting worker starts
+ * within microseconds.  Measured (2 threads, EENet-8 layers, batch 128,
+ * GFLOP/s, 2M -> 0.5M): 4->8 14x14 stride 2 forward 67 -> 121-123 (it ran on
+ * one thread: 1.8M multiply-adds), 2->4 28x28 stride 2 forward 48-49 ->
+ * 72-94, 8->16 1x1 stride 2 forward 31 -> 60; EENet-8 training step at 2
+ * threads 27-28k -> 36-37k images/s (batch 32) and 38-41k -> 46-52k (batch
+ * 128).  0.25M was mixed (batch 128 training 36-40k). */
+#define CONV_MACS_PER_THREAD 5e5
+
+/* At most t threads, and at most one per CONV_MACS_PER_THREAD of the work
+ * (tiny convolutions are faster on one thread); at least 1. */
+static int bound_by_work(int t, const conv_plan *pl) {
+    double macs = (double)pl->N * pl->K * pl->Ho * pl->Wo * (double)pl->ckk;
+    double by_work = 1.0 + macs / CONV_MACS_PER_THREAD;
+    if ((double)t > by_work) {
+        t = (int)by_work;
+    }
+    return t < 1 ? 1 : t;
+}
+
 /* Threads to use: the caller's bound (the workspace's slots), the global
- * setting, the batch, and the work: at least ~2M multiply-adds per thread,
- * since waking a worker costs microseconds (milliseconds on a loaded machine)
- * and tiny convolutions are faster on one thread. */
+ * setting, the batch, and the work (bound_by_work). */
 static int pick_threads(int nthreads_ws, const conv_plan *pl, int split_rows) {
     int t = conv_max_threads();
     if (nthreads_ws >= 1 && t > nthreads_ws) {
@@ -400,12 +419,7 @@ static int pick_threads(int nthreads_ws, const conv_plan *pl, int split_rows) {
     if (!split_rows && t > pl->N) {
         t = pl->N;
     }
-    double macs = (double)pl->N * pl->K * pl->Ho * pl->Wo * (double)pl->ckk;
-    double by_work = 1.0 + macs / 2e6;
-    if ((double)t > by_work) {
-        t = (int)by_work;
-    }
-    return t < 1 ? 1 : t;
+    return bound_by_work(t, pl);
 }
 
 /* Threads for the Winograd path: as pick_threads but not bounded by the
@@ -416,12 +430,7 @@ static int pick_threads_wino(int nthreads_ws, const conv_plan *pl) {
     if (nthreads_ws >= 1 && t > nthreads_ws) {
         t = nthreads_ws;
     }
-    double macs = (double)pl->N * pl->K * pl->Ho * pl->Wo * (double)pl->ckk;
-    double by_work = 1.0 + macs / 2e6;
-    if ((double)t > by_work) {
-        t = (int)by_work;
-    }
-    return t < 1 ? 1 : t;
+    return bound_by_work(t, pl);
 }
 
 static int is_pointwise(int kh, int kw, int stride, int pad) {
