@@ -353,9 +353,15 @@ class Net:
         """
         x = self._check_any_batch(x)
         threshold = float(threshold)
-        chunks = [self._core.predict(x[i:i + self.max_batch], threshold)
-                  for i in range(0, x.shape[0], self.max_batch)]
-        labels, probs, exits, conf = (np.concatenate([c[j] for c in chunks]) for j in range(4))
+        if x.shape[0] <= self.max_batch:
+            # one chunk: the core's arrays as they are (the concatenations cost
+            # ~10 us a call, 4% of an EENet-8 batch of 32)
+            labels, probs, exits, conf = self._core.predict(x, threshold)
+        else:
+            chunks = [self._core.predict(x[i:i + self.max_batch], threshold)
+                      for i in range(0, x.shape[0], self.max_batch)]
+            labels, probs, exits, conf = (np.concatenate([c[j] for c in chunks])
+                                          for j in range(4))
         return Prediction(labels=labels, probs=probs, exit=exits,
                           cost=self.exit_costs[exits], conf=conf)
 
