@@ -172,34 +172,8 @@ WL4_AVX512 void eenet_wl4_weights(float *u, const float *w, int cout, int cin, i
     }
 }
 
-/* o = x B (conv_wino4.c bt6: the 6 columns of B^T applied to x0..x5). */
-WL4_INLINE void bt6(__m512 o[6], __m512 x0, __m512 x1, __m512 x2, __m512 x3, __m512 x4,
-                    __m512 x5) {
-    const __m512 c15 = _mm512_set1_ps(1.5f), c2 = _mm512_set1_ps(2.0f);
-    const __m512 ch = _mm512_set1_ps(0.5f);
-    __m512 c = _mm512_sub_ps(x4, x2);
-    __m512 d = _mm512_sub_ps(x3, x1);
-    o[0] = _mm512_fmadd_ps(c15, d, _mm512_fnmadd_ps(c2, x2, _mm512_add_ps(x0, x4)));
-    o[1] = _mm512_fmadd_ps(c15, _mm512_add_ps(x2, x3), _mm512_add_ps(c, d));
-    o[2] = _mm512_fmadd_ps(c15, _mm512_sub_ps(x3, x2), _mm512_sub_ps(c, d));
-    o[3] = _mm512_fmadd_ps(c2, d, c);
-    o[4] = _mm512_fnmadd_ps(ch, d, c);
-    o[5] = _mm512_fmadd_ps(c15, c, _mm512_fnmadd_ps(c2, x3, _mm512_add_ps(x1, x5)));
-}
-
-/* o = A^T x (conv_wino4.c at6: 4 from 6). */
-WL4_INLINE void at6(__m512 o[4], __m512 x0, __m512 x1, __m512 x2, __m512 x3, __m512 x4,
-                    __m512 x5) {
-    __m512 s12 = _mm512_add_ps(x1, x2), d12 = _mm512_sub_ps(x1, x2);
-    o[0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x0, s12), x3), x4);
-    o[1] = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), x4,
-                            _mm512_fmadd_ps(_mm512_set1_ps(0.5f), x3, d12));
-    o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.0f), x4,
-                           _mm512_fmadd_ps(_mm512_set1_ps(0.25f), x3, s12));
-    o[3] = _mm512_add_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.0f), x4,
-                                          _mm512_fmadd_ps(_mm512_set1_ps(0.125f), x3, d12)),
-                         x5);
-}
+/* bt6 (x B) and at6 (A^T x), shared with conv_wino4.c */
+#include "wino4_tf.h"
 
 /* m[t][e][k] = sum_{c in order} u[e][c][k] * v[t][e][c] for elements e0, e0+1
  * and the 4 tiles (8 independent FMA chains). */
