@@ -784,18 +784,25 @@ def test_wlanes_c_accumulates_and_respects_workspace(rng, s5, wlanes_impl):
 
 
 @pytest.mark.parametrize("scale", [1e4, 1e-4])
-def test_wlanes_large_and_small_values(rng, scale, wlanes_impl):
-    shape = _wshape((17, 16, 7, 7, 16))
-    x, w, b, dy = _arrays(rng, shape)
-    x *= scale
-    dy *= scale
-    b *= scale
-    ref = ref_forward(x, w, b, 1, 1)
-    np.testing.assert_allclose(_core.conv2d_forward(x, w, b, 1, 1), ref, rtol=RTOL,
-                               atol=ATOL * np.abs(ref).max())
-    rdx = ref_backward(dy, x, w, 1, 1)[0]
-    dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
-    np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=ATOL * np.abs(rdx).max())
+@pytest.mark.parametrize("switch", [7, 0], ids=["wlanes-f2x2", "auto-wl4-f4x4"])
+def test_batch_lane_large_and_small_values(rng, scale, switch):
+    """16->16 7x7 forward and data gradient at large and small magnitudes, on the
+    batch-lane F(2x2) path (switch 7) and the automatic F(4x4) channel-lane path."""
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(switch)
+    try:
+        x, w, b, dy = _arrays(rng, _wshape((17, 16, 7, 7, 16)))
+        x *= scale
+        dy *= scale
+        b *= scale
+        ref = ref_forward(x, w, b, 1, 1)
+        np.testing.assert_allclose(_core.conv2d_forward(x, w, b, 1, 1), ref, rtol=RTOL,
+                                   atol=ATOL * np.abs(ref).max())
+        rdx = ref_backward(dy, x, w, 1, 1)[0]
+        dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
+        np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=ATOL * np.abs(rdx).max())
+    finally:
+        lib.eenet_conv2d_set_impl(old)
 
 
 @pytest.mark.parametrize("s5", [(37, 16, 7, 7, 16), (21, 16, 8, 8, 16), (18, 16, 14, 14, 16)])
@@ -1164,19 +1171,3 @@ def test_wl4_c_accumulates_and_respects_workspace(rng, sw_s5):
         _wl4_switch(old)
 
 
-@pytest.mark.parametrize("scale", [1e4, 1e-4])
-def test_wl4_large_and_small_values(rng, scale):
-    old = _wl4_switch(0)
-    try:
-        x, w, b, dy = _arrays(rng, _wshape((17, 16, 7, 7, 16)))
-        x *= scale
-        dy *= scale
-        b *= scale
-        ref = ref_forward(x, w, b, 1, 1)
-        np.testing.assert_allclose(_core.conv2d_forward(x, w, b, 1, 1), ref, rtol=RTOL,
-                                   atol=ATOL * np.abs(ref).max())
-        rdx = ref_backward(dy, x, w, 1, 1)[0]
-        dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
-        np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=ATOL * np.abs(rdx).max())
-    finally:
-        _wl4_switch(old)
