@@ -1169,5 +1169,3 @@ def test_wl4_c_accumulates_and_respects_workspace(rng, sw_s5):
         _check_c_accumulates_and_workspace(rng, s5)
     finally:
         _wl4_switch(old)
-
-
