@@ -5,6 +5,7 @@ PyTorch (forward and autograd) and central finite differences; plus thread
 invariance, the C kernels' accumulation contract (through ctypes, since the
 binding returns fresh arrays), argument validation and boundary hygiene.
 """
+import contextlib
 import ctypes
 import gc
 import sys
@@ -63,13 +64,23 @@ IMPLS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 WINO_IMPLS = [4, 5]
 
 
+@contextlib.contextmanager
+def _switch(value):
+    """The conv implementation switch (eenet_conv2d_set_impl) at value inside the
+    block, restored after it."""
+    lib = ctypes.CDLL(_core.__file__)
+    old = lib.eenet_conv2d_set_impl(value)
+    try:
+        yield value
+    finally:
+        lib.eenet_conv2d_set_impl(old)
+
+
 @pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt", "wino", "wino-c",
                                    "lanes", "wlanes", "wino4", "wl4"])
 def impl(request):
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(request.param)
-    yield request.param
-    lib.eenet_conv2d_set_impl(old)
+    with _switch(request.param):
+        yield request.param
 
 
 def _k(shape):
@@ -132,6 +143,17 @@ def _close(a, ref, rtol=RTOL, atol=ATOL):
     # scale atol with the size of the sums involved
     scale = max(1.0, float(np.abs(ref).max()))
     np.testing.assert_allclose(a, ref, rtol=rtol, atol=atol * scale)
+
+
+def _check_forward_backward(x, w, b, dy):
+    """conv2d (3x3 stride 1 pad 1) forward and its three gradients against the
+    float64 reference."""
+    _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
+    rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+    dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
+    _close(dx, rdx)
+    _close(dw, rdw)
+    _close(db, rdb)
 
 
 @pytest.mark.parametrize("naive", [False, True])
@@ -471,10 +493,8 @@ WINO_SHAPES = [
 
 @pytest.fixture(params=WINO_IMPLS, ids=["wino", "wino-c"])
 def wino_impl(request):
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(request.param)
-    yield request.param
-    lib.eenet_conv2d_set_impl(old)
+    with _switch(request.param):
+        yield request.param
 
 
 def _wshape(s5):
@@ -617,18 +637,9 @@ def test_winograd_c_accumulates_and_respects_workspace(rng, s5, wino_impl):
                                 (1, 16, 7, 7, 16), (2, 8, 14, 14, 8)])
 def test_default_dispatch_on_winograd_shapes(rng, s5):
     """The automatic choice (Winograd or direct) on the eligible shapes."""
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(0)
-    try:
+    with _switch(0):
         x, w, b, dy = _arrays(rng, _wshape(s5))
-        _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
-        rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
-        dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
-        _close(dx, rdx)
-        _close(dw, rdw)
-        _close(db, rdb)
-    finally:
-        lib.eenet_conv2d_set_impl(old)
+        _check_forward_backward(x, w, b, dy)
 
 
 @pytest.mark.parametrize("s5", [(5, 64, 8, 8, 64), (3, 16, 7, 9, 20)])
@@ -638,12 +649,8 @@ def test_winograd_batch_invariant(rng, s5):
     a GEMM block).  The AVX-512 path only: the portable one (set_impl 5, never
     chosen automatically) hands the GEMMs to OpenBLAS, whose blocking depends
     on the column count."""
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(4)
-    try:
+    with _switch(4):
         _check_batch_invariant(rng, s5)
-    finally:
-        lib.eenet_conv2d_set_impl(old)
 
 
 def _check_batch_invariant(rng, s5):
@@ -681,12 +688,7 @@ def test_winograd_forced_beyond_128_channels_falls_back(rng, wino_impl):
     leaves such layers to the other paths, with the same results."""
     shape = _wshape((2, 130, 5, 4, 9))
     x, w, b, dy = _arrays(rng, shape)
-    _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
-    rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
-    dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
-    _close(dx, rdx)
-    _close(dw, rdw)
-    _close(db, rdb)
+    _check_forward_backward(x, w, b, dy)
 
 
 # ---- batch-lane Winograd F(2x2,3x3) (conv_wlanes.c), forced with set_impl 7 --
@@ -715,10 +717,8 @@ WLANES_SHAPES = [
 
 @pytest.fixture
 def wlanes_impl():
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(7)
-    yield 7
-    lib.eenet_conv2d_set_impl(old)
+    with _switch(7):
+        yield 7
 
 
 @pytest.mark.parametrize("s5", WLANES_SHAPES)
@@ -749,15 +749,13 @@ def test_wlanes_batch_invariant(rng, s5, threads):
     """A sample's forward output and input gradient are bit-identical alone
     (16 tiles per vector) and inside a batch of 37 (16 samples per vector for
     two groups, then 5 alone), on 1 or 2 threads."""
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(7)
     old_t = eenet.get_num_threads()
     try:
-        eenet.set_num_threads(threads)
-        _check_batch_invariant(rng, s5)
+        with _switch(7):
+            eenet.set_num_threads(threads)
+            _check_batch_invariant(rng, s5)
     finally:
         eenet.set_num_threads(old_t)
-        lib.eenet_conv2d_set_impl(old)
 
 
 @pytest.mark.parametrize("s5", [(40, 16, 7, 7, 16), (3, 16, 7, 7, 16), (35, 4, 28, 28, 4)])
@@ -788,9 +786,7 @@ def test_wlanes_c_accumulates_and_respects_workspace(rng, s5, wlanes_impl):
 def test_batch_lane_large_and_small_values(rng, scale, switch):
     """16->16 7x7 forward and data gradient at large and small magnitudes, on the
     batch-lane F(2x2) path (switch 7) and the automatic F(4x4) channel-lane path."""
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(switch)
-    try:
+    with _switch(switch):
         x, w, b, dy = _arrays(rng, _wshape((17, 16, 7, 7, 16)))
         x *= scale
         dy *= scale
@@ -801,27 +797,16 @@ def test_batch_lane_large_and_small_values(rng, scale, switch):
         rdx = ref_backward(dy, x, w, 1, 1)[0]
         dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
         np.testing.assert_allclose(dx, rdx, rtol=RTOL, atol=ATOL * np.abs(rdx).max())
-    finally:
-        lib.eenet_conv2d_set_impl(old)
 
 
 @pytest.mark.parametrize("s5", [(37, 16, 7, 7, 16), (21, 16, 8, 8, 16), (18, 16, 14, 14, 16)])
 def test_auto_batch_invariant_on_wlanes_shapes(rng, s5):
     """Automatic dispatch on the shapes where the batch-lane Winograd path is
     chosen: forward and input gradient bit-identical alone and in a batch."""
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(0)
-    try:
+    with _switch(0):
         _check_batch_invariant(rng, s5)
         x, w, b, dy = _arrays(rng, _wshape(s5))
-        _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
-        rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
-        dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
-        _close(dx, rdx)
-        _close(dw, rdw)
-        _close(db, rdb)
-    finally:
-        lib.eenet_conv2d_set_impl(old)
+        _check_forward_backward(x, w, b, dy)
 
 
 @pytest.mark.parametrize("shape", [(3, 64, 8, 8, 64, 3, 1, 1), (2, 32, 16, 16, 32, 3, 1, 1),
@@ -928,9 +913,7 @@ def test_wino4_auto_forward_matches_numpy(rng, n):
     public ops API, with and without bias, against the float64 reference; the
     output transform puts every tile's 4x4 outputs at the right place, so a
     plane of distinct impulses comes back as the filter at each of them."""
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(0)
-    try:
+    with _switch(0):
         for bias in (True, False):
             x, w, b, _ = _arrays(rng, _wshape((n, 16, 32, 32, 16)), bias)
             y = ops.conv2d(x, w, b, padding=1)
@@ -942,8 +925,6 @@ def test_wino4_auto_forward_matches_numpy(rng, n):
                                       (28, 7), (12, 12)]):
             x[0, c, yy, xx] = 1.0 + c
         _close(ops.conv2d(x, w, None, padding=1), ref_forward(x, w, None, 1, 1))
-    finally:
-        lib.eenet_conv2d_set_impl(old)
 
 
 @pytest.mark.parametrize("s5", [(2, 16, 32, 32, 16), (1, 3, 32, 32, 16), (2, 16, 16, 32, 32),
@@ -952,19 +933,10 @@ def test_wino4_forced_matches_numpy(rng, s5):
     """set_impl 8: the F(4x4) forward on its other shapes (3 and 5 input
     channels, 7 and 32 output channels, 8/16/64-row planes, a batch spanning
     several GEMM blocks); the backward (other paths) stays right."""
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(8)
-    try:
+    with _switch(8):
         for bias in (True, False):
             x, w, b, dy = _arrays(rng, _wshape(s5), bias)
-            _close(_core.conv2d_forward(x, w, b, 1, 1), ref_forward(x, w, b, 1, 1))
-        rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
-        dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
-        _close(dx, rdx)
-        _close(dw, rdw)
-        _close(db, rdb)
-    finally:
-        lib.eenet_conv2d_set_impl(old)
+            _check_forward_backward(x, w, b, dy)
 
 
 def test_wino4_accuracy_margin():
@@ -972,10 +944,8 @@ def test_wino4_accuracy_margin():
     0, +-1, +-2); over several seeds it stays well inside the tolerance every
     test applies (rtol 1e-4, atol 1e-5 x max|ref|): worst error/tolerance
     measured 0.30 (x, w standard normal); fail above 0.6."""
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(0)
     worst = 0.0
-    try:
+    with _switch(0):
         for seed in range(6):
             r = np.random.default_rng(1000 + seed)
             x, w, b, _ = _arrays(r, _wshape((4, 16, 32, 32, 16)))
@@ -983,8 +953,6 @@ def test_wino4_accuracy_margin():
             y = _core.conv2d_forward(x, w, b, 1, 1)
             tol = RTOL * np.abs(ref) + ATOL * max(1.0, float(np.abs(ref).max()))
             worst = max(worst, float((np.abs(y - ref) / tol).max()))
-    finally:
-        lib.eenet_conv2d_set_impl(old)
     assert 0.0 < worst < 0.6
 
 
@@ -995,22 +963,21 @@ def test_wino4_batch_invariant(rng, n, threads):
     alone and inside a batch (batched early-exit inference relies on it), and
     the same with 1 and 2 threads."""
     x, w, b, _ = _arrays(rng, _wshape((n, 16, 32, 32, 16)))
-    lib = ctypes.CDLL(_core.__file__)
-    old_impl = lib.eenet_conv2d_set_impl(0)
     old = eenet.get_num_threads()
     try:
-        eenet.set_num_threads(1)
-        y1 = _core.conv2d_forward(x, w, b, 1, 1)
-        eenet.set_num_threads(threads)
-        y = _core.conv2d_forward(x, w, b, 1, 1)
-        np.testing.assert_array_equal(y, y1)
-        for i in range(n):
-            np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, 1, 1)[0], y[i])
-        # a batch cut at other places (blocks of GEMM columns span samples)
-        np.testing.assert_array_equal(_core.conv2d_forward(x[1:4], w, b, 1, 1), y[1:4])
+        with _switch(0):
+            eenet.set_num_threads(1)
+            y1 = _core.conv2d_forward(x, w, b, 1, 1)
+            eenet.set_num_threads(threads)
+            y = _core.conv2d_forward(x, w, b, 1, 1)
+            np.testing.assert_array_equal(y, y1)
+            for i in range(n):
+                np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, 1, 1)[0],
+                                              y[i])
+            # a batch cut at other places (blocks of GEMM columns span samples)
+            np.testing.assert_array_equal(_core.conv2d_forward(x[1:4], w, b, 1, 1), y[1:4])
     finally:
         eenet.set_num_threads(old)
-        lib.eenet_conv2d_set_impl(old_impl)
 
 
 @pytest.mark.parametrize("impl_s5", [(0, (4, 16, 32, 32, 16)), (8, (3, 5, 16, 32, 40)),
@@ -1020,12 +987,8 @@ def test_wino4_c_respects_workspace(rng, impl_s5):
     C != K): a workspace sized for 1 thread (then 2 threads configured) is never
     overrun, and the backward (other paths) still accumulates."""
     sw, s5 = impl_s5
-    lib = ctypes.CDLL(_core.__file__)
-    old = lib.eenet_conv2d_set_impl(sw)
-    try:
+    with _switch(sw):
         _check_c_accumulates_and_workspace(rng, s5)
-    finally:
-        lib.eenet_conv2d_set_impl(old)
 
 
 # ---- channel-lane Winograd F(4x4,3x3) (conv_wl4.c) ----------------------------
@@ -1036,11 +999,6 @@ def test_wino4_c_respects_workspace(rng, impl_s5):
 
 WL4_SHAPES = [(1, 16, 7, 7, 16), (5, 16, 7, 7, 16), (16, 16, 7, 7, 16), (17, 16, 7, 7, 16),
               (32, 16, 7, 7, 16), (128, 16, 7, 7, 16)]
-
-
-def _wl4_switch(value):
-    lib = ctypes.CDLL(_core.__file__)
-    return lib.eenet_conv2d_set_impl(value)
 
 
 def _wl4_err(y, ref):
@@ -1057,8 +1015,7 @@ def test_wl4_matches_numpy(rng, sw_s5):
     batches with and without whole groups of 16), and the path is the one
     taken (its bits differ from the F(2x2) batch lanes of set_impl 7)."""
     sw, s5 = sw_s5
-    old = _wl4_switch(sw)
-    try:
+    with _switch(sw):
         shape = _wshape(s5)
         for bias in (True, False):
             x, w, b, dy = _arrays(rng, shape, bias)
@@ -1083,11 +1040,8 @@ def test_wl4_matches_numpy(rng, sw_s5):
             if bias:
                 np.testing.assert_array_equal(db4, db)
             if _avx512():
-                _wl4_switch(7)
-                assert not np.array_equal(_core.conv2d_forward(x, w, b, 1, 1), y)
-                _wl4_switch(sw)
-    finally:
-        _wl4_switch(old)
+                with _switch(7):
+                    assert not np.array_equal(_core.conv2d_forward(x, w, b, 1, 1), y)
 
 
 def test_wl4_accuracy_margin():
@@ -1097,9 +1051,8 @@ def test_wl4_accuracy_margin():
     (rtol 1e-4, atol 1e-5 x max|ref|) measured 0.15 for forward and
     backward-data, 0.12 for the weight gradient (40 seeds of 4, 10 of 128); fail
     above 0.3."""
-    old = _wl4_switch(0)
     worst = [0.0, 0.0]
-    try:
+    with _switch(0):
         for seed in range(8):
             r = np.random.default_rng(2000 + seed)
             x, w, b, dy = _arrays(r, _wshape((4 if seed < 6 else 128, 16, 7, 7, 16)))
@@ -1110,8 +1063,6 @@ def test_wl4_accuracy_margin():
                 worst[0] = max(worst[0], _wl4_err(_core.conv2d_forward(x, w, b, 1, 1),
                                                   ref_forward(x, w, b, 1, 1)),
                                _wl4_err(dx, rdx))
-    finally:
-        _wl4_switch(old)
     assert 0.0 < worst[0] < 0.3 and 0.0 < worst[1] < 0.3
 
 
@@ -1122,17 +1073,16 @@ def test_wl4_batch_invariant(rng, sw_s5, threads):
     """A sample's forward output and input gradient are bit-identical alone and
     inside a batch (and a batch cut elsewhere), on 1 or 2 threads."""
     sw, s5 = sw_s5
-    old = _wl4_switch(sw)
     old_t = eenet.get_num_threads()
     try:
-        eenet.set_num_threads(threads)
-        _check_batch_invariant(rng, s5)
-        x, w, b, _ = _arrays(rng, _wshape(s5))
-        np.testing.assert_array_equal(_core.conv2d_forward(x[3:8], w, b, 1, 1),
-                                      _core.conv2d_forward(x, w, b, 1, 1)[3:8])
+        with _switch(sw):
+            eenet.set_num_threads(threads)
+            _check_batch_invariant(rng, s5)
+            x, w, b, _ = _arrays(rng, _wshape(s5))
+            np.testing.assert_array_equal(_core.conv2d_forward(x[3:8], w, b, 1, 1),
+                                          _core.conv2d_forward(x, w, b, 1, 1)[3:8])
     finally:
         eenet.set_num_threads(old_t)
-        _wl4_switch(old)
 
 
 @pytest.mark.parametrize("sw_s5", [(0, (40, 16, 7, 7, 16)), (0, (3, 16, 7, 7, 16)),
@@ -1141,16 +1091,15 @@ def test_wl4_threads_give_same_bits(rng, sw_s5):
     sw, s5 = sw_s5
     x, w, b, dy = _arrays(rng, _wshape(s5))
     old = eenet.get_num_threads()
-    old_sw = _wl4_switch(sw)
     try:
-        outs = []
-        for t in (1, 2):
-            eenet.set_num_threads(t)
-            outs.append((_core.conv2d_forward(x, w, b, 1, 1),)
-                        + _core.conv2d_backward(dy, x, w, 1, 1, True))
+        with _switch(sw):
+            outs = []
+            for t in (1, 2):
+                eenet.set_num_threads(t)
+                outs.append((_core.conv2d_forward(x, w, b, 1, 1),)
+                            + _core.conv2d_backward(dy, x, w, 1, 1, True))
     finally:
         eenet.set_num_threads(old)
-        _wl4_switch(old_sw)
     for a, r in zip(outs[0][:2], outs[1][:2]):
         np.testing.assert_array_equal(a, r)
     # the weight and bias gradients sum per-thread partials: equal to rounding
@@ -1164,8 +1113,5 @@ def test_wl4_c_accumulates_and_respects_workspace(rng, sw_s5):
     """Through the C API: backward-data ADDS into dinp; a workspace sized for
     1 thread (then 2 threads configured) is never overrun."""
     sw, s5 = sw_s5
-    old = _wl4_switch(sw)
-    try:
+    with _switch(sw):
         _check_c_accumulates_and_workspace(rng, s5)
-    finally:
-        _wl4_switch(old)
