@@ -57,6 +57,14 @@ int eenet_limit_threads(int n) {
     return previous;
 }
 
+int eenet_thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 int eenet_get_num_threads(void) {
     int n;
     if (num_threads > 0) {

@@ -36,6 +36,10 @@ const char *eenet_last_error(void);
 void eenet_set_num_threads(int n);
 int eenet_get_num_threads(void);
 
+/* This thread's number in the innermost OpenMP team (0 outside a parallel
+ * region or without OpenMP). */
+int eenet_thread_num(void);
+
 /* Cap eenet_get_num_threads() at n (n <= 0: no cap) for the calling thread
  * only, e.g. around a run too small to share; returns the previous cap so a
  * caller can restore it. */

@@ -995,10 +995,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
 #pragma omp parallel num_threads(nt)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * pl->slot;
         if (pl->use_fwd) {
             memset(slot + pl->s_src, 0, sizeof(float) * g->src);
@@ -1164,10 +1161,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
 #pragma omp parallel num_threads(nt)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * pl->slot;
         float *pdw = slot + pl->s_pdw; /* this thread's partial dw (K, CKK) */
         float *pdb = slot + pl->s_pdb; /* this thread's partial dbias (K) */

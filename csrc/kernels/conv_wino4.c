@@ -60,10 +60,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "conv_direct.h"
 #include "eenet.h"
 
@@ -307,10 +303,7 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
 #pragma omp parallel num_threads(nt)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = eenet_thread_num();
         float *v = slots + (size_t)tid * slot_stride; /* V (36, cin, ldv) */
         float *mm = v + 36 * esv;                      /* M (36, cout, ldv) */
 #ifdef _OPENMP

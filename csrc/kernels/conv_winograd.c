@@ -586,10 +586,7 @@ void eenet_wino_conv(float *out, const float *add, int relu, const float *inp, c
 #pragma omp parallel num_threads(nt)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = eenet_thread_num();
         float *v = slots + (size_t)tid * slot_stride; /* V (16, cin, ldv), planes esv apart */
         size_t esv = e_stride(cin, ldv), esm = e_stride(cout, ldv);
         float *mm = v + 16 * esv; /* M (16, cout, ldv), planes esm apart */
@@ -811,10 +808,7 @@ void eenet_wino_dw(float *dw, const float *dout, const float *inp, float *slots,
 #pragma omp parallel num_threads(nt)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = eenet_thread_num();
         float *v = slots + (size_t)tid * slot_stride; /* V (16, C, ldv) */
         float *dt = v + 16 * esv;                      /* Dt (16, ldv, K) */
         float *du = dt + 16 * esd;                     /* dU (16, C, K) */

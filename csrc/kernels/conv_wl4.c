@@ -40,9 +40,7 @@
 
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "eenet.h"
 
 #define WL4_PW 10 /* padded plane width/height: 2 tiles of 4, +1 each side */
 
@@ -300,10 +298,7 @@ WL4_AVX512 void eenet_wl4_conv(float *out, int accumulate, const float *inp, con
 #pragma omp parallel num_threads(nt)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * slot_stride;
         memset(slot + WL4_XP, 0, sizeof(float) * WL4_PW * WL4_PW * 16);
 #ifdef _OPENMP
@@ -411,10 +406,7 @@ WL4_AVX512 void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const f
 #pragma omp parallel num_threads(nt)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * slot_stride;
         memset(slot + WD_DU, 0, sizeof(float) * 36 * 256);
         memset(slot + WD_XP, 0, sizeof(float) * WL4_PW * WL4_PW * 16);

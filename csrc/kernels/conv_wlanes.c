@@ -36,11 +36,8 @@
 
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "conv_direct.h"
+#include "eenet.h"
 
 static size_t r16(size_t n) {
     return (n + 15u) & ~(size_t)15u;
@@ -503,10 +500,7 @@ EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp
 #pragma omp parallel num_threads(nt)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * slot_stride;
         float *xl = slot + l.xl, *yl = slot + l.yl, *v = slot + l.v, *mm = slot + l.mm;
         float *xs = slot + l.xs, *tb = slot + l.tb;
