@@ -104,11 +104,6 @@ int eenet_conv_out_size(int in, int k, int stride, int pad) {
     return (in + 2 * pad - k) / stride + 1;
 }
 
-/* Round a float count up to a multiple of 16 (64 bytes). */
-static size_t round16(size_t n) {
-    return (n + 15u) & ~(size_t)15u;
-}
-
 /* 0: automatic, 1: im2col+GEMM everywhere, 2: q-space direct wherever
  * possible, 3: as 2 with the weight gradient K-vectorised on q-space planes,
  * 4: Winograd (conv_winograd.c) for forward and backward-data of every 3x3
@@ -158,7 +153,7 @@ static void dgeom_init(dgeom *g, int cin, int h, int w, int cout, int kh, int kw
     g->ldq = (size_t)g->nq * 16;
     size_t need = (size_t)g->hs * g->ws;
     size_t reach = (size_t)((kh - 1) / s) * g->ws + (size_t)((kw - 1) / s) + g->ldq;
-    g->plane = round16(need > reach ? need : reach);
+    g->plane = eenet_round16(need > reach ? need : reach);
     g->src = (size_t)cin * s * s * g->plane;
 }
 
@@ -232,19 +227,19 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     size_t ntaps = (size_t)pl->ckk;
     size_t at = 0;
     if (pl->direct_ok) {
-        pl->o_wp = at, at += round16((size_t)K * ntaps);
-        pl->o_off = at, at += round16(ntaps);
+        pl->o_wp = at, at += eenet_round16((size_t)K * ntaps);
+        pl->o_off = at, at += eenet_round16(ntaps);
         if (pl->bd_ok) {
-            pl->o_wp2 = at, at += round16((size_t)C * pl->gd.ntaps);
-            pl->o_off2 = at, at += round16((size_t)pl->gd.ntaps);
+            pl->o_wp2 = at, at += eenet_round16((size_t)C * pl->gd.ntaps);
+            pl->o_off2 = at, at += eenet_round16((size_t)pl->gd.ntaps);
         }
     }
     if (pl->direct_ok) {
-        pl->o_wk = at, at += round16((size_t)K * ntaps);
-        pl->o_offk = at, at += round16(ntaps);
+        pl->o_wk = at, at += eenet_round16((size_t)K * ntaps);
+        pl->o_offk = at, at += eenet_round16(ntaps);
         if (pl->bd_ok) {
-            pl->o_wk2 = at, at += round16((size_t)C * K * kh * kw);
-            pl->o_offk2 = at, at += round16((size_t)K * kh * kw);
+            pl->o_wk2 = at, at += eenet_round16((size_t)C * K * kh * kw);
+            pl->o_offk2 = at, at += eenet_round16((size_t)K * kh * kw);
         }
     }
     /* Winograd buffers only up to 128 channels (the automatic choice stops
@@ -263,14 +258,14 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             wino_shared = sh4 > wino_shared ? sh4 : wino_shared;
             wino_slot = sl4 > wino_slot ? sl4 : wino_slot;
         }
-        pl->o_wino = at, at += round16(wino_shared);
+        pl->o_wino = at, at += eenet_round16(wino_shared);
     }
     /* batch-lane path (few channels): tap offsets of the padded input and of
      * the padded dout, in floats */
     pl->lanes_ok = pl->direct_ok && C <= 16 && K <= 16;
     if (pl->lanes_ok) {
-        pl->o_offl = at, at += round16(ntaps);
-        pl->o_offl2 = at, at += round16((size_t)K * kh * kw);
+        pl->o_offl = at, at += eenet_round16(ntaps);
+        pl->o_offl2 = at, at += eenet_round16((size_t)K * kh * kw);
     }
     /* batch-lane Winograd regions only for planes up to 32x32 (it is chosen
      * on 7x7..14x14): its group buffers grow with 16 * channels * plane */
@@ -286,21 +281,21 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             wl_shared = sh4 > wl_shared ? sh4 : wl_shared;
             wl_slot = sl4 > wl_slot ? sl4 : wl_slot;
         }
-        pl->o_wlu = at, at += round16(wl_shared);
+        pl->o_wlu = at, at += eenet_round16(wl_shared);
     }
     pl->shared = at;
     at = 0;
     if (pl->direct_ok) {
         pl->s_src = at, at += (size_t)pl->nb * pl->g.src;
-        pl->s_dq = at, at += (size_t)pl->nb * round16((size_t)K * pl->g.ldq);
+        pl->s_dq = at, at += (size_t)pl->nb * eenet_round16((size_t)K * pl->g.ldq);
         if (pl->bd_ok) {
             pl->s_src2 = at, at += pl->gd.src;
-            pl->s_yq2 = at, at += round16((size_t)C * pl->gd.ldq);
-            pl->s_dp = at, at += round16((size_t)K * pl->hpd * pl->wpd);
+            pl->s_yq2 = at, at += eenet_round16((size_t)C * pl->gd.ldq);
+            pl->s_dp = at, at += eenet_round16((size_t)K * pl->hpd * pl->wpd);
         }
-        pl->s_xp = at, at += (size_t)pl->nbk * round16((size_t)C * pl->hp * pl->wp);
+        pl->s_xp = at, at += (size_t)pl->nbk * eenet_round16((size_t)C * pl->hp * pl->wp);
         pl->s_dyt = at, at += (size_t)(pl->nb > pl->nbk ? pl->nb : pl->nbk) *
-                              round16((size_t)K * pl->Ho * pl->Wo);
+                              eenet_round16((size_t)K * pl->Ho * pl->Wo);
         pl->s_tile = at, at += 16 * 16 * 2;
     }
     if (pl->lanes_ok) {
@@ -315,14 +310,14 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         pl->s_dxl = at, at += pl->bd_ok ? 16 * (size_t)C * H * W : 0;
         pl->s_dwl = at, at += 16 * (size_t)K * ntaps;
     }
-    pl->s_pdw = at, at += round16((size_t)K * ntaps);
-    pl->s_pdb = at, at += round16((size_t)K);
-    pl->s_col = at, at += round16(ntaps * (size_t)pl->Ho * pl->Wo);
+    pl->s_pdw = at, at += eenet_round16((size_t)K * ntaps);
+    pl->s_pdb = at, at += eenet_round16((size_t)K);
+    pl->s_col = at, at += eenet_round16(ntaps * (size_t)pl->Ho * pl->Wo);
     if (pl->wino_ok) {
-        pl->s_wino = at, at += round16(wino_slot);
+        pl->s_wino = at, at += eenet_round16(wino_slot);
     }
     if (pl->wl_ok) {
-        pl->s_wl = at, at += round16(wl_slot);
+        pl->s_wl = at, at += eenet_round16(wl_slot);
     }
     pl->slot = at;
 }
@@ -1168,9 +1163,9 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         float *col = slot + pl->s_col;
         memset(pdw, 0, sizeof(float) * (size_t)K * ckk);
         memset(pdb, 0, sizeof(float) * (size_t)K);
-        size_t dq_stride = round16((size_t)K * g->ldq);
-        size_t xp_stride = round16((size_t)C * pl->hp * pl->wp);
-        size_t dyt_stride = round16((size_t)K * howo);
+        size_t dq_stride = eenet_round16((size_t)K * g->ldq);
+        size_t xp_stride = eenet_round16((size_t)C * pl->hp * pl->wp);
+        size_t dyt_stride = eenet_round16((size_t)K * howo);
         if (do_bw) {
             memset(slot + pl->s_src, 0, sizeof(float) * (size_t)pl->nb * g->src);
             memset(slot + pl->s_dq, 0, sizeof(float) * (size_t)pl->nb * dq_stride);

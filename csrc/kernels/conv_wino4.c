@@ -68,10 +68,6 @@
 #define W4_GROUPS 4
 #endif
 
-static size_t r16(size_t n) {
-    return (n + 15u) & ~(size_t)15u;
-}
-
 /* Floats between the 36 element planes of V, M (rows x ldv) or U (cout x
  * cin): one cache line more than the rows (see conv_winograd.c e_stride). */
 static size_t e4_stride(int rows, int ldv) {
@@ -86,7 +82,7 @@ int eenet_wino4_ok(int H, int W) {
 
 void eenet_wino4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     (void)H, (void)W;
-    *shared = 36 * e4_stride(K, C) + r16((size_t)C);
+    *shared = 36 * e4_stride(K, C) + eenet_round16((size_t)C);
     *slot = 36 * (e4_stride(C, W4_LDV) + e4_stride(K, W4_LDV));
 }
 

@@ -57,10 +57,6 @@
 #define WINO_COLS 64
 #endif
 
-static size_t r16(size_t n) {
-    return (n + 15u) & ~(size_t)15u;
-}
-
 /* Tile rows th, tiles per row tw, tile rows per block at most, row stride of V/M. */
 static void wino_geom(int H, int W, int *th, int *tw, int *rmax, int *ldv) {
     *th = (H + 1) / 2;
@@ -69,7 +65,7 @@ static void wino_geom(int H, int W, int *th, int *tw, int *rmax, int *ldv) {
     if (*rmax < 1) {
         *rmax = 1;
     }
-    *ldv = (int)r16((size_t)*rmax * *tw);
+    *ldv = (int)eenet_round16((size_t)*rmax * *tw);
 }
 
 /* Floats between the 16 element planes of V (cin rows) or M (cout rows): one
@@ -83,7 +79,7 @@ static size_t e_stride(int rows, int ldv) {
 void eenet_wino_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     int th, tw, rmax, ldv;
     wino_geom(H, W, &th, &tw, &rmax, &ldv);
-    *shared = 16 * e_stride(C > K ? C : K, C > K ? K : C) + r16((size_t)(C > K ? C : K));
+    *shared = 16 * e_stride(C > K ? C : K, C > K ? K : C) + eenet_round16((size_t)(C > K ? C : K));
     *slot = (size_t)16 * (e_stride(C, ldv) + e_stride(K, ldv)) +
             16 * e_stride(C > K ? C : K, C > K ? K : C);
 }

@@ -14,6 +14,12 @@
 
 #include <stddef.h>
 
+/* n rounded up to a multiple of 16 floats (64 bytes): the offsets and row
+ * strides of the conv workspaces, so that each region starts on a cache line. */
+static inline size_t eenet_round16(size_t n) {
+    return (n + 15u) & ~(size_t)15u;
+}
+
 /* Workspace of a Winograd convolution of (cin or cout) channels on an H x W
  * plane, large enough for both directions (forward cin = C, cout = K;
  * backward-data cin = K, cout = C): `shared` floats once (transformed

@@ -44,10 +44,6 @@
 
 #define WL4_PW 10 /* padded plane width/height: 2 tiles of 4, +1 each side */
 
-static size_t r16(size_t n) {
-    return (n + 15u) & ~(size_t)15u;
-}
-
 int eenet_wl4_ok(int C, int K, int H, int W) {
     return C == 16 && K == 16 && H > 4 && H <= 8 && W > 4 && W <= 8;
 }
@@ -73,8 +69,8 @@ int eenet_wl4_ok(int C, int K, int H, int W) {
 
 void eenet_wl4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     (void)H, (void)W;
-    *shared = r16(36 * (size_t)C * K);
-    *slot = r16(WL4_SLOT > WD_SLOT ? WL4_SLOT : WD_SLOT);
+    *shared = eenet_round16(36 * (size_t)C * K);
+    *slot = eenet_round16(WL4_SLOT > WD_SLOT ? WL4_SLOT : WD_SLOT);
 }
 
 /* G (6x3) of the points 0, 1, -1, 1/2, -2, inf (conv_wino4.c). */

@@ -39,10 +39,6 @@
 #include "conv_direct.h"
 #include "eenet.h"
 
-static size_t r16(size_t n) {
-    return (n + 15u) & ~(size_t)15u;
-}
-
 /* Tile rows th, tiles per row tw, padded plane hp x wp (interior at (1, 1),
  * the extra bottom row/right column of odd sizes zero), tile vectors of one
  * sample in tile mode. */
@@ -88,18 +84,18 @@ static void wl_layout_init(wl_layout *l, int m, int H, int W) {
     wl_geom g;
     wl_geom_init(&g, H, W);
     size_t at = 0;
-    l->xl = at, at += r16(16 * (size_t)m * g.hp * g.wp);
-    l->yl = at, at += r16(16 * (size_t)m * H * W);
+    l->xl = at, at += eenet_round16(16 * (size_t)m * g.hp * g.wp);
+    l->yl = at, at += eenet_round16(16 * (size_t)m * H * W);
     l->v = at, at += 256 * (size_t)m;
     l->mm = at, at += 256 * (size_t)m;
-    l->xs = at, at += r16((size_t)m * g.hp * g.wp + 16); /* + slack: 16-float row loads */
+    l->xs = at, at += eenet_round16((size_t)m * g.hp * g.wp + 16); /* + slack: 16-float row loads */
     l->tb = at, at += 64 * (size_t)m;
     l->slot = at;
 }
 
 /* Shared region: U (16, cin, cout), then the tile-mode tables. */
 static size_t wl_tabs_at(int C, int K) {
-    return r16(16 * (size_t)C * K);
+    return eenet_round16(16 * (size_t)C * K);
 }
 
 void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
@@ -107,7 +103,7 @@ void eenet_wlanes_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot
     wl_layout_init(&l, C > K ? C : K, H, W);
     wl_geom g;
     wl_geom_init(&g, H, W);
-    *shared = wl_tabs_at(C, K) + r16(((size_t)g.ntv * sizeof(wl_tv) + 3) / 4);
+    *shared = wl_tabs_at(C, K) + eenet_round16(((size_t)g.ntv * sizeof(wl_tv) + 3) / 4);
     *slot = l.slot;
 }
 
