@@ -29,6 +29,10 @@ mostly measure the scheduler (a worker thread that waits for a core stalls the
 whole parallel region, for torch and eenet alike); compare kernels there with
 `--threads 1 --clock cpu`.
 
+OpenMP wait policy: both libraries run under libgomp's default spin count,
+as PyTorch does alone (benchmarks/omp_wait.py), unless OMP_WAIT_POLICY or
+GOMP_SPINCOUNT is set in the environment.
+
 Usage:  python benchmarks/kernels.py [--threads T] [--repeats R] [--batches 32,128]
                                      [--stat median|min] [--clock wall|cpu]
 Run from the repository root after `python setup.py build_ext --inplace`.
@@ -46,6 +50,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import omp_wait  # noqa: E402  (before eenet: sets the OpenMP wait policy both run under)
 import eenet  # noqa: E402
 from eenet import _core  # noqa: E402
 
@@ -203,8 +208,7 @@ def main() -> None:
           f"{args.threads} threads, {args.clock} clock)")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
           f"statistic: {args.stat} of {args.repeats}; clock: {args.clock}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
-          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} (one OpenMP runtime for both)")
+          f"{omp_wait.describe()}")
     print("GF/s = GFLOP/s; ratio = eenet / torch (higher is better); %pk = eenet's share of peak")
 
     shapes: list[ConvShape] = []

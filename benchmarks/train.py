@@ -18,6 +18,9 @@ Timing: the figures that form a ratio (eenet and torch training; eenet full,
 torch full and eenet early-exit inference) are timed in alternating rounds and
 each keeps its best round, so both sides of a ratio see the same load.
 
+OpenMP wait policy: libgomp's default, as PyTorch runs alone, unless
+OMP_WAIT_POLICY or GOMP_SPINCOUNT is set (benchmarks/omp_wait.py).
+
 Usage: python benchmarks/train.py [--threads 2] [--models eenet8,eenet20,eenet110]
        [--batches 32,128] [--seconds 2.0] [--rounds 5]
 Figures are measured, never assumed; nothing here is a test.
@@ -35,7 +38,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import omp_wait  # noqa: E402  (before eenet: sets the OpenMP wait policy both run under)
 import eenet  # noqa: E402
 from eenet import optim  # noqa: E402
 
@@ -147,8 +152,7 @@ def main(argv=None) -> int:
     eenet.set_num_threads(args.threads)
     shares = [float(s) for s in args.shares.split(",")]
     print(f"threads={args.threads} torch={torch.__version__} eenet={eenet.__version__} "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
-          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} (one OpenMP runtime for both); "
+          f"{omp_wait.describe()}; "
           f"best of {args.rounds} alternating rounds")
     head = (f"{'model':9s} {'batch':>5s} | {'train img/s eenet':>17s} {'torch':>8s} {'ratio':>6s} | "
             f"{'full img/s eenet':>16s} {'torch':>8s} {'ratio':>6s} | {'EE img/s':>8s} "
