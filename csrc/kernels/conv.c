@@ -37,10 +37,13 @@
  *     2.25x fewer multiply-adds, the 16 transformed-domain GEMMs run on the
  *     direct path's register-blocked micro-kernel (64->64 8x8 at batch 128,
  *     one thread: 5.6 -> 3.4 ms forward, 6.0 -> 4.3 ms weight gradient);
- *   - Winograd F(4x4,3x3) forward (conv_wino4.c): 16->16 3x3 stride-1
- *     pad-1 layers on 32x32 planes (wino4_pick), 36 products per 16 outputs
- *     instead of 64, transforms vectorised over two tile rows of 8 tiles;
- *     one thread, forward 115-123 -> 163-216 GFLOP/s at N = 1..32;
+ *   - Winograd F(4x4,3x3) (conv_wino4.c): the forward of 16->16 3x3
+ *     stride-1 pad-1 layers on 32x32 planes (wino4_pick), and the data
+ *     gradient (a K -> C forward of dout with the flipped, transposed
+ *     kernel) of those with 16..64 channels on 32x32 planes (wino4_pick_bd);
+ *     36 products per 16 outputs instead of 64, transforms vectorised over
+ *     two tile rows of 8 tiles; one thread, forward 115-123 -> 163-216
+ *     GFLOP/s at N = 1..32, 16->16 backward-data 85-88 -> 126 at N = 128;
  *   - channel-lane Winograd F(4x4,3x3) (conv_wl4.c): forward, backward-data
  *     and weight gradient of 16->16 3x3 stride-1 pad-1 layers on 7x7 planes
  *     (wl4_pick), one sample at a time, channels in the zmm lanes;
@@ -112,8 +115,9 @@ int eenet_conv_out_size(int in, int k, int stride, int pad) {
  * possible (every sample, partial groups included), the rest as 0, 7: the
  * batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
  * every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512), the rest as 0,
- * 8: the Winograd F(4x4,3x3) forward (conv_wino4.c) for every 3x3 stride-1
- * pad-1 layer on 32-wide planes (H a multiple of 8, AVX-512), the rest as 0,
+ * 8: the Winograd F(4x4,3x3) path (conv_wino4.c) for forward and backward-data
+ * of every 3x3 stride-1 pad-1 layer on 32-wide planes (H a multiple of 8,
+ * AVX-512), the rest as 0,
  * 9: the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward,
  * backward-data and weight gradient of every 16->16 3x3 stride-1 pad-1 layer on planes with
  * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there). */
@@ -174,6 +178,7 @@ typedef struct {
     int use_ww;                  /* Winograd weight gradient */
     int w4_ok;                   /* Winograd F(4x4) forward possible (32-wide planes) */
     int use_qf;                  /* Winograd F(4x4) forward (conv_wino4.c) */
+    int use_qd;                  /* ... and data gradient (a forward of dout) */
     int wl_ok;                   /* 3x3 s1 p1, C, K <= 16: batch-lane Winograd regions */
     int use_xf, use_xd;          /* batch-lane Winograd forward / backward-data */
     int y4_ok;                   /* channel-lane F(4x4) possible (conv_wl4.c) */
@@ -586,7 +591,8 @@ static int wlanes_pick(const conv_plan *pl) {
 }
 
 /* Whether the Winograd F(4x4,3x3) forward (conv_wino4.c) replaces F(2x2)
- * for the forward (backward-data and the weight gradient keep theirs).
+ * for the forward (the data gradient: wino4_pick_bd below; the weight
+ * gradient keeps its paths).
  * 16->16 32x32 (ResNet/EENet CIFAR stage 1, nearly all the work of early-exit
  * EENet-110 inference): 36 transformed-domain products per 16 outputs
  * instead of F(2x2)'s 64.  Measured (1 thread, CPU time, best of 25,
@@ -604,6 +610,37 @@ static int wlanes_pick(const conv_plan *pl) {
  * nor at the thread count. */
 static int wino4_pick(const conv_plan *pl) {
     return pl->C == 16 && pl->K == 16 && pl->H == 32 && pl->W == 32;
+}
+
+/* Whether the data gradient runs through the F(4x4) forward (conv_wino4.c)
+ * instead of F(2x2) (wino_auto) or the direct paths: for stride 1, pad 1,
+ * dinp[n,c] += sum_k conv3x3_pad1(dout[n,k], w_r[c,k]) with w_r[c][k][a][b] =
+ * w[k][c][2-a][2-b], a K -> C forward of dout (accumulated into dinp in the
+ * output transform) whose U (36*C*K floats) is formed per call.  Measured
+ * (1 thread, CPU time, best of 15x3, GFLOP/s of 2*N*K*C*9*H*W, C-level
+ * eenet_conv2d_backward_ex with dw = NULL into a preallocated dinp, as the
+ * engine calls it; paths before -> F(4x4)):
+ *   16->16 32x32: N=128 85.4-87.8 -> 125.9-126.8, N=32 88.9-100.8 ->
+ *     163.5-182.4, N=4 106.4 -> 173.7, N=1 86.2-87.0 -> 113.9-114.6;
+ *   N=128: 16->32 110.1 -> 146.3, 32->16 99.2 -> 141.2, 32->32 112.7 ->
+ *     183.8, 64->64 173.0 -> 252.1; N=1: 16->32 118.3 -> 154.2, 32->32
+ *     114.1 -> 141.3, 64->64 146.6 -> 227.4;
+ *   not chosen: 8->8 66.4 vs 67.5 (even), 3->16 53.7 vs 47.1, 16->3 48.3 vs
+ *     44.9 (few channels: the transforms outweigh the saved products).
+ * benchmarks/kernels.py --threads 1 --clock cpu --stat min (ResNet-20 s1,
+ * 16->16 32x32, N=128, load average ~2; its per-call allocations make the
+ * figure move with the allocator's state): backward-data 64.8-71.4 (4 runs)
+ * -> 74.2-96.2 (7 runs; torch 29.9-46.2), with --pin-malloc 74.5 -> 129.3
+ * (torch 69.0-78.7).
+ * Accuracy (x, w, dy standard normal, 10 seeds, worst error over the tests'
+ * tolerance rtol 1e-4 + atol 1e-5 x max|ref|, F(2x2) -> F(4x4)): 16->16
+ * 0.020 -> 0.139, 32->32 0.024 -> 0.165, 64->64 0.033 -> 0.253, 16->32 0.027
+ * -> 0.156, 32->16 0.017 -> 0.160.  Only square 32x32 planes measured
+ * (eenet_wino4_ok also takes W = 32 with other H: set_impl 8 forces it
+ * there).  Like wino4_pick, never looks at N nor at the thread count. */
+static int wino4_pick_bd(const conv_plan *pl) {
+    return pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 && pl->H == 32 &&
+           pl->W == 32;
 }
 
 /* Whether the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) replaces
@@ -709,9 +746,12 @@ static void plan_choose(conv_plan *pl) {
     pl->use_yw = pl->use_yf; /* measured faster wherever use_yf is chosen */
     pl->use_xf = wl && !pl->use_yf && (conv_impl == 7 || wlanes_pick(pl));
     pl->use_xd = pl->use_xf; /* one measured choice for both directions */
-    /* Winograd F(4x4,3x3) forward (wino4_pick); backward keeps the paths above */
+    /* Winograd F(4x4,3x3) forward (wino4_pick) and data gradient
+     * (wino4_pick_bd); the weight gradient keeps the paths above */
     pl->use_qf = pl->w4_ok && !pl->use_xf && eenet_conv_direct_available() &&
                  (conv_impl == 8 || (conv_impl == 0 && wino4_pick(pl)));
+    pl->use_qd = pl->w4_ok && !pl->use_xd && eenet_conv_direct_available() &&
+                 (conv_impl == 8 || (conv_impl == 0 && wino4_pick_bd(pl)));
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -1435,7 +1475,7 @@ int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K
     } else if (tag == 3) {
         eenet_wlanes_weights(prep, w, K, C, 0);
     } else if (tag == 4) {
-        eenet_wino4_weights(prep, w, K, C);
+        eenet_wino4_weights(prep, w, K, C, 0);
     } else if (tag) {
         eenet_wino_weights(prep, w, K, C, 0, pl.wino_avx);
     }
@@ -1586,12 +1626,13 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                           K, C, H, W, C > K ? C : K, pick_threads_wino(nthreads, &pl));
         return EENET_OK;
     }
-    int wd = pl.use_wd && dinp, ww = pl.use_ww && dw;
-    if (wd || ww) {
+    int qd = pl.use_qd && dinp;
+    int wd = pl.use_wd && dinp && !qd, ww = pl.use_ww && dw;
+    if (wd || ww || qd) {
         /* each gradient by its own pass: the weight gradient through the
          * Winograd domain or the paths above (with dbias), then dinp += the
-         * Winograd convolution of dout with the flipped, transposed kernel
-         * or the paths above */
+         * F(4x4) or F(2x2) Winograd convolution of dout with the flipped,
+         * transposed kernel, or the paths above */
         int ntw = pick_threads_wino(nthreads, &pl);
         if (ww) {
             eenet_wino_dw(dw, dout, inp, workspace + pl.shared + pl.s_wino, pl.slot, N, C, K, H,
@@ -1603,7 +1644,15 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
             conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
                               pick_threads(nthreads, &pl, 0), &pl);
         }
-        if (wd) {
+        if (qd) {
+            /* U (36, C, K) of the flipped kernel for this call (36*C*K
+             * floats, in the shared Winograd region), then the K -> C
+             * forward of dout added to dinp in the output transform */
+            float *u = workspace + pl.o_wino;
+            eenet_wino4_weights(u, w, C, K, 1);
+            eenet_wino4_conv(dinp, dinp, 0, dout, NULL, u, NULL, u,
+                             workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W, ntw);
+        } else if (wd) {
             eenet_wino_conv(dinp, dinp, 0, dout, w, NULL, 1, NULL, workspace + pl.o_wino,
                             workspace + pl.shared + pl.s_wino, pl.slot, N, K, C, H, W, ntw,
                             pl.wino_avx);

@@ -1,8 +1,9 @@
 /* conv_wino4.c: Winograd F(4x4,3x3) forward convolution (3x3 kernel, stride 1,
  * padding 1) on 32-wide planes (W = 32, H a multiple of 8), AVX-512 only.
- * conv.c chooses it for the forward of 16->16 32x32 layers (the ResNet/EENet
- * CIFAR stage 1, see plan_choose); backward-data and the weight gradient keep
- * the F(2x2,3x3) / direct paths.
+ * conv.c chooses it for the forward and the data gradient (a forward of dout
+ * with the flipped, transposed kernel, accumulated into dinp) of 16->16
+ * 32x32 layers (the ResNet/EENet CIFAR stage 1, see plan_choose); the weight
+ * gradient keeps the direct paths.
  *
  * For a 4x4 output tile at (4ty, 4tx), input tile d (6x6) read at rows
  * 4ty-1..4ty+4, columns 4tx-1..4tx+4 (zero outside the input), filter g (3x3),
@@ -82,7 +83,9 @@ int eenet_wino4_ok(int H, int W) {
 
 void eenet_wino4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     (void)H, (void)W;
-    *shared = 36 * e4_stride(K, C) + eenet_round16((size_t)C);
+    /* U (36 planes of cout x cin: the same size both ways), then the GEMM
+     * row offsets of cin = C (forward) or K (data gradient) channels */
+    *shared = 36 * e4_stride(K, C) + eenet_round16((size_t)(C > K ? C : K));
     *slot = 36 * (e4_stride(C, W4_LDV) + e4_stride(K, W4_LDV));
 }
 
@@ -91,10 +94,12 @@ size_t eenet_wino4_weights_floats(int cin, int cout) {
 }
 
 /* U_e (cout, cin) for e = 0..35 at u + e*e4_stride(cout, cin): (G g G^T)[e/6][e%6]
- * with g = w[co][ci] (w (cout, cin, 3, 3)), in double, rounded once; laid
- * out as the direct micro-kernel wants (blocks of kb = eenet_conv_fwd_kblock
- * output channels, [ci][kk] inside, conv_direct.h). */
-void eenet_wino4_weights(float *u, const float *w, int cout, int cin) {
+ * with g = w[co][ci] (flip = 0; w (cout, cin, 3, 3)) or g[a][b] =
+ * w[ci][co][2-a][2-b] (flip = 1; w (cin, cout, 3, 3), the forward weight of a
+ * cout -> cin layer: its data gradient), in double, rounded once; laid out as
+ * the direct micro-kernel wants (blocks of kb = eenet_conv_fwd_kblock output
+ * channels, [ci][kk] inside, conv_direct.h). */
+void eenet_wino4_weights(float *u, const float *w, int cout, int cin, int flip) {
     static const double G[6][3] = {{1, 0, 0},
                                    {1.0 / 3, 1.0 / 3, 1.0 / 3},
                                    {-1.0 / 3, 1.0 / 3, -1.0 / 3},
@@ -106,7 +111,11 @@ void eenet_wino4_weights(float *u, const float *w, int cout, int cin) {
         int kb = eenet_conv_fwd_kblock(cout - k0);
         for (int ci = 0; ci < cin; ci++) {
             for (int co = k0; co < k0 + kb; co++) {
-                const float *g = w + ((size_t)co * cin + ci) * 9;
+                float g[9];
+                for (int a = 0; a < 9; a++) {
+                    g[a] = flip ? w[((size_t)ci * cout + co) * 9 + (8 - a)]
+                                : w[((size_t)co * cin + ci) * 9 + a];
+                }
                 double t[6][3]; /* t = G g (6x3) */
                 for (int i = 0; i < 6; i++) {
                     for (int b = 0; b < 3; b++) {
@@ -270,7 +279,7 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
     int *off = (int *)(shared + 36 * ue);
     const float *u = u_pre;
     if (!u) {
-        eenet_wino4_weights(shared, w, cout, cin);
+        eenet_wino4_weights(shared, w, cout, cin, 0);
         u = shared;
     }
     for (int c = 0; c < cin; c++) {

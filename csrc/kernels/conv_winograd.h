@@ -114,20 +114,27 @@ void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float
                        float *shared, const float *bias, float *slots, size_t slot_stride, int N,
                        int cin, int cout, int H, int W, int m, int nt);
 
-/* ---- Winograd F(4x4,3x3) forward (conv_wino4.c): W = 32, H % 8 == 0 ---- */
+/* ---- Winograd F(4x4,3x3) (conv_wino4.c): W = 32, H % 8 == 0 ----
+ * A forward convolution; the data gradient of a stride-1 pad-1 3x3 layer is
+ * one too (dinp += conv3x3_pad1(dout, flipped transposed w): U from
+ * eenet_wino4_weights with flip = 1, passed as u_pre, add = out = dinp). */
 
 /* 1 if eenet_wino4_conv handles an H x W plane (W = 32, H a multiple of 8). */
 int eenet_wino4_ok(int H, int W);
 
-/* Workspace of eenet_wino4_conv for a C -> K forward: `shared` floats once
- * (transformed weights, GEMM row offsets), `slot` floats per thread.
- * Depends on the sizes only. */
+/* Workspace of eenet_wino4_conv for a C -> K layer, large enough for both
+ * directions (forward cin = C, cout = K; data gradient cin = K, cout = C):
+ * `shared` floats once (transformed weights, GEMM row offsets), `slot` floats
+ * per thread.  Depends on the sizes only. */
 void eenet_wino4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
 
 /* U (36 planes) of eenet_wino4_conv: eenet_wino4_weights_floats(cin, cout)
- * floats, filled by eenet_wino4_weights from w (cout, cin, 3, 3). */
+ * floats, filled by eenet_wino4_weights from w (cout, cin, 3, 3) (flip = 0)
+ * or, for the data gradient (inp = dout, out = dinp), from the forward weight
+ * w (cin, cout, 3, 3) flipped: w'[co][ci][a][b] = w[ci][co][2-a][2-b]
+ * (flip = 1). */
 size_t eenet_wino4_weights_floats(int cin, int cout);
-void eenet_wino4_weights(float *u, const float *w, int cout, int cin);
+void eenet_wino4_weights(float *u, const float *w, int cout, int cin, int flip);
 
 /* out (N, cout, H, W) = relu?(conv3x3_pad1(inp (N, cin, H, W), w) + bias
  * + add) (bias, add NULL: none; add = out allowed), the same bits as the conv
