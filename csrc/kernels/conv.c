@@ -38,9 +38,11 @@
  *     direct path's register-blocked micro-kernel (64->64 8x8 at batch 128,
  *     one thread: 5.6 -> 3.4 ms forward, 6.0 -> 4.3 ms weight gradient);
  *   - Winograd F(4x4,3x3) (conv_wino4.c): the forward of 16->16 3x3
- *     stride-1 pad-1 layers on 32x32 planes (wino4_pick), and the data
- *     gradient (a K -> C forward of dout with the flipped, transposed
- *     kernel) of those with 16..64 channels on 32x32 planes (wino4_pick_bd);
+ *     stride-1 pad-1 layers on 32x32 planes and of 32->32 (16->32, 32->16)
+ *     on 16x16 planes (wino4_pick), and the data gradient (a K -> C forward
+ *     of dout with the flipped, transposed kernel) of those with 16..64
+ *     channels on 32x32 and 16x16 planes (wino4_pick_bd); 32->32 16x16 at
+ *     N = 128, one thread: forward and backward-data ~1.5x over F(2x2);
  *     36 products per 16 outputs instead of 64, transforms vectorised over
  *     two tile rows of 8 tiles; one thread, forward 115-123 -> 163-216
  *     GFLOP/s at N = 1..32, 16->16 backward-data 85-88 -> 126 at N = 128;
@@ -116,8 +118,8 @@ int eenet_conv_out_size(int in, int k, int stride, int pad) {
  * batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
  * every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512), the rest as 0,
  * 8: the Winograd F(4x4,3x3) path (conv_wino4.c) for forward and backward-data
- * of every 3x3 stride-1 pad-1 layer on 32-wide planes (H a multiple of 8,
- * AVX-512), the rest as 0,
+ * of every 3x3 stride-1 pad-1 layer on 32-wide planes (H a multiple of 8) and
+ * 16-wide planes (H a multiple of 16) (AVX-512), the rest as 0,
  * 9: the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward,
  * backward-data and weight gradient of every 16->16 3x3 stride-1 pad-1 layer on planes with
  * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there). */
@@ -176,7 +178,7 @@ typedef struct {
     int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
     int use_wf, use_wd, wino_avx; /* Winograd forward / backward-data; its AVX-512 path */
     int use_ww;                  /* Winograd weight gradient */
-    int w4_ok;                   /* Winograd F(4x4) forward possible (32-wide planes) */
+    int w4_ok;                   /* Winograd F(4x4) possible (32- or 16-wide planes) */
     int use_qf;                  /* Winograd F(4x4) forward (conv_wino4.c) */
     int use_qd;                  /* ... and data gradient (a forward of dout) */
     int wl_ok;                   /* 3x3 s1 p1, C, K <= 16: batch-lane Winograd regions */
@@ -254,7 +256,7 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     size_t wino_shared = 0, wino_slot = 0;
     if (pl->wino_ok) {
         eenet_wino_sizes(C, K, H, W, &wino_shared, &wino_slot);
-        /* the F(4x4) forward (32-wide planes) shares these regions: one
+        /* the F(4x4) path (32- and 16-wide planes) shares these regions: one
          * Winograd path runs at a time */
         pl->w4_ok = eenet_wino4_ok(H, W);
         if (pl->w4_ok) {
@@ -590,6 +592,53 @@ static int wlanes_pick(const conv_plan *pl) {
            (pl->W == 7 || pl->W == 8 || pl->W == 14);
 }
 
+/* 16x16 planes (ResNet/EENet CIFAR stage 2) with 16..64 channels: F(4x4)
+ * (16 tiles of 4x4 outputs, one plane per vector of 16 tiles) over F(2x2)
+ * (wino_auto) for the data gradient, and for the forward of 16->32, 32->16
+ * and 32->32.  Measured (1 thread, thread CPU time, best of 15x3, GFLOP/s of
+ * 2*N*K*C*9*H*W, C-level eenet_conv2d_forward_ex / backward_ex (dw = NULL)
+ * into preallocated buffers, F(2x2) -> F(4x4), forward / backward-data; load
+ * average ~2.5, the figures move +-25% between runs, the ratio holds):
+ *   32->32: N=128 87.8-134.1 -> 154.8-190.1 / 86.4-127.0 -> 151.7-204.8,
+ *     N=32 126.6-155.5 -> 208.5-264.5 / 127.0-155.3 -> 209.4-261.2, N=8
+ *     147.8 -> 215.7 / 145.8 -> 214.0, N=1 63.4 -> 80.3 / 63.5 -> 80.9;
+ *   N=128: 16->16 110.9 -> 199.6 / 107.8 -> 189.1, 16->32 112.8 -> 169.8 /
+ *     122.4 -> 201.5, 32->16 89.0 -> 138.5 / 81.4 -> 132.6, 64->64 155.1 ->
+ *     251.0 / 166.6 -> 253.7;
+ *   benchmarks/kernels.py --threads 1 --clock cpu --stat min --nets resnet20
+ *     (load average 3.2-3.5, two runs each, main ce2a4d9 -> this, GFLOP/s
+ *     and torch ratio), 32->32 16x16: N=32 forward 155.9-156.9 (1.45-1.46)
+ *     -> 250.4-254.0 (2.31), backward-data 151.5-152.1 (1.41-1.42) ->
+ *     240.4-242.3 (2.27-2.32); N=128 forward 127.9-134.7 (1.39-1.43) ->
+ *     149.7-183.5 (1.79-1.95), backward-data 123.6-131.5 (1.38-1.39) ->
+ *     183.0-208.7 (1.96-2.03).
+ * Accuracy (worst error over the tests' tolerance rtol 1e-4 + atol 1e-5 x
+ * max|ref|, x, w, dy standard normal, 4 samples, 20 seeds for 32->32, 8 for
+ * the others; F(4x4) forward / backward-data, F(2x2) in brackets): 32->32
+ * 0.138 / 0.153 (0.026 / 0.031), 16->16 0.138 / 0.093 (0.020 / 0.031),
+ * 64->64 0.178 / 0.244 (0.031 / 0.028), 16->32 0.127 / 0.120, 32->16 0.147
+ * / 0.101.
+ * The forward of 16->16 and 64->64 is NOT chosen although faster:
+ *   - 16->16: the eenet20 (3x16x16) gradient test against float64
+ *     (tests/test_net.py) sees the stem's weight gradient 1.10x its tolerance
+ *     at one element (0.44 with F(2x2) forward; 0.43 with F(4x4) data
+ *     gradient alone).  Not a kink: flipping any of its nearest ReLU inputs
+ *     (1.3e-6 of their tensor's max from 0) in float64 moves that gradient by
+ *     90-2100x the tolerance; the larger forward rounding error of F(4x4),
+ *     carried through train-mode batch norm of 6 samples, is enough;
+ *   - 64->64 (eenet50 at 3x64x64, stage 1 after the max pool): a ReLU input
+ *     9.6e-8 of its tensor's max from 0 changes side; flipping it in float64
+ *     reproduces eenet's whole gradient shift (relative norm 4.4e-4, cosine
+ *     1.000), and test_bottleneck_model_matches_torch wants 90% of each
+ *     gradient within rtol 1e-4 (torch's own float32 run: 1.2e-2 off).
+ * set_impl 8 forces F(4x4) on every 16-wide plane with H a multiple of 16.
+ * Like wino4_pick, never looks at N nor at the thread count. */
+static int wino4_pick16(const conv_plan *pl, int bd) {
+    int fwd = pl->C <= 32 && pl->K <= 32 && pl->C * pl->K > 16 * 16;
+    return pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 && pl->H == 16 &&
+           pl->W == 16 && (bd || fwd);
+}
+
 /* Whether the Winograd F(4x4,3x3) forward (conv_wino4.c) replaces F(2x2)
  * for the forward (the data gradient: wino4_pick_bd below; the weight
  * gradient keeps its paths).
@@ -609,7 +658,7 @@ static int wlanes_pick(const conv_plan *pl) {
  * forces it on every 32-wide plane).  Like wino_auto, never looks at N
  * nor at the thread count. */
 static int wino4_pick(const conv_plan *pl) {
-    return pl->C == 16 && pl->K == 16 && pl->H == 32 && pl->W == 32;
+    return (pl->C == 16 && pl->K == 16 && pl->H == 32 && pl->W == 32) || wino4_pick16(pl, 0);
 }
 
 /* Whether the data gradient runs through the F(4x4) forward (conv_wino4.c)
@@ -639,8 +688,8 @@ static int wino4_pick(const conv_plan *pl) {
  * (eenet_wino4_ok also takes W = 32 with other H: set_impl 8 forces it
  * there).  Like wino4_pick, never looks at N nor at the thread count. */
 static int wino4_pick_bd(const conv_plan *pl) {
-    return pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 && pl->H == 32 &&
-           pl->W == 32;
+    return (pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 && pl->H == 32 &&
+            pl->W == 32) || wino4_pick16(pl, 1);
 }
 
 /* Whether the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) replaces

@@ -1,9 +1,10 @@
 /* conv_wino4.c: Winograd F(4x4,3x3) forward convolution (3x3 kernel, stride 1,
- * padding 1) on 32-wide planes (W = 32, H a multiple of 8), AVX-512 only.
- * conv.c chooses it for the forward and the data gradient (a forward of dout
- * with the flipped, transposed kernel, accumulated into dinp) of 16->16
- * 32x32 layers (the ResNet/EENet CIFAR stage 1, see plan_choose); the weight
- * gradient keeps the direct paths.
+ * padding 1) on 32-wide planes (W = 32, H a multiple of 8) and 16-wide planes
+ * (W = 16, H a multiple of 16), AVX-512 only.  conv.c chooses it for the
+ * forward and the data gradient (a forward of dout with the flipped,
+ * transposed kernel, accumulated into dinp) of ResNet/EENet CIFAR stage 1
+ * (32x32) and stage 2 (16x16) layers (wino4_pick, wino4_pick_bd); the weight
+ * gradient keeps the other paths.
  *
  * For a 4x4 output tile at (4ty, 4tx), input tile d (6x6) read at rows
  * 4ty-1..4ty+4, columns 4tx-1..4tx+4 (zero outside the input), filter g (3x3),
@@ -33,21 +34,24 @@
  * error stays well within the tests' rtol 1e-4, atol 1e-5 x max|ref|: see
  * conv.c wino4_pick for the measured margin).
  *
- * Vector layout: a plane has th = H/4 tile rows of 8 tiles; tile row ty and
- * ty + th/2 share one 16-lane vector ("group" q = ty < th/2: lane l < 8 is
- * tile (q, l), lane l >= 8 tile (q + th/2, l - 8)), so a sample has th/2
- * groups, and its V/M columns are 16 per group.  Input rows are loaded as
- * two 16-float halves, the stride-4 columns 4tx+m picked with
- * _mm512_permutex2var_ps and the two rows' 8-tile halves paired with
+ * Vector layout: a plane has th = H/4 tile rows of W/4 tiles and gpp =
+ * H*W/256 "groups" of 16 tiles, one 16-lane vector each; group q holds the
+ * tile rows q + k*gpp, k = 0 .. 64/W - 1, in lane bands of W/4 lanes.  W =
+ * 32: tile rows ty and ty + th/2 (lane l < 8 is tile (q, l), lane l >= 8
+ * tile (q + th/2, l - 8)); W = 16: four tile rows of 4 tiles (lane 4k + t is
+ * tile (q + k*th/4, t); one group per 16x16 plane).  A sample's V/M columns
+ * are 16 per group.  Input rows are loaded as 16-float vectors (two per
+ * 32-wide row, one per 16-wide row), the stride-4 columns 4tx+m picked with
+ * _mm512_permutex2var_ps and the rows' tile bands paired with
  * _mm512_shuffle_f32x4; the columns 4tx-1 and 4tx+4 are those of the
  * neighbouring tile, shifted in by one lane (zero at the plane's border).
  * Consecutive groups of a sample share 2 of their 6 input rows (row-
  * transformed once).  The output transform interleaves the four columns of
- * each tile back into two rows of 32 with two permutex2var stages, then adds
- * bias, the added tensor and applies the ReLU (post_avx of conv_winograd.c:
- * v + add, then v < 0 ? 0 : v) in the store.
+ * each tile back into rows (two of 32 or four of 16) with two permutex2var
+ * stages, then adds bias, the added tensor and applies the ReLU (post_avx of
+ * conv_winograd.c: v + add, then v < 0 ? 0 : v) in the store.
  *
- * Blocking: groups are numbered globally (n * th/2 + q); a block is up to
+ * Blocking: groups are numbered globally (n * gpp + q); a block is up to
  * W4_GROUPS consecutive groups (16 columns each, possibly spanning samples),
  * blocks split over the threads.  Each column's GEMM sums over cin in the same
  * order whatever the block, so a sample's bits do not depend on its batch nor
@@ -78,7 +82,7 @@ static size_t e4_stride(int rows, int ldv) {
 #define W4_LDV (16 * W4_GROUPS)
 
 int eenet_wino4_ok(int H, int W) {
-    return W == 32 && H >= 8 && H % 8 == 0;
+    return (W == 32 && H >= 8 && H % 8 == 0) || (W == 16 && H >= 16 && H % 16 == 0);
 }
 
 void eenet_wino4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
@@ -173,16 +177,55 @@ static W4_AVX512 inline void row_pair(__m512 r[6], const float *xc, int H, int y
     bt6(r, dm, c0, c1, c2, c3, dp);
 }
 
+/* r = d B for the input rows ya + k*step, k = 0..3, of plane xc (H, 16): lane
+ * 4k + t holds tile tx = t of row ya + k*step, d_j its column 4t-1+j (rows
+ * outside [0, H) and columns outside [0, 16) read zero).  The same column
+ * picks as row_pair, with rows (ya, ya+step) in place of the two halves of
+ * row a and (ya+2step, ya+3step) in place of row b; the neighbour columns
+ * shift within 4-lane segments. */
+static W4_AVX512 inline void row_quad(__m512 r[6], const float *xc, int H, int ya, int step) {
+    const __m512i i01 =
+        _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i i23 =
+        _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+    const __m512i iprev = _mm512_set_epi32(14, 13, 12, 12, 10, 9, 8, 8, 6, 5, 4, 4, 2, 1, 0, 0);
+    const __m512i inext = _mm512_set_epi32(15, 15, 14, 13, 11, 11, 10, 9, 7, 7, 6, 5, 3, 3, 2, 1);
+    const __m512 z = _mm512_setzero_ps();
+    __m512 x[4];
+    for (int k = 0; k < 4; k++) {
+        int y = ya + k * step;
+        x[k] = y >= 0 && y < H ? _mm512_loadu_ps(xc + (size_t)y * 16) : z;
+    }
+    /* S01 = [rows 0, 1 columns 4t (t < 4), rows 0, 1 columns 4t+1], ... */
+    __m512 sa01 = _mm512_permutex2var_ps(x[0], i01, x[1]);
+    __m512 sa23 = _mm512_permutex2var_ps(x[0], i23, x[1]);
+    __m512 sb01 = _mm512_permutex2var_ps(x[2], i01, x[3]);
+    __m512 sb23 = _mm512_permutex2var_ps(x[2], i23, x[3]);
+    /* c_m lane 4k+t: row k column 4t+m */
+    __m512 c0 = _mm512_shuffle_f32x4(sa01, sb01, 0x44), c1 = _mm512_shuffle_f32x4(sa01, sb01, 0xEE);
+    __m512 c2 = _mm512_shuffle_f32x4(sa23, sb23, 0x44), c3 = _mm512_shuffle_f32x4(sa23, sb23, 0xEE);
+    __m512 dm = _mm512_maskz_permutexvar_ps((__mmask16)0xEEEE, iprev, c3); /* columns 4t-1 */
+    __m512 dp = _mm512_maskz_permutexvar_ps((__mmask16)0x7777, inext, c0); /* columns 4t+4 */
+    bt6(r, dm, c0, c1, c2, c3, dp);
+}
+
 /* V_e columns [0, 16*ng) (planes es apart) for groups q0 .. q0+ng-1 of one
- * input plane xc (H, 32); half = H/8 groups per plane. */
-static W4_AVX512 void in_groups(float *v, size_t es, const float *xc, int H, int q0, int ng) {
-    const int half = H / 8;
+ * input plane xc (H, W), W = 32 or 16 (a constant where inlined); gpp =
+ * H*W/256 groups per plane: lane band k (8 lanes for W = 32, 4 for 16) of
+ * group q holds the tiles of tile row q + k*gpp. */
+static W4_AVX512 inline __attribute__((always_inline)) void
+in_groups_w(float *v, size_t es, const float *xc, int H, int W, int q0, int ng) {
+    const int gpp = H * W / 256;
     __m512 r[6][6];
     for (int g = 0; g < ng; g++) {
         int q = q0 + g;
         for (int i = g == 0 ? 0 : 2; i < 6; i++) {
             int ya = 4 * q - 1 + i;
-            row_pair(r[i], xc, H, ya, ya + 4 * half);
+            if (W == 32) {
+                row_pair(r[i], xc, H, ya, ya + 4 * gpp);
+            } else {
+                row_quad(r[i], xc, H, ya, 4 * gpp);
+            }
         }
         float *vg = v + 16 * (size_t)g;
         for (int j = 0; j < 6; j++) {
@@ -199,11 +242,21 @@ static W4_AVX512 void in_groups(float *v, size_t es, const float *xc, int H, int
     }
 }
 
-/* Output plane yc (H, 32), groups q0 .. q0+ng-1 from M columns [0, 16*ng)
- * (36 planes es apart): yc = post(A^T m A + bias), post(y) = relu?(y + ac)
- * (ac: the added plane, NULL: none), as post_avx in conv_winograd.c. */
-static W4_AVX512 void out_groups(float *yc, const float *m, size_t es, int H, int q0, int ng,
-                                 float bias, const float *ac, int relu) {
+static W4_AVX512 void in_groups(float *v, size_t es, const float *xc, int H, int W, int q0,
+                                int ng) {
+    if (W == 32) {
+        in_groups_w(v, es, xc, H, 32, q0, ng);
+    } else {
+        in_groups_w(v, es, xc, H, 16, q0, ng);
+    }
+}
+
+/* Output plane yc (H, W), W = 32 or 16, groups q0 .. q0+ng-1 (layout of
+ * in_groups) from M columns [0, 16*ng) (36 planes es apart): yc = post(A^T m
+ * A + bias), post(y) = relu?(y + ac) (ac: the added plane, NULL: none), as
+ * post_avx in conv_winograd.c. */
+static W4_AVX512 void out_groups(float *yc, const float *m, size_t es, int H, int W, int q0,
+                                 int ng, float bias, const float *ac, int relu) {
     const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i ih =
         _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -211,7 +264,7 @@ static W4_AVX512 void out_groups(float *yc, const float *m, size_t es, int H, in
     const __m512i j1 =
         _mm512_set_epi32(31, 30, 15, 14, 29, 28, 13, 12, 27, 26, 11, 10, 25, 24, 9, 8);
     const __m512 vb = _mm512_set1_ps(bias), z = _mm512_setzero_ps();
-    const int half = H / 8;
+    const int gpp = H * W / 256;
     for (int g = 0; g < ng; g++) {
         int q = q0 + g;
         const float *mg = m + 16 * (size_t)g;
@@ -233,8 +286,10 @@ static W4_AVX512 void out_groups(float *yc, const float *m, size_t es, int H, in
             for (int b = 0; b < 4; b++) {
                 y[b] = _mm512_add_ps(y[b], vb);
             }
-            /* interleave: p01 = y0[0] y1[0] y0[1] y1[1] .. (tiles 0-7 of row a),
-             * then pairs of p01 / p23 into 4 consecutive columns per tile */
+            /* interleave: p01 = y0[0] y1[0] y0[1] y1[1] .. (lanes 0-7), then
+             * pairs of p01 / p23 into 4 consecutive columns per tile: rows[h]
+             * holds lanes 4h..4h+3 of every y_b, 16 consecutive columns (W =
+             * 32: half h%2 of band h/2's row; W = 16: band h's row) */
             __m512 p01l = _mm512_permutex2var_ps(y[0], il, y[1]);
             __m512 p23l = _mm512_permutex2var_ps(y[2], il, y[3]);
             __m512 p01h = _mm512_permutex2var_ps(y[0], ih, y[1]);
@@ -243,18 +298,17 @@ static W4_AVX512 void out_groups(float *yc, const float *m, size_t es, int H, in
                               _mm512_permutex2var_ps(p01l, j1, p23l),
                               _mm512_permutex2var_ps(p01h, j0, p23h),
                               _mm512_permutex2var_ps(p01h, j1, p23h)};
-            for (int h = 0; h < 2; h++) {
-                size_t i = (size_t)(4 * (q + h * half) + a) * 32;
-                for (int s = 0; s < 2; s++) {
-                    __m512 val = rows[2 * h + s];
-                    if (ac) {
-                        val = _mm512_add_ps(val, _mm512_loadu_ps(ac + i + 16 * s));
-                    }
-                    if (relu) {
-                        val = _mm512_mask_mov_ps(val, _mm512_cmp_ps_mask(val, z, _CMP_LT_OQ), z);
-                    }
-                    _mm512_storeu_ps(yc + i + 16 * s, val);
+            for (int h = 0; h < 4; h++) {
+                int band = W == 32 ? h / 2 : h;
+                size_t i = (size_t)(4 * (q + band * gpp) + a) * W + (W == 32 ? 16 * (h % 2) : 0);
+                __m512 val = rows[h];
+                if (ac) {
+                    val = _mm512_add_ps(val, _mm512_loadu_ps(ac + i));
                 }
+                if (relu) {
+                    val = _mm512_mask_mov_ps(val, _mm512_cmp_ps_mask(val, z, _CMP_LT_OQ), z);
+                }
+                _mm512_storeu_ps(yc + i, val);
             }
         }
     }
@@ -273,8 +327,7 @@ static int groups_at(long long gg, long long g1, int q, int half) {
 void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, const float *w,
                       const float *u_pre, const float *bias, float *shared, float *slots,
                       size_t slot_stride, int N, int cin, int cout, int H, int W, int nt) {
-    (void)W;
-    const int half = H / 8;
+    const int half = H * W / 256; /* groups of 16 tiles per plane */
     const size_t ue = e4_stride(cout, cin);
     int *off = (int *)(shared + 36 * ue);
     const float *u = u_pre;
@@ -302,7 +355,7 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
     if (nt < 1) {
         nt = 1;
     }
-    const size_t hw = (size_t)H * 32;
+    const size_t hw = (size_t)H * W;
     const size_t esv = e4_stride(cin, W4_LDV), esm = e4_stride(cout, W4_LDV);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -322,7 +375,7 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
                     int n = (int)(gg / half), q = (int)(gg % half);
                     int ng = groups_at(gg, g1, q, half);
                     in_groups(v + (size_t)c * W4_LDV + 16 * (size_t)(gg - g0), esv,
-                              inp + ((size_t)n * cin + c) * hw, H, q, ng);
+                              inp + ((size_t)n * cin + c) * hw, H, W, q, ng);
                     gg += ng;
                 }
             }
@@ -337,7 +390,7 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
                 const float *mg = mm + 16 * (size_t)(gg - g0);
                 for (int k = 0; k < cout; k++) {
                     const size_t plane = ((size_t)n * cout + k) * hw;
-                    out_groups(out + plane, mg + (size_t)k * W4_LDV, esm, H, q, ng,
+                    out_groups(out + plane, mg + (size_t)k * W4_LDV, esm, H, W, q, ng,
                                bias ? bias[k] : 0.0f, add ? add + plane : NULL, relu);
                 }
                 gg += ng;
