@@ -1062,8 +1062,9 @@ static int all_finite(const float *v, size_t n) {
 /* The tables of eenet_conv_lanes_fwd_taps in the region at shared + o_lt
  * (plan_init): rcls (Ho ints), ccls (Wo), ntaps (nq), then per class pair q
  * its tap offsets (round16(ckk) ints; a subset of off16, the full list, in
- * its order) and packed weights (round16(K*ckk) floats, as direct_pack). */
-static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *w,
+ * its order) and packed weights (round16(K*ckk) floats, as direct_pack: the
+ * kept taps' rows of each block of wpk, the full list packed by direct_pack). */
+static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *wpk,
                              const int *off16, const conv_plan *pl) {
     int nrc = pl->lt_nrc, ncc = pl->lt_ncc, nq = nrc * ncc, K = pl->K, ckk = pl->ckk;
     int *rcls = (int *)region, *ccls = rcls + pl->Ho, *ntq = ccls + pl->Wo;
@@ -1095,10 +1096,9 @@ static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *w
             for (int k0 = 0; k0 < K;) {
                 int kb = eenet_conv_fwd_kblock(K - k0);
                 float *blk = wq + (size_t)k0 * n;
+                const float *full = wpk + (size_t)k0 * ckk;
                 for (int t = 0; t < n; t++) {
-                    for (int kk = 0; kk < kb; kk++) {
-                        blk[(size_t)t * kb + kk] = w[(size_t)(k0 + kk) * ckk + o[t]];
-                    }
+                    memcpy(blk + (size_t)t * kb, full + (size_t)o[t] * kb, sizeof(float) * kb);
                 }
                 k0 += kb;
             }
@@ -1149,19 +1149,23 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
         if (!pl->use_fwd) {
             direct_pack(shared + pl->o_wp, w, K, ckk, 0);
         }
-        use_lt = pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk);
-        if (use_lt) {
-            lanes_taps_build(&lt, shared + pl->o_lt, w, (const int *)(shared + pl->o_offl), pl);
-        }
     }
     if (pl->use_fwd) {
         direct_offsets((int *)(shared + pl->o_off), g);
         direct_pack(shared + pl->o_wp, w, K, ckk, 0);
     } else if (pl->use_kf) {
-        kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
-        direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
+        if (nlane < N) {
+            kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
+            direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
+        }
     } else {
         eenet_blas_set_threads(1);
+    }
+    if (nlane > 0 && pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk)) {
+        /* from the packed weights at o_wp (packed above in either case) */
+        use_lt = 1;
+        lanes_taps_build(&lt, shared + pl->o_lt, shared + pl->o_wp,
+                         (const int *)(shared + pl->o_offl), pl);
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
