@@ -541,6 +541,14 @@ static int lanes_pick(const conv_plan *pl, int op) {
     if (op == 2) {
         return pl->C * pl->K < 256 || pl->W % 8 != 0;
     }
+    /* (8->16 14x14 s2, EENet-8 f=4, forward: a polyphase batch-lane Winograd,
+     * F(4,2) + F(3,2) on the even phase of each axis and the odd phase
+     * direct, 256 instead of 441 products per channel pair, measured 16.3 us
+     * per group of 16 samples against 16.9 us for the direct lanes kernel,
+     * plus 1.7 us per call for its weights and 2-3x the direct error: not
+     * used; the direct lanes kernel runs at ~93% of the FMA peak, and the
+     * transforms (8 input, 16 output channels) cost what the products save.
+     * Code on branch lead-pw, csrc/kernels/conv_pw.c.) */
     /* forward: the lanes win everywhere but on the 3-channel image layers of
      * 32-wide planes, where the q-space kernel's rows of 8 fit (1 thread, CPU
      * time, GFLOP/s, q-space vs lanes: 3->16 32x32 batch 16 73 vs 59, batch 32
