@@ -687,6 +687,97 @@ def test_forward_batch_invariant_small_channels(rng, shape, threads):
         eenet.set_num_threads(old)
 
 
+# ---- batch-lane forward: products with the padding skipped ----------------
+# Output rows / columns whose kernel rows / columns read padding take only the
+# taps that read the input (conv.c lanes_taps_build), in the full order: the
+# same values, and the same bits as the per-sample paths (which multiply the
+# zeros) for finite weights; with inf / NaN weights nothing is skipped.
+
+# (N, C, H, W, K, k, stride, pad): EENet-8 f=4 8->16 stride 2 (row and
+# column classes), 5x5 on 3x3 planes (a class per row), kernel rows that read
+# only padding (pad 3: no taps at all in the corners), stride 3, 2 channels
+# (rows only, < 36 taps)
+SKIP_SHAPES = [
+    (17, 8, 14, 14, 16, 3, 2, 1),
+    (128, 8, 14, 14, 16, 3, 2, 1),
+    (17, 3, 3, 3, 4, 5, 1, 2),
+    (17, 4, 2, 3, 5, 3, 1, 3),
+    (18, 5, 7, 9, 6, 3, 3, 2),
+    (17, 2, 9, 9, 4, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("switch", [0, 6], ids=["auto", "lanes"])
+@pytest.mark.parametrize("shape", SKIP_SHAPES)
+def test_lanes_skip_padding_matches_reference(rng, shape, switch):
+    s, p = shape[6], shape[7]
+    with _switch(switch):
+        for bias in (True, False):
+            x, w, b, _ = _arrays(rng, shape, bias)
+            copies = [a.copy() for a in (x, w) + ((b,) if bias else ())]
+            y = _core.conv2d_forward(x, w, b, s, p)
+            _close(y, ref_forward(x, w, b, s, p))
+            for a, c in zip((x, w) + ((b,) if bias else ()), copies):
+                np.testing.assert_array_equal(a, c)
+
+
+@requires_torch
+@pytest.mark.parametrize("shape", SKIP_SHAPES[:2])
+def test_lanes_skip_padding_matches_torch(rng, shape):
+    import torch
+    import torch.nn.functional as F
+
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    with torch.no_grad():
+        yt = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride=s, padding=p)
+    _close(_core.conv2d_forward(x, w, b, s, p), yt.numpy())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SKIP_SHAPES)
+def test_lanes_skip_padding_batch_invariant(rng, shape, threads):
+    """Automatic dispatch: each sample alone (per-sample paths, every product)
+    gives the bits it gets inside the batch (whole groups of 16 on the
+    batch-lane path, padding products skipped)."""
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    x[1] = 0.0   # a sample of zeros: sums of +-0 products only
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(threads)
+        y = _core.conv2d_forward(x, w, b, s, p)
+        y0 = _core.conv2d_forward(x, w, None, s, p)
+        for i in range(x.shape[0]):
+            np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0], y[i])
+            np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, None, s, p)[0],
+                                          y0[i])
+    finally:
+        eenet.set_num_threads(old)
+
+
+@pytest.mark.parametrize("switch", [0, 6], ids=["auto", "lanes"])
+def test_lanes_nonfinite_weights_multiply_padding(rng, switch):
+    """With an inf and a NaN weight the lanes path multiplies the padding
+    too: inf * 0 = NaN at the border as in the float64 reference (and in the
+    per-sample paths: each sample alone gives the batch's bits)."""
+    shape = (33, 8, 14, 14, 16, 3, 2, 1)   # 2 groups of 16 (1 or 2 threads) + 1
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    w[3, 2, 0, 0] = np.inf      # reads the top / left padding in row / column 0
+    w[5, 7, 0, 1] = np.nan
+    ref = ref_forward(x, w, b, s, p)
+    with _switch(switch), np.errstate(invalid="ignore"):
+        y = _core.conv2d_forward(x, w, b, s, p)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+        fin = np.isfinite(ref)
+        assert np.isnan(y[:, 3, 0, :]).all() and fin[:, 4:].any()
+        _close(y[fin], ref[fin])
+        for i in (0, 31, 32):
+            np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0], y[i])
+
+
 def test_winograd_forced_beyond_128_channels_falls_back(rng, wino_impl):
     """Above 128 channels no Winograd buffers are reserved: the forced switch
     leaves such layers to the other paths, with the same results."""

@@ -202,12 +202,59 @@ typedef struct {
     /* shared region: packed weights and tap offsets (forward, backward-data) */
     size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_wino, o_offl, o_offl2;
     size_t o_wlu;    /* batch-lane Winograd: transformed weights (16, cin, cout) */
+    int lt_nrc, lt_ncc; /* batch-lane forward tap classes of rows / columns (1, 1: none) */
+    size_t o_lt;        /* their tables (lanes_taps_build) */
     size_t shared;
     /* per-thread slot */
     size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, s_wino;
     size_t s_xl, s_dl, s_dxl, s_dwl; /* batch-lane buffers */
     size_t s_wl, slot;               /* batch-lane Winograd slot */
 } conv_plan;
+
+/* Classes of output positions along one axis by the kernel taps that read
+ * the input (not padding): position o reads taps [lo, hi) with lo = max(0,
+ * p - o*s), hi = min(k, n_in + p - o*s).  Returns the number of distinct
+ * (lo, hi) pairs in order of first appearance (cls[o] = its class, lo/hi
+ * per class, where non-NULL; room for 8), or 1 (one class, every tap) when
+ * there would be more than 8. */
+static int tap_classes(int n_out, int n_in, int k, int s, int p, int *cls, int *clo, int *chi) {
+    int lo[8], hi[8], n = 0;
+    for (int o = 0; o < n_out; o++) {
+        int a = p - o * s, b = n_in + p - o * s;
+        a = a < 0 ? 0 : a;
+        b = b > k ? k : b;
+        a = a > b ? b : a;
+        int c = 0;
+        while (c < n && !(lo[c] == a && hi[c] == b)) {
+            c++;
+        }
+        if (c == n) {
+            if (n == 8) {
+                n = 0;
+                break;
+            }
+            lo[n] = a, hi[n] = b, n++;
+        }
+        if (cls) {
+            cls[o] = c;
+        }
+    }
+    if (n == 0) { /* too many classes: one, every tap */
+        for (int o = 0; cls && o < n_out; o++) {
+            cls[o] = 0;
+        }
+        lo[0] = 0, hi[0] = k, n = 1;
+    }
+    for (int c = 0; c < n; c++) {
+        if (clo) {
+            clo[c] = lo[c];
+        }
+        if (chi) {
+            chi[c] = hi[c];
+        }
+    }
+    return n;
+}
 
 static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, int kw, int s,
                       int p) {
@@ -281,6 +328,25 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     if (pl->lanes_ok) {
         pl->o_offl = at, at += eenet_round16(ntaps);
         pl->o_offl2 = at, at += eenet_round16((size_t)K * kh * kw);
+        /* tap subsets of the forward where kernel rows / columns read padding:
+         * class tables, then per class pair offsets and packed weights */
+        pl->lt_nrc = tap_classes(pl->Ho, H, kh, s, p, NULL, NULL, NULL);
+        pl->lt_ncc = tap_classes(pl->Wo, W, kw, s, p, NULL, NULL, NULL);
+        /* column classes cut a row's tiles at the edges (more, shorter tile
+         * calls): only from 36 taps, where the calls' fixed cost is small
+         * (1 thread, batch 32/128, GFLOP/s, full taps -> column and row
+         * classes: 8->16 14x14 s2 81.6/82.7 -> 85.6/89.5, 8->8 7x7
+         * 80.0/87.8 -> 84.8/103.9, 8->8 14x14 92.6/92.7 -> 94.8/100.4, but
+         * 1->4 28x28 49.0/47.0 -> 47.1/46.1) */
+        if (ntaps < 36) {
+            pl->lt_ncc = 1;
+        }
+        size_t nq = (size_t)pl->lt_nrc * pl->lt_ncc;
+        pl->o_lt = at;
+        if (nq > 1) {
+            at += eenet_round16((size_t)pl->Ho + pl->Wo + nq) + nq * eenet_round16(ntaps) +
+                  nq * eenet_round16((size_t)K * ntaps);
+        }
     }
     /* batch-lane Winograd regions only for planes up to 32x32 (it is chosen
      * on 7x7..14x14): its group buffers grow with 16 * channels * plane */
@@ -1037,6 +1103,68 @@ static void lanes_offsets(int *off16, int cin, int kh, int kw, int hp, int wp) {
     }
 }
 
+/* 1 if the n floats are all finite (no inf, no NaN). */
+static int all_finite(const float *v, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (!(v[i] - v[i] == 0.0f)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The tables of eenet_conv_lanes_fwd_taps in the region at shared + o_lt
+ * (plan_init): rcls (Ho ints), ccls (Wo), ntaps (nq), then per class pair q
+ * its tap offsets (round16(ckk) ints; a subset of off16, the full list, in
+ * its order) and packed weights (round16(K*ckk) floats, as direct_pack: the
+ * kept taps' rows of each block of wpk, the full list packed by direct_pack). */
+static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *wpk,
+                             const int *off16, const conv_plan *pl) {
+    int nrc = pl->lt_nrc, ncc = pl->lt_ncc, nq = nrc * ncc, K = pl->K, ckk = pl->ckk;
+    int *rcls = (int *)region, *ccls = rcls + pl->Ho, *ntq = ccls + pl->Wo;
+    size_t head = eenet_round16((size_t)pl->Ho + pl->Wo + nq);
+    size_t ostride = eenet_round16((size_t)ckk), wstride = eenet_round16((size_t)K * ckk);
+    int *offs = (int *)(region + head);
+    float *wps = region + head + (size_t)nq * ostride;
+    int rlo[8], rhi[8], clo[8], chi[8];
+    tap_classes(pl->Ho, pl->H, pl->kh, pl->s, pl->p, rcls, rlo, rhi);
+    if (ncc > 1) {
+        tap_classes(pl->Wo, pl->W, pl->kw, pl->s, pl->p, ccls, clo, chi);
+    } else { /* one column class: every kernel column */
+        memset(ccls, 0, sizeof(int) * (size_t)pl->Wo);
+        clo[0] = 0, chi[0] = pl->kw;
+    }
+    for (int a = 0; a < nrc; a++) {
+        for (int b = 0; b < ncc; b++) {
+            int q = a * ncc + b, n = 0;
+            int *o = offs + (size_t)q * ostride;
+            for (int c = 0; c < pl->C; c++) { /* the kept taps t, in order */
+                for (int i = rlo[a]; i < rhi[a]; i++) {
+                    for (int j = clo[b]; j < chi[b]; j++) {
+                        o[n++] = (c * pl->kh + i) * pl->kw + j;
+                    }
+                }
+            }
+            ntq[q] = n;
+            float *wq = wps + (size_t)q * wstride;
+            for (int k0 = 0; k0 < K;) {
+                int kb = eenet_conv_fwd_kblock(K - k0);
+                float *blk = wq + (size_t)k0 * n;
+                const float *full = wpk + (size_t)k0 * ckk;
+                for (int t = 0; t < n; t++) {
+                    memcpy(blk + (size_t)t * kb, full + (size_t)o[t] * kb, sizeof(float) * kb);
+                }
+                k0 += kb;
+            }
+            for (int t = 0; t < n; t++) {
+                o[t] = off16[o[t]];
+            }
+        }
+    }
+    lt->rcls = rcls, lt->ccls = ccls, lt->ntaps = ntq, lt->off16 = offs, lt->wpk = wps;
+    lt->ncc = ncc, lt->ostride = ostride, lt->wstride = wstride;
+}
+
 /* Hint the next sample's n floats at p into the cache (one prefetch per
  * 64-byte line) while the current one is computed; no-op without GCC/Clang. */
 static void prefetch_floats(const float *p, size_t n, int write) {
@@ -1065,6 +1193,11 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     float *slots = workspace + pl->shared;
     int nlane = pl->use_lf ? lanes_count(pl, nt) : 0;
     int parts = (nt > 1 && (N - nlane) % nt != 0) ? nt : 1;
+    /* the lanes skip the products with padding where some output positions
+     * read it (same values; not with non-finite weights, whose products with
+     * zeros are NaN in the per-sample paths) */
+    eenet_lanes_taps lt;
+    int use_lt = 0;
     if (nlane > 0) {
         lanes_offsets((int *)(shared + pl->o_offl), C, pl->kh, pl->kw, pl->hp, pl->wp);
         if (!pl->use_fwd) {
@@ -1075,10 +1208,18 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
         direct_offsets((int *)(shared + pl->o_off), g);
         direct_pack(shared + pl->o_wp, w, K, ckk, 0);
     } else if (pl->use_kf) {
-        kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
-        direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
+        if (nlane < N) {
+            kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
+            direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
+        }
     } else {
         eenet_blas_set_threads(1);
+    }
+    if (nlane > 0 && pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk)) {
+        /* from the packed weights at o_wp (packed above in either case) */
+        use_lt = 1;
+        lanes_taps_build(&lt, shared + pl->o_lt, shared + pl->o_wp,
+                         (const int *)(shared + pl->o_offl), pl);
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -1106,8 +1247,13 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
                 int n0 = 16 * gi, nimg = nlane - n0 < 16 ? nlane - n0 : 16;
                 eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W, pl->p,
                                     pl->p, lanes_ystep(pl));
-                eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s, (const int *)(shared + pl->o_offl),
-                                     shared + pl->o_wp, K, ckk, pl->Ho, pl->Wo);
+                if (use_lt) {
+                    eenet_conv_lanes_fwd_taps(yl, xl, pl->wp, pl->s, &lt, K, pl->Ho, pl->Wo);
+                } else {
+                    eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s,
+                                         (const int *)(shared + pl->o_offl), shared + pl->o_wp,
+                                         K, ckk, pl->Ho, pl->Wo);
+                }
                 eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, nimg, K, howo,
                                      bias, 0);
             }
