@@ -50,6 +50,11 @@
  *     16->16 7x7 at batch 128, one thread: forward 133 -> 207 GFLOP/s,
  *     backward-data 129 -> 200 (over the F(2x2) batch lanes below), weight
  *     gradient with bias 92 -> 183;
+ *   - tile-lane Winograd F(4x4,3x3) (conv_tl4.c): forward, backward-data
+ *     and weight gradient of 8->8 3x3 stride-1 pad-1 layers on 14x14 planes
+ *     (tl4_pick), one sample at a time, its 16 tiles in the zmm lanes;
+ *     8->8 14x14 at batch 128, one thread: forward 88 -> 113-150 GFLOP/s,
+ *     weight gradient 88 -> 82-126 (loaded machine);
  *   - batch-lane Winograd F(2x2,3x3) (conv_wlanes.c): forward and
  *     backward-data of 16->16 3x3 stride-1 pad-1 layers on 8x8 and 14x14
  *     planes (wlanes_pick; 7x7 before the F(4x4) path), whole groups of 16 samples in the zmm
@@ -120,12 +125,15 @@ int eenet_conv_out_size(int in, int k, int stride, int pad) {
  * AVX-512), the rest as 0,
  * 9: the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward,
  * backward-data and weight gradient of every 16->16 3x3 stride-1 pad-1 layer on planes with
- * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there). */
+ * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there),
+ * 10: the tile-lane Winograd F(4x4,3x3) path (conv_tl4.c) for forward,
+ * backward-data and weight gradient of every 3x3 stride-1 pad-1 layer with
+ * C, K <= 16 on planes with 12 < H, W <= 16 (AVX-512), the rest as 0. */
 static int conv_impl = 0;
 
 int eenet_conv2d_set_impl(int impl) {
     int old = conv_impl;
-    conv_impl = (impl >= 0 && impl <= 9) ? impl : 0;
+    conv_impl = (impl >= 0 && impl <= 10) ? impl : 0;
     return old;
 }
 
@@ -184,6 +192,8 @@ typedef struct {
     int y4_ok;                   /* channel-lane F(4x4) possible (conv_wl4.c) */
     int use_yf;                  /* channel-lane F(4x4) forward and backward-data */
     int use_yw;                  /* ... and its weight gradient */
+    int t4_ok;                   /* tile-lane F(4x4) possible (conv_tl4.c) */
+    int use_tf, use_td, use_tw;  /* its forward, backward-data, weight gradient */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group (q-space planes) */
@@ -349,6 +359,14 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         if (pl->y4_ok) {
             size_t sh4 = 0, sl4 = 0;
             eenet_wl4_sizes(C, K, H, W, &sh4, &sl4);
+            wl_shared = sh4 > wl_shared ? sh4 : wl_shared;
+            wl_slot = sl4 > wl_slot ? sl4 : wl_slot;
+        }
+        /* and the tile-lane F(4x4) path (conv_tl4.c) */
+        pl->t4_ok = eenet_tl4_ok(C, K, H, W);
+        if (pl->t4_ok) {
+            size_t sh4 = 0, sl4 = 0;
+            eenet_tl4_sizes(C, K, H, W, &sh4, &sl4);
             wl_shared = sh4 > wl_shared ? sh4 : wl_shared;
             wl_slot = sl4 > wl_slot ? sl4 : wl_slot;
         }
@@ -760,10 +778,41 @@ static int wl4_pick(const conv_plan *pl) {
     return pl->C == 16 && pl->K == 16 && pl->H == pl->W && pl->W == 7;
 }
 
+/* Whether the tile-lane Winograd F(4x4,3x3) path (conv_tl4.c) replaces the
+ * batch-lane direct kernels (and, for the samples outside whole groups of
+ * 16, the q-space ones) for the forward (op 0), backward-data (op 1) and
+ * weight gradient with bias (op 2): 8->8 on 14x14 (EENet-8 f=4 b2), 16
+ * tiles of 4x4 per sample, 576 products per channel pair instead of 1764.
+ * Measured (1 thread, CPU time, GFLOP/s of the direct convolution's
+ * 2*N*K*C*9*H*W; the batch-lane direct paths ran at ~75% of the FMA peak):
+ *   benchmarks/kernels.py --threads 1 --clock cpu --stat min, N=128, main
+ *     cc63dac -> this (load average 2.7-2.9 from other work: torch's own
+ *     figures moved 38-55 between runs): forward 88.2 -> 113-150 (torch
+ *     ratio 2.02 -> 2.96-3.57), backward-data 84.7 -> 102-131 (3.90 ->
+ *     5.2-5.6), weight gradient 88.3 -> 82-126 (1.82 -> 2.18-2.58); N=32
+ *     forward 79.4 -> 140-160, backward-data 75.2 -> 111-141, weight
+ *     gradient 75.0 -> 116-120;
+ *   eenet._core calls, best of 30 (q-space direct, the per-sample path
+ *     below 16 samples -> this): N=1 forward 40.6 -> 38.3 (the weight
+ *     transform is not amortised), backward-data 28.7 -> 43.7, weight
+ *     gradient 28.7 -> 22.0 (the per-call reduction of the lane-wise dU);
+ *     N=5 71.1 -> 109.7 / 54.2 -> 99.0 / 60.2 -> 54.2; N=17 76.6 -> 120.1 /
+ *     59.9 -> 131.0 / 69.0 -> 104.6.
+ * Accuracy (x, w, dy standard normal, worst error over the tests'
+ * tolerance rtol 1e-4 + atol 1e-5 x max|ref|, 16 seeds of 4 samples, 4 of
+ * 128 for the weight gradient): forward 0.08, backward-data 0.09-0.10,
+ * weight gradient 0.10.  Other shapes (set_impl 10 forces it on every C, K
+ * <= 16 layer with 12 < H, W <= 16) were not measured.  One sample at a time:
+ * like wl4_pick, never looks at N nor at the thread count. */
+static int tl4_pick(const conv_plan *pl, int op) {
+    (void)op;
+    return pl->C == 8 && pl->K == 8 && pl->H == 14 && pl->W == 14;
+}
+
 static void plan_choose(conv_plan *pl) {
     /* 7 forces the batch-lane Winograd path (below), 8 the F(4x4) forward;
      * otherwise they are 0 */
-    int impl = conv_impl == 7 || conv_impl == 8 || conv_impl == 9 ? 0 : conv_impl;
+    int impl = conv_impl >= 7 ? 0 : conv_impl;
     int avail = pl->direct_ok && impl != 1 && eenet_conv_direct_available();
     int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
     int prefer = avail && (impl != 0 || !one);
@@ -818,8 +867,13 @@ static void plan_choose(conv_plan *pl) {
     pl->use_yf = pl->wl_ok && pl->y4_ok && eenet_conv_direct_available() &&
                  (conv_impl == 9 || (conv_impl == 0 && wl4_pick(pl)));
     pl->use_yw = pl->use_yf; /* measured faster wherever use_yf is chosen */
-    pl->use_xf = wl && !pl->use_yf && (conv_impl == 7 || wlanes_pick(pl));
-    pl->use_xd = pl->use_xf; /* one measured choice for both directions */
+    /* tile-lane F(4x4) (tl4_pick) */
+    int t4 = pl->wl_ok && pl->t4_ok && !pl->use_yf && eenet_conv_direct_available();
+    pl->use_tf = t4 && (conv_impl == 10 || (conv_impl == 0 && tl4_pick(pl, 0)));
+    pl->use_td = t4 && (conv_impl == 10 || (conv_impl == 0 && tl4_pick(pl, 1)));
+    pl->use_tw = t4 && (conv_impl == 10 || (conv_impl == 0 && tl4_pick(pl, 2)));
+    pl->use_xf = wl && !pl->use_yf && !pl->use_tf && (conv_impl == 7 || wlanes_pick(pl));
+    pl->use_xd = pl->use_xf && !pl->use_td; /* one measured choice for both directions */
     /* Winograd F(4x4,3x3) forward (wino4_pick) and data gradient
      * (wino4_pick_bd); the weight gradient keeps the paths above */
     pl->use_qf = pl->w4_ok && !pl->use_xf && eenet_conv_direct_available() &&
@@ -1587,6 +1641,9 @@ static int prepared_tag(const conv_plan *pl) {
     if (pl->use_yf) {
         return 5; /* U (36, C, K) of eenet_wl4_weights */
     }
+    if (pl->use_tf) {
+        return 6; /* U (36, C, K) of eenet_tl4_weights */
+    }
     if (pl->use_xf) {
         return 3;
     }
@@ -1606,8 +1663,8 @@ size_t eenet_conv2d_prepared_floats(int C, int H, int W, int K, int kh, int kw, 
     plan_init(&pl, 1, C, H, W, K, kh, kw, stride, pad);
     size_t n = pl.wino_ok ? eenet_wino_weights_floats(C, K) : 0;
     size_t nl = pl.wl_ok ? 16 * (size_t)C * K : 0; /* eenet_wlanes_weights' U */
-    if (pl.y4_ok) {
-        nl = 36 * (size_t)C * K; /* eenet_wl4_weights' U */
+    if (pl.y4_ok || pl.t4_ok) {
+        nl = 36 * (size_t)C * K; /* eenet_wl4_weights' / eenet_tl4_weights' U */
     }
     size_t n4 = pl.wino_ok && pl.w4_ok ? eenet_wino4_weights_floats(C, K) : 0;
     n = n > nl ? n : nl;
@@ -1626,6 +1683,8 @@ int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K
     const int tag = prepared_tag(&pl);
     if (tag == 5) {
         eenet_wl4_weights(prep, w, K, C, 0);
+    } else if (tag == 6) {
+        eenet_tl4_weights(prep, w, K, C, 0);
     } else if (tag == 3) {
         eenet_wlanes_weights(prep, w, K, C, 0);
     } else if (tag == 4) {
@@ -1689,6 +1748,17 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
         }
         eenet_wl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
                        pick_threads_wino(nthreads, &pl));
+        epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
+        return EENET_OK;
+    }
+    if (pl.use_tf) {
+        /* tile-lane F(4x4): U (36, C, K) prepared, or made for this call */
+        const float *u = prep && prep_tag == 6 ? prep : workspace + pl.o_wlu;
+        if (u != prep) {
+            eenet_tl4_weights(workspace + pl.o_wlu, w, K, C, 0);
+        }
+        eenet_tl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, C, K,
+                       H, W, pick_threads_wino(nthreads, &pl));
         epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
         return EENET_OK;
     }
@@ -1765,6 +1835,28 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
         eenet_wl4_weights(u, w, C, K, 1);
         eenet_wl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
                        pick_threads_wino(nthreads, &pl));
+        return EENET_OK;
+    }
+    if ((pl.use_tw && dw) || (pl.use_td && dinp)) {
+        /* the tile-lane F(4x4) path for the weight gradient (with dbias)
+         * and/or the data gradient; the other one by the paths above */
+        int ntw = pick_threads_wino(nthreads, &pl);
+        if (dw && pl.use_tw) {
+            eenet_tl4_dw(dw, dbias, dout, inp, workspace + pl.o_wlu, workspace + pl.shared + pl.s_wl,
+                         pl.slot, N, C, K, H, W, ntw);
+        } else if (dw || dbias) {
+            conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
+                              pick_threads(nthreads, &pl, 0), &pl);
+        }
+        if (dinp && pl.use_td) {
+            float *u = workspace + pl.o_wlu;
+            eenet_tl4_weights(u, w, C, K, 1);
+            eenet_tl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, K,
+                           C, H, W, ntw);
+        } else if (dinp) {
+            conv_backward_run(dinp, NULL, NULL, dout, inp, w, workspace,
+                              pick_threads(nthreads, &pl, 0), &pl);
+        }
         return EENET_OK;
     }
     if (pl.use_xd && dinp) {
