@@ -60,8 +60,11 @@ SHAPES = [
 # every 3x3 stride-1 pad-1 layer on 32-wide planes with H a multiple of 8 and
 # 16-wide planes with H a multiple of 16 (AVX-512 CPUs), the rest as 0,
 # 9 the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward and
-# backward-data of every 16->16 3x3 stride-1 pad-1 layer with 4 < H, W <= 8.
-IMPLS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+# backward-data of every 16->16 3x3 stride-1 pad-1 layer with 4 < H, W <= 8,
+# 10 the tile-lane Winograd F(4x4,3x3) path (conv_tl4.c) for forward, backward-data
+# and weight gradient of every 3x3 stride-1 pad-1 layer with C, K <= 16 on planes
+# with 12 < H, W <= 16.
+IMPLS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
 WINO_IMPLS = [4, 5]
 
 
@@ -78,7 +81,7 @@ def _switch(value):
 
 
 @pytest.fixture(params=IMPLS, ids=["auto", "gemm", "direct", "direct-kvec-wt", "wino", "wino-c",
-                                   "lanes", "wlanes", "wino4", "wl4"])
+                                   "lanes", "wlanes", "wino4", "wl4", "tl4"])
 def impl(request):
     with _switch(request.param):
         yield request.param
@@ -684,6 +687,97 @@ def test_forward_batch_invariant_small_channels(rng, shape, threads):
         eenet.set_num_threads(old)
 
 
+# ---- batch-lane forward: products with the padding skipped ----------------
+# Output rows / columns whose kernel rows / columns read padding take only the
+# taps that read the input (conv.c lanes_taps_build), in the full order: the
+# same values, and the same bits as the per-sample paths (which multiply the
+# zeros) for finite weights; with inf / NaN weights nothing is skipped.
+
+# (N, C, H, W, K, k, stride, pad): EENet-8 f=4 8->16 stride 2 (row and
+# column classes), 5x5 on 3x3 planes (a class per row), kernel rows that read
+# only padding (pad 3: no taps at all in the corners), stride 3, 2 channels
+# (rows only, < 36 taps)
+SKIP_SHAPES = [
+    (17, 8, 14, 14, 16, 3, 2, 1),
+    (128, 8, 14, 14, 16, 3, 2, 1),
+    (17, 3, 3, 3, 4, 5, 1, 2),
+    (17, 4, 2, 3, 5, 3, 1, 3),
+    (18, 5, 7, 9, 6, 3, 3, 2),
+    (17, 2, 9, 9, 4, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("switch", [0, 6], ids=["auto", "lanes"])
+@pytest.mark.parametrize("shape", SKIP_SHAPES)
+def test_lanes_skip_padding_matches_reference(rng, shape, switch):
+    s, p = shape[6], shape[7]
+    with _switch(switch):
+        for bias in (True, False):
+            x, w, b, _ = _arrays(rng, shape, bias)
+            copies = [a.copy() for a in (x, w) + ((b,) if bias else ())]
+            y = _core.conv2d_forward(x, w, b, s, p)
+            _close(y, ref_forward(x, w, b, s, p))
+            for a, c in zip((x, w) + ((b,) if bias else ()), copies):
+                np.testing.assert_array_equal(a, c)
+
+
+@requires_torch
+@pytest.mark.parametrize("shape", SKIP_SHAPES[:2])
+def test_lanes_skip_padding_matches_torch(rng, shape):
+    import torch
+    import torch.nn.functional as F
+
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    with torch.no_grad():
+        yt = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride=s, padding=p)
+    _close(_core.conv2d_forward(x, w, b, s, p), yt.numpy())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", SKIP_SHAPES)
+def test_lanes_skip_padding_batch_invariant(rng, shape, threads):
+    """Automatic dispatch: each sample alone (per-sample paths, every product)
+    gives the bits it gets inside the batch (whole groups of 16 on the
+    batch-lane path, padding products skipped)."""
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    x[1] = 0.0   # a sample of zeros: sums of +-0 products only
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(threads)
+        y = _core.conv2d_forward(x, w, b, s, p)
+        y0 = _core.conv2d_forward(x, w, None, s, p)
+        for i in range(x.shape[0]):
+            np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0], y[i])
+            np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, None, s, p)[0],
+                                          y0[i])
+    finally:
+        eenet.set_num_threads(old)
+
+
+@pytest.mark.parametrize("switch", [0, 6], ids=["auto", "lanes"])
+def test_lanes_nonfinite_weights_multiply_padding(rng, switch):
+    """With an inf and a NaN weight the lanes path multiplies the padding
+    too: inf * 0 = NaN at the border as in the float64 reference (and in the
+    per-sample paths: each sample alone gives the batch's bits)."""
+    shape = (33, 8, 14, 14, 16, 3, 2, 1)   # 2 groups of 16 (1 or 2 threads) + 1
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    w[3, 2, 0, 0] = np.inf      # reads the top / left padding in row / column 0
+    w[5, 7, 0, 1] = np.nan
+    ref = ref_forward(x, w, b, s, p)
+    with _switch(switch), np.errstate(invalid="ignore"):
+        y = _core.conv2d_forward(x, w, b, s, p)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+        fin = np.isfinite(ref)
+        assert np.isnan(y[:, 3, 0, :]).all() and fin[:, 4:].any()
+        _close(y[fin], ref[fin])
+        for i in (0, 31, 32):
+            np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0], y[i])
+
+
 def test_winograd_forced_beyond_128_channels_falls_back(rng, wino_impl):
     """Above 128 channels no Winograd buffers are reserved: the forced switch
     leaves such layers to the other paths, with the same results."""
@@ -814,7 +908,8 @@ def test_auto_batch_invariant_on_wlanes_shapes(rng, s5):
                                    (5, 16, 32, 32, 16, 3, 1, 1), (4, 16, 8, 8, 64, 3, 1, 1),
                                    (3, 16, 8, 8, 16, 3, 1, 1),
                                    (2, 8, 9, 9, 8, 3, 1, 1), (3, 32, 16, 16, 64, 3, 2, 1),
-                                   (5, 16, 7, 7, 16, 3, 1, 1), (17, 16, 14, 14, 16, 3, 1, 1)])
+                                   (5, 16, 7, 7, 16, 3, 1, 1), (17, 16, 14, 14, 16, 3, 1, 1),
+                                   (3, 8, 14, 14, 8, 3, 1, 1)])
 def test_c_prepared_weights_same_bits(rng, shape, impl):
     """eenet_conv2d_forward_prepared with weights prepared once (the engine's eval
     mode) gives the bits of eenet_conv2d_forward_ex, which transforms them at each
@@ -845,6 +940,11 @@ def test_c_prepared_weights_same_bits(rng, shape, impl):
     if _avx512() and s == 1 and (C, K) == (16, 16) and (
             (impl == 0 and H == W == 7) or (impl == 9 and 4 < H <= 8 and 4 < W <= 8)):
         assert tag == 5
+    # the tile-lane F(4x4) path (8->8 on 14x14, or forced by 10)
+    if _avx512() and s == 1 and max(C, K) <= 16 and (
+            (impl == 0 and (C, K, H, W) == (8, 8, 14, 14)) or (impl == 10 and 12 < H <= 16
+                                                              and 12 < W <= 16)):
+        assert tag == 6
     if winograd or wlanes:
         assert tag != 0   # the Winograd paths: their transformed weights are kept
     got = np.empty_like(want)
@@ -868,7 +968,7 @@ def test_c_prepared_weights_same_bits(rng, shape, impl):
 @pytest.mark.parametrize("shape", [(3, 64, 8, 8, 64, 3, 1, 1), (5, 16, 32, 32, 16, 3, 1, 1),
                                    (2, 32, 16, 16, 32, 3, 1, 1), (2, 8, 9, 9, 8, 3, 1, 1),
                                    (3, 32, 16, 16, 64, 3, 2, 1), (5, 16, 7, 7, 16, 3, 1, 1),
-                                   (4, 16, 8, 8, 32, 1, 2, 0)])
+                                   (4, 16, 8, 8, 32, 1, 2, 0), (3, 8, 14, 14, 8, 3, 1, 1)])
 def test_c_fused_epilogue_same_bits(rng, shape, impl):
     """eenet_conv2d_forward_fused (the engine's eval mode with a batch norm folded
     into the conv) gives the bits of the conv followed by the add and ReLU kernels:
@@ -1356,6 +1456,146 @@ def test_wl4_threads_give_same_bits(rng, sw_s5):
 def test_wl4_c_accumulates_and_respects_workspace(rng, sw_s5):
     """Through the C API: backward-data ADDS into dinp; a workspace sized for
     1 thread (then 2 threads configured) is never overrun."""
+    sw, s5 = sw_s5
+    with _switch(sw):
+        _check_c_accumulates_and_workspace(rng, s5)
+
+
+# ---- tile-lane Winograd F(4x4,3x3) (conv_tl4.c) -----------------------------
+# Chosen automatically for forward, backward-data and weight gradient of 8->8 on
+# 14x14 planes (EENet-8 f=4 b2), forced with set_impl 10 on every 3x3 stride-1
+# pad-1 layer with C, K <= 16 on planes with 12 < H, W <= 16.  One sample at a
+# time (its 16 tiles in the lanes): a sample's bits never depend on its batch or
+# the thread count.
+
+TL4_CASES = [(0, (1, 8, 14, 14, 8)), (0, (3, 8, 14, 14, 8)), (0, (16, 8, 14, 14, 8)),
+             (0, (17, 8, 14, 14, 8)), (0, (33, 8, 14, 14, 8)),
+             (10, (2, 5, 13, 16, 11)), (10, (1, 16, 16, 16, 16)), (10, (3, 1, 15, 13, 3)),
+             (10, (2, 16, 14, 14, 16)), (10, (9, 3, 16, 14, 7)), (10, (4, 8, 16, 16, 8))]
+
+
+@pytest.mark.parametrize("sw_s5", TL4_CASES)
+def test_tl4_matches_numpy(rng, sw_s5):
+    """Forward and the three gradients against the float64 reference (bias or
+    not; error over the tolerance < 0.5), each gradient alone giving the bits
+    of all three together, inputs not modified; the path is the one taken (its
+    bits differ from the direct q-space path of set_impl 2)."""
+    sw, s5 = sw_s5
+    with _switch(sw):
+        shape = _wshape(s5)
+        for bias in (True, False):
+            x, w, b, dy = _arrays(rng, shape, bias)
+            copies = [a.copy() for a in (x, w, dy)]
+            ref = ref_forward(x, w, b, 1, 1)
+            y = _core.conv2d_forward(x, w, b, 1, 1)
+            _close(y, ref)
+            assert _wl4_err(y, ref) < 0.5
+            rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
+            dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, bias)
+            _close(dx, rdx)
+            assert _wl4_err(dx, rdx) < 0.5
+            _close(dw, rdw)
+            assert _wl4_err(dw, rdw) < 0.5
+            if bias:
+                _close(db, rdb)
+            dx3, dw3, _ = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)
+            assert dw3 is None
+            np.testing.assert_array_equal(dx3, dx)
+            dx4, dw4, db4 = _core.conv2d_backward(dy, x, w, 1, 1, bias, need_dx=False)
+            assert dx4 is None
+            np.testing.assert_array_equal(dw4, dw)
+            if bias:
+                np.testing.assert_array_equal(db4, db)
+            for a, c in zip((x, w, dy), copies):
+                np.testing.assert_array_equal(a, c)
+            if _avx512():
+                with _switch(2):
+                    assert not np.array_equal(_core.conv2d_forward(x, w, b, 1, 1), y)
+
+
+@requires_torch
+@pytest.mark.parametrize("sw_s5", [TL4_CASES[i] for i in (0, 3, 5, 7, 8)])
+def test_tl4_matches_torch(rng, sw_s5):
+    """Forward, input, weight and bias gradients against PyTorch's conv2d and
+    autograd."""
+    import torch
+    import torch.nn.functional as F
+
+    sw, s5 = sw_s5
+    x, w, b, dy = _arrays(rng, _wshape(s5))
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    yt = F.conv2d(xt, wt, bt, stride=1, padding=1)
+    yt.backward(torch.tensor(dy))
+    with _switch(sw):
+        y = _core.conv2d_forward(x, w, b, 1, 1)
+        dx, dw, db = _core.conv2d_backward(dy, x, w, 1, 1, True)
+    _close(y, yt.detach().numpy())
+    _close(dx, xt.grad.numpy())
+    _close(dw, wt.grad.numpy())
+    _close(db, bt.grad.numpy())
+
+
+def test_tl4_accuracy_margin():
+    """F(4x4)'s float32 rounding error on 8->8 14x14 (x, w, dy standard normal,
+    automatic dispatch, 6 seeds of 4 samples and 2 of 128 for the weight
+    gradient): worst error over the tolerance every test applies (rtol 1e-4,
+    atol 1e-5 x max|ref|) measured 0.08 forward, 0.09-0.10 backward-data, 0.10
+    weight gradient (16 seeds of 4, 4 of 128 for the weight gradient; F(4x4)
+    16->16 7x7 of conv_wl4.c: 0.11-0.15); fail above 0.3."""
+    worst = [0.0, 0.0]
+    with _switch(0):
+        for seed in range(8):
+            r = np.random.default_rng(4000 + seed)
+            x, w, b, dy = _arrays(r, _wshape((4 if seed < 6 else 128, 8, 14, 14, 8)))
+            rdx, rdw, _ = ref_backward(dy, x, w, 1, 1)
+            dx, dw, _ = _core.conv2d_backward(dy, x, w, 1, 1, False)
+            worst[1] = max(worst[1], _wl4_err(dw, rdw))
+            if seed < 6:
+                worst[0] = max(worst[0], _wl4_err(_core.conv2d_forward(x, w, b, 1, 1),
+                                                  ref_forward(x, w, b, 1, 1)),
+                               _wl4_err(dx, rdx))
+    print(f"tile-lane F(4x4) worst error / tolerance: forward, backward-data {worst[0]:.3f}, "
+          f"weight gradient {worst[1]:.3f}")
+    assert 0.0 < worst[0] < 0.3 and 0.0 < worst[1] < 0.3
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("sw_s5", [(0, (19, 8, 14, 14, 8)), (10, (6, 5, 13, 16, 11))])
+def test_tl4_batch_invariant(rng, sw_s5, threads):
+    """A sample's forward output and input gradient are bit-identical alone and
+    inside a batch (and a batch cut elsewhere), on 1 or 2 threads, and the same
+    on 1 and 2 threads; the weight and bias gradients (per-thread partials)
+    equal to rounding."""
+    sw, s5 = sw_s5
+    old_t = eenet.get_num_threads()
+    try:
+        with _switch(sw):
+            x, w, b, dy = _arrays(rng, _wshape(s5))
+            eenet.set_num_threads(1)
+            one = (_core.conv2d_forward(x, w, b, 1, 1),) + _core.conv2d_backward(dy, x, w, 1, 1,
+                                                                                 True)
+            eenet.set_num_threads(threads)
+            _check_batch_invariant(rng, s5)
+            np.testing.assert_array_equal(_core.conv2d_forward(x[3:5], w, b, 1, 1),
+                                          _core.conv2d_forward(x, w, b, 1, 1)[3:5])
+            got = (_core.conv2d_forward(x, w, b, 1, 1),) + _core.conv2d_backward(dy, x, w, 1, 1,
+                                                                                 True)
+    finally:
+        eenet.set_num_threads(old_t)
+    for a, r in zip(got[:2], one[:2]):
+        np.testing.assert_array_equal(a, r)
+    for a, r in zip(got[2:], one[2:]):
+        _close(a, r)
+
+
+@pytest.mark.parametrize("sw_s5", [(0, (35, 8, 14, 14, 8)), (0, (1, 8, 14, 14, 8)),
+                                   (10, (3, 16, 16, 16, 16)), (10, (9, 5, 13, 14, 3))])
+def test_tl4_c_accumulates_and_respects_workspace(rng, sw_s5):
+    """Through the C API: backward-data and the weight and bias gradients ADD
+    into their buffers; a workspace sized for 1 thread (then 2 threads
+    configured) is never overrun."""
     sw, s5 = sw_s5
     with _switch(sw):
         _check_c_accumulates_and_workspace(rng, s5)

@@ -52,6 +52,11 @@
  *     16->16 7x7 at batch 128, one thread: forward 133 -> 207 GFLOP/s,
  *     backward-data 129 -> 200 (over the F(2x2) batch lanes below), weight
  *     gradient with bias 92 -> 183;
+ *   - tile-lane Winograd F(4x4,3x3) (conv_tl4.c): forward, backward-data
+ *     and weight gradient of 8->8 3x3 stride-1 pad-1 layers on 14x14 planes
+ *     (tl4_pick), one sample at a time, its 16 tiles in the zmm lanes;
+ *     8->8 14x14 at batch 128, one thread: forward 88 -> 113-150 GFLOP/s,
+ *     weight gradient 88 -> 82-126 (loaded machine);
  *   - batch-lane Winograd F(2x2,3x3) (conv_wlanes.c): forward and
  *     backward-data of 16->16 3x3 stride-1 pad-1 layers on 8x8 and 14x14
  *     planes (wlanes_pick; 7x7 before the F(4x4) path), whole groups of 16 samples in the zmm
@@ -122,12 +127,15 @@ int eenet_conv_out_size(int in, int k, int stride, int pad) {
  * 16-wide planes (H a multiple of 16) (AVX-512), the rest as 0,
  * 9: the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward,
  * backward-data and weight gradient of every 16->16 3x3 stride-1 pad-1 layer on planes with
- * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there). */
+ * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there),
+ * 10: the tile-lane Winograd F(4x4,3x3) path (conv_tl4.c) for forward,
+ * backward-data and weight gradient of every 3x3 stride-1 pad-1 layer with
+ * C, K <= 16 on planes with 12 < H, W <= 16 (AVX-512), the rest as 0. */
 static int conv_impl = 0;
 
 int eenet_conv2d_set_impl(int impl) {
     int old = conv_impl;
-    conv_impl = (impl >= 0 && impl <= 9) ? impl : 0;
+    conv_impl = (impl >= 0 && impl <= 10) ? impl : 0;
     return old;
 }
 
@@ -186,6 +194,8 @@ typedef struct {
     int y4_ok;                   /* channel-lane F(4x4) possible (conv_wl4.c) */
     int use_yf;                  /* channel-lane F(4x4) forward and backward-data */
     int use_yw;                  /* ... and its weight gradient */
+    int t4_ok;                   /* tile-lane F(4x4) possible (conv_tl4.c) */
+    int use_tf, use_td, use_tw;  /* its forward, backward-data, weight gradient */
     int kvf, pf, kvd, pd;        /* their register blocks (16*kv channels, P columns) */
     int hp, wp, hpd, wpd;        /* padded input (forward) and padded dout (backward-data) */
     int nb;          /* samples per backward-weight group (q-space planes) */
@@ -194,12 +204,59 @@ typedef struct {
     /* shared region: packed weights and tap offsets (forward, backward-data) */
     size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_wino, o_offl, o_offl2;
     size_t o_wlu;    /* batch-lane Winograd: transformed weights (16, cin, cout) */
+    int lt_nrc, lt_ncc; /* batch-lane forward tap classes of rows / columns (1, 1: none) */
+    size_t o_lt;        /* their tables (lanes_taps_build) */
     size_t shared;
     /* per-thread slot */
     size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, s_wino;
     size_t s_xl, s_dl, s_dxl, s_dwl; /* batch-lane buffers */
     size_t s_wl, slot;               /* batch-lane Winograd slot */
 } conv_plan;
+
+/* Classes of output positions along one axis by the kernel taps that read
+ * the input (not padding): position o reads taps [lo, hi) with lo = max(0,
+ * p - o*s), hi = min(k, n_in + p - o*s).  Returns the number of distinct
+ * (lo, hi) pairs in order of first appearance (cls[o] = its class, lo/hi
+ * per class, where non-NULL; room for 8), or 1 (one class, every tap) when
+ * there would be more than 8. */
+static int tap_classes(int n_out, int n_in, int k, int s, int p, int *cls, int *clo, int *chi) {
+    int lo[8], hi[8], n = 0;
+    for (int o = 0; o < n_out; o++) {
+        int a = p - o * s, b = n_in + p - o * s;
+        a = a < 0 ? 0 : a;
+        b = b > k ? k : b;
+        a = a > b ? b : a;
+        int c = 0;
+        while (c < n && !(lo[c] == a && hi[c] == b)) {
+            c++;
+        }
+        if (c == n) {
+            if (n == 8) {
+                n = 0;
+                break;
+            }
+            lo[n] = a, hi[n] = b, n++;
+        }
+        if (cls) {
+            cls[o] = c;
+        }
+    }
+    if (n == 0) { /* too many classes: one, every tap */
+        for (int o = 0; cls && o < n_out; o++) {
+            cls[o] = 0;
+        }
+        lo[0] = 0, hi[0] = k, n = 1;
+    }
+    for (int c = 0; c < n; c++) {
+        if (clo) {
+            clo[c] = lo[c];
+        }
+        if (chi) {
+            chi[c] = hi[c];
+        }
+    }
+    return n;
+}
 
 static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, int kw, int s,
                       int p) {
@@ -273,6 +330,25 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     if (pl->lanes_ok) {
         pl->o_offl = at, at += eenet_round16(ntaps);
         pl->o_offl2 = at, at += eenet_round16((size_t)K * kh * kw);
+        /* tap subsets of the forward where kernel rows / columns read padding:
+         * class tables, then per class pair offsets and packed weights */
+        pl->lt_nrc = tap_classes(pl->Ho, H, kh, s, p, NULL, NULL, NULL);
+        pl->lt_ncc = tap_classes(pl->Wo, W, kw, s, p, NULL, NULL, NULL);
+        /* column classes cut a row's tiles at the edges (more, shorter tile
+         * calls): only from 36 taps, where the calls' fixed cost is small
+         * (1 thread, batch 32/128, GFLOP/s, full taps -> column and row
+         * classes: 8->16 14x14 s2 81.6/82.7 -> 85.6/89.5, 8->8 7x7
+         * 80.0/87.8 -> 84.8/103.9, 8->8 14x14 92.6/92.7 -> 94.8/100.4, but
+         * 1->4 28x28 49.0/47.0 -> 47.1/46.1) */
+        if (ntaps < 36) {
+            pl->lt_ncc = 1;
+        }
+        size_t nq = (size_t)pl->lt_nrc * pl->lt_ncc;
+        pl->o_lt = at;
+        if (nq > 1) {
+            at += eenet_round16((size_t)pl->Ho + pl->Wo + nq) + nq * eenet_round16(ntaps) +
+                  nq * eenet_round16((size_t)K * ntaps);
+        }
     }
     /* batch-lane Winograd regions only for planes up to 32x32 (it is chosen
      * on 7x7..14x14): its group buffers grow with 16 * channels * plane */
@@ -285,6 +361,14 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         if (pl->y4_ok) {
             size_t sh4 = 0, sl4 = 0;
             eenet_wl4_sizes(C, K, H, W, &sh4, &sl4);
+            wl_shared = sh4 > wl_shared ? sh4 : wl_shared;
+            wl_slot = sl4 > wl_slot ? sl4 : wl_slot;
+        }
+        /* and the tile-lane F(4x4) path (conv_tl4.c) */
+        pl->t4_ok = eenet_tl4_ok(C, K, H, W);
+        if (pl->t4_ok) {
+            size_t sh4 = 0, sl4 = 0;
+            eenet_tl4_sizes(C, K, H, W, &sh4, &sl4);
             wl_shared = sh4 > wl_shared ? sh4 : wl_shared;
             wl_slot = sl4 > wl_slot ? sl4 : wl_slot;
         }
@@ -477,6 +561,14 @@ static int lanes_pick(const conv_plan *pl, int op) {
     if (op == 2) {
         return pl->C * pl->K < 256 || pl->W % 8 != 0;
     }
+    /* (8->16 14x14 s2, EENet-8 f=4, forward: a polyphase batch-lane Winograd,
+     * F(4,2) + F(3,2) on the even phase of each axis and the odd phase
+     * direct, 256 instead of 441 products per channel pair, measured 16.3 us
+     * per group of 16 samples against 16.9 us for the direct lanes kernel,
+     * plus 1.7 us per call for its weights and 2-3x the direct error: not
+     * used; the direct lanes kernel runs at ~93% of the FMA peak, and the
+     * transforms (8 input, 16 output channels) cost what the products save.
+     * Code on branch lead-pw, csrc/kernels/conv_pw.c.) */
     /* forward: the lanes win everywhere but on the 3-channel image layers of
      * 32-wide planes, where the q-space kernel's rows of 8 fit (1 thread, CPU
      * time, GFLOP/s, q-space vs lanes: 3->16 32x32 batch 16 73 vs 59, batch 32
@@ -735,10 +827,41 @@ static int wl4_pick(const conv_plan *pl) {
     return pl->C == 16 && pl->K == 16 && pl->H == pl->W && pl->W == 7;
 }
 
+/* Whether the tile-lane Winograd F(4x4,3x3) path (conv_tl4.c) replaces the
+ * batch-lane direct kernels (and, for the samples outside whole groups of
+ * 16, the q-space ones) for the forward (op 0), backward-data (op 1) and
+ * weight gradient with bias (op 2): 8->8 on 14x14 (EENet-8 f=4 b2), 16
+ * tiles of 4x4 per sample, 576 products per channel pair instead of 1764.
+ * Measured (1 thread, CPU time, GFLOP/s of the direct convolution's
+ * 2*N*K*C*9*H*W; the batch-lane direct paths ran at ~75% of the FMA peak):
+ *   benchmarks/kernels.py --threads 1 --clock cpu --stat min, N=128, main
+ *     cc63dac -> this (load average 2.7-2.9 from other work: torch's own
+ *     figures moved 38-55 between runs): forward 88.2 -> 113-150 (torch
+ *     ratio 2.02 -> 2.96-3.57), backward-data 84.7 -> 102-131 (3.90 ->
+ *     5.2-5.6), weight gradient 88.3 -> 82-126 (1.82 -> 2.18-2.58); N=32
+ *     forward 79.4 -> 140-160, backward-data 75.2 -> 111-141, weight
+ *     gradient 75.0 -> 116-120;
+ *   eenet._core calls, best of 30 (q-space direct, the per-sample path
+ *     below 16 samples -> this): N=1 forward 40.6 -> 38.3 (the weight
+ *     transform is not amortised), backward-data 28.7 -> 43.7, weight
+ *     gradient 28.7 -> 22.0 (the per-call reduction of the lane-wise dU);
+ *     N=5 71.1 -> 109.7 / 54.2 -> 99.0 / 60.2 -> 54.2; N=17 76.6 -> 120.1 /
+ *     59.9 -> 131.0 / 69.0 -> 104.6.
+ * Accuracy (x, w, dy standard normal, worst error over the tests'
+ * tolerance rtol 1e-4 + atol 1e-5 x max|ref|, 16 seeds of 4 samples, 4 of
+ * 128 for the weight gradient): forward 0.08, backward-data 0.09-0.10,
+ * weight gradient 0.10.  Other shapes (set_impl 10 forces it on every C, K
+ * <= 16 layer with 12 < H, W <= 16) were not measured.  One sample at a time:
+ * like wl4_pick, never looks at N nor at the thread count. */
+static int tl4_pick(const conv_plan *pl, int op) {
+    (void)op;
+    return pl->C == 8 && pl->K == 8 && pl->H == 14 && pl->W == 14;
+}
+
 static void plan_choose(conv_plan *pl) {
     /* 7 forces the batch-lane Winograd path (below), 8 the F(4x4) forward;
      * otherwise they are 0 */
-    int impl = conv_impl == 7 || conv_impl == 8 || conv_impl == 9 ? 0 : conv_impl;
+    int impl = conv_impl >= 7 ? 0 : conv_impl;
     int avail = pl->direct_ok && impl != 1 && eenet_conv_direct_available();
     int one = pl->kh == 1 && pl->kw == 1; /* 1x1: a plain GEMM on the (subsampled) input */
     int prefer = avail && (impl != 0 || !one);
@@ -793,8 +916,13 @@ static void plan_choose(conv_plan *pl) {
     pl->use_yf = pl->wl_ok && pl->y4_ok && eenet_conv_direct_available() &&
                  (conv_impl == 9 || (conv_impl == 0 && wl4_pick(pl)));
     pl->use_yw = pl->use_yf; /* measured faster wherever use_yf is chosen */
-    pl->use_xf = wl && !pl->use_yf && (conv_impl == 7 || wlanes_pick(pl));
-    pl->use_xd = pl->use_xf; /* one measured choice for both directions */
+    /* tile-lane F(4x4) (tl4_pick) */
+    int t4 = pl->wl_ok && pl->t4_ok && !pl->use_yf && eenet_conv_direct_available();
+    pl->use_tf = t4 && (conv_impl == 10 || (conv_impl == 0 && tl4_pick(pl, 0)));
+    pl->use_td = t4 && (conv_impl == 10 || (conv_impl == 0 && tl4_pick(pl, 1)));
+    pl->use_tw = t4 && (conv_impl == 10 || (conv_impl == 0 && tl4_pick(pl, 2)));
+    pl->use_xf = wl && !pl->use_yf && !pl->use_tf && (conv_impl == 7 || wlanes_pick(pl));
+    pl->use_xd = pl->use_xf && !pl->use_td; /* one measured choice for both directions */
     /* Winograd F(4x4,3x3) forward (wino4_pick) and data gradient
      * (wino4_pick_bd); the weight gradient keeps the paths above */
     pl->use_qf = pl->w4_ok && !pl->use_xf && eenet_conv_direct_available() &&
@@ -1032,6 +1160,68 @@ static void lanes_offsets(int *off16, int cin, int kh, int kw, int hp, int wp) {
     }
 }
 
+/* 1 if the n floats are all finite (no inf, no NaN). */
+static int all_finite(const float *v, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (!(v[i] - v[i] == 0.0f)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The tables of eenet_conv_lanes_fwd_taps in the region at shared + o_lt
+ * (plan_init): rcls (Ho ints), ccls (Wo), ntaps (nq), then per class pair q
+ * its tap offsets (round16(ckk) ints; a subset of off16, the full list, in
+ * its order) and packed weights (round16(K*ckk) floats, as direct_pack: the
+ * kept taps' rows of each block of wpk, the full list packed by direct_pack). */
+static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *wpk,
+                             const int *off16, const conv_plan *pl) {
+    int nrc = pl->lt_nrc, ncc = pl->lt_ncc, nq = nrc * ncc, K = pl->K, ckk = pl->ckk;
+    int *rcls = (int *)region, *ccls = rcls + pl->Ho, *ntq = ccls + pl->Wo;
+    size_t head = eenet_round16((size_t)pl->Ho + pl->Wo + nq);
+    size_t ostride = eenet_round16((size_t)ckk), wstride = eenet_round16((size_t)K * ckk);
+    int *offs = (int *)(region + head);
+    float *wps = region + head + (size_t)nq * ostride;
+    int rlo[8], rhi[8], clo[8], chi[8];
+    tap_classes(pl->Ho, pl->H, pl->kh, pl->s, pl->p, rcls, rlo, rhi);
+    if (ncc > 1) {
+        tap_classes(pl->Wo, pl->W, pl->kw, pl->s, pl->p, ccls, clo, chi);
+    } else { /* one column class: every kernel column */
+        memset(ccls, 0, sizeof(int) * (size_t)pl->Wo);
+        clo[0] = 0, chi[0] = pl->kw;
+    }
+    for (int a = 0; a < nrc; a++) {
+        for (int b = 0; b < ncc; b++) {
+            int q = a * ncc + b, n = 0;
+            int *o = offs + (size_t)q * ostride;
+            for (int c = 0; c < pl->C; c++) { /* the kept taps t, in order */
+                for (int i = rlo[a]; i < rhi[a]; i++) {
+                    for (int j = clo[b]; j < chi[b]; j++) {
+                        o[n++] = (c * pl->kh + i) * pl->kw + j;
+                    }
+                }
+            }
+            ntq[q] = n;
+            float *wq = wps + (size_t)q * wstride;
+            for (int k0 = 0; k0 < K;) {
+                int kb = eenet_conv_fwd_kblock(K - k0);
+                float *blk = wq + (size_t)k0 * n;
+                const float *full = wpk + (size_t)k0 * ckk;
+                for (int t = 0; t < n; t++) {
+                    memcpy(blk + (size_t)t * kb, full + (size_t)o[t] * kb, sizeof(float) * kb);
+                }
+                k0 += kb;
+            }
+            for (int t = 0; t < n; t++) {
+                o[t] = off16[o[t]];
+            }
+        }
+    }
+    lt->rcls = rcls, lt->ccls = ccls, lt->ntaps = ntq, lt->off16 = offs, lt->wpk = wps;
+    lt->ncc = ncc, lt->ostride = ostride, lt->wstride = wstride;
+}
+
 /* Hint the next sample's n floats at p into the cache (one prefetch per
  * 64-byte line) while the current one is computed; no-op without GCC/Clang. */
 static void prefetch_floats(const float *p, size_t n, int write) {
@@ -1060,6 +1250,11 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     float *slots = workspace + pl->shared;
     int nlane = pl->use_lf ? lanes_count(pl, nt) : 0;
     int parts = (nt > 1 && (N - nlane) % nt != 0) ? nt : 1;
+    /* the lanes skip the products with padding where some output positions
+     * read it (same values; not with non-finite weights, whose products with
+     * zeros are NaN in the per-sample paths) */
+    eenet_lanes_taps lt;
+    int use_lt = 0;
     if (nlane > 0) {
         lanes_offsets((int *)(shared + pl->o_offl), C, pl->kh, pl->kw, pl->hp, pl->wp);
         if (!pl->use_fwd) {
@@ -1070,10 +1265,18 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
         direct_offsets((int *)(shared + pl->o_off), g);
         direct_pack(shared + pl->o_wp, w, K, ckk, 0);
     } else if (pl->use_kf) {
-        kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
-        direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
+        if (nlane < N) {
+            kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
+            direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
+        }
     } else {
         eenet_blas_set_threads(1);
+    }
+    if (nlane > 0 && pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk)) {
+        /* from the packed weights at o_wp (packed above in either case) */
+        use_lt = 1;
+        lanes_taps_build(&lt, shared + pl->o_lt, shared + pl->o_wp,
+                         (const int *)(shared + pl->o_offl), pl);
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -1101,8 +1304,13 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
                 int n0 = 16 * gi, nimg = nlane - n0 < 16 ? nlane - n0 : 16;
                 eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W, pl->p,
                                     pl->p, lanes_ystep(pl));
-                eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s, (const int *)(shared + pl->o_offl),
-                                     shared + pl->o_wp, K, ckk, pl->Ho, pl->Wo);
+                if (use_lt) {
+                    eenet_conv_lanes_fwd_taps(yl, xl, pl->wp, pl->s, &lt, K, pl->Ho, pl->Wo);
+                } else {
+                    eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s,
+                                         (const int *)(shared + pl->o_offl), shared + pl->o_wp,
+                                         K, ckk, pl->Ho, pl->Wo);
+                }
                 eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, nimg, K, howo,
                                      bias, 0);
             }
@@ -1482,6 +1690,9 @@ static int prepared_tag(const conv_plan *pl) {
     if (pl->use_yf) {
         return 5; /* U (36, C, K) of eenet_wl4_weights */
     }
+    if (pl->use_tf) {
+        return 6; /* U (36, C, K) of eenet_tl4_weights */
+    }
     if (pl->use_xf) {
         return 3;
     }
@@ -1501,8 +1712,8 @@ size_t eenet_conv2d_prepared_floats(int C, int H, int W, int K, int kh, int kw, 
     plan_init(&pl, 1, C, H, W, K, kh, kw, stride, pad);
     size_t n = pl.wino_ok ? eenet_wino_weights_floats(C, K) : 0;
     size_t nl = pl.wl_ok ? 16 * (size_t)C * K : 0; /* eenet_wlanes_weights' U */
-    if (pl.y4_ok) {
-        nl = 36 * (size_t)C * K; /* eenet_wl4_weights' U */
+    if (pl.y4_ok || pl.t4_ok) {
+        nl = 36 * (size_t)C * K; /* eenet_wl4_weights' / eenet_tl4_weights' U */
     }
     size_t n4 = pl.wino_ok && pl.w4_ok ? eenet_wino4_weights_floats(C, K) : 0;
     n = n > nl ? n : nl;
@@ -1521,6 +1732,8 @@ int eenet_conv2d_prepare(float *prep, const float *w, int C, int H, int W, int K
     const int tag = prepared_tag(&pl);
     if (tag == 5) {
         eenet_wl4_weights(prep, w, K, C, 0);
+    } else if (tag == 6) {
+        eenet_tl4_weights(prep, w, K, C, 0);
     } else if (tag == 3) {
         eenet_wlanes_weights(prep, w, K, C, 0);
     } else if (tag == 4) {
@@ -1584,6 +1797,17 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
         }
         eenet_wl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
                        pick_threads_wino(nthreads, &pl));
+        epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
+        return EENET_OK;
+    }
+    if (pl.use_tf) {
+        /* tile-lane F(4x4): U (36, C, K) prepared, or made for this call */
+        const float *u = prep && prep_tag == 6 ? prep : workspace + pl.o_wlu;
+        if (u != prep) {
+            eenet_tl4_weights(workspace + pl.o_wlu, w, K, C, 0);
+        }
+        eenet_tl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, C, K,
+                       H, W, pick_threads_wino(nthreads, &pl));
         epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
         return EENET_OK;
     }
@@ -1660,6 +1884,28 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
         eenet_wl4_weights(u, w, C, K, 1);
         eenet_wl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
                        pick_threads_wino(nthreads, &pl));
+        return EENET_OK;
+    }
+    if ((pl.use_tw && dw) || (pl.use_td && dinp)) {
+        /* the tile-lane F(4x4) path for the weight gradient (with dbias)
+         * and/or the data gradient; the other one by the paths above */
+        int ntw = pick_threads_wino(nthreads, &pl);
+        if (dw && pl.use_tw) {
+            eenet_tl4_dw(dw, dbias, dout, inp, workspace + pl.o_wlu, workspace + pl.shared + pl.s_wl,
+                         pl.slot, N, C, K, H, W, ntw);
+        } else if (dw || dbias) {
+            conv_backward_run(NULL, dw, dbias, dout, inp, w, workspace,
+                              pick_threads(nthreads, &pl, 0), &pl);
+        }
+        if (dinp && pl.use_td) {
+            float *u = workspace + pl.o_wlu;
+            eenet_tl4_weights(u, w, C, K, 1);
+            eenet_tl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, K,
+                           C, H, W, ntw);
+        } else if (dinp) {
+            conv_backward_run(dinp, NULL, NULL, dout, inp, w, workspace,
+                              pick_threads(nthreads, &pl, 0), &pl);
+        }
         return EENET_OK;
     }
     if (pl.use_xd && dinp) {

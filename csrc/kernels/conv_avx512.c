@@ -842,6 +842,45 @@ EENET_AVX512 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s
     }
 }
 
+EENET_AVX512 void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, int s,
+                                            const eenet_lanes_taps *lt, int cout, int ho,
+                                            int wo) {
+    static const lf_fn t8[4] = {0, lf_8x1, lf_8x2, lf_8x3};
+    static const lf_fn t4[7] = {0, lf_4x1, lf_4x2, lf_4x3, lf_4x4, lf_4x5, lf_4x6};
+    static const lf_fn t2[9] = {0, lf_2x1, lf_2x2, 0, lf_2x4, 0, 0, 0, lf_2x8};
+    static const lf_fn t1[9] = {0, lf_1x1, lf_1x2, 0, lf_1x4, 0, 0, 0, lf_1x8};
+    size_t plane = 16 * (size_t)ho * wo;
+    for (int k0 = 0; k0 < cout;) {
+        int kb = eenet_conv_fwd_kblock(cout - k0);
+        const lf_fn *tab = kb == 8 ? t8 : kb == 4 ? t4 : kb == 2 ? t2 : t1;
+        int pmax = kb == 8 ? 3 : kb == 4 ? 6 : 8;
+        for (int oy = 0; oy < ho; oy++) {
+            float *y = yl + (size_t)k0 * plane + 16 * (size_t)oy * wo;
+            const float *xr = xl + 16 * (size_t)oy * s * wp;
+            int rq = lt->rcls[oy] * lt->ncc;
+            for (int ox = 0; ox < wo;) {
+                /* a run of columns of one class, cut into tiles */
+                int cq = lt->ccls[ox], run = 1;
+                while (ox + run < wo && lt->ccls[ox + run] == cq) {
+                    run++;
+                }
+                int q = rq + cq, nt = lt->ntaps[q];
+                const int *off = lt->off16 + (size_t)q * lt->ostride;
+                const float *wpb = lt->wpk + (size_t)q * lt->wstride + (size_t)k0 * nt;
+                for (int end = ox + run; ox < end;) {
+                    int v = end - ox < pmax ? end - ox : pmax;
+                    while (!tab[v]) {
+                        v--;
+                    }
+                    tab[v](y + 16 * (size_t)ox, plane, xr + 16 * (size_t)ox * s, s, off, wpb, nt);
+                    ox += v;
+                }
+            }
+        }
+        k0 += kb;
+    }
+}
+
 /* Backward-weight tile in lane layout: acc[KB][TB] (lane partial sums over
  * the group's samples) for KB output channels and TB taps over all output
  * positions, added into the lane partials dwl (cout, ntaps, 16). */
@@ -968,6 +1007,11 @@ void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s, const int *
                           const float *wpk, int cout, int ntaps, int ho, int wo) {
     (void)yl, (void)xl, (void)wp, (void)s, (void)off16, (void)wpk, (void)cout, (void)ntaps;
     (void)ho, (void)wo;
+}
+
+void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, int s,
+                               const eenet_lanes_taps *lt, int cout, int ho, int wo) {
+    (void)yl, (void)xl, (void)wp, (void)s, (void)lt, (void)cout, (void)ho, (void)wo;
 }
 
 void eenet_conv_lanes_bw(float *dwl, const float *dy, size_t dplane, int ldr, const float *xl,

@@ -110,6 +110,28 @@ void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int ni
 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s, const int *off16,
                           const float *wpk, int cout, int ntaps, int ho, int wo);
 
+/* Tap subsets of the batch-lane forward (eenet_conv_lanes_fwd_taps): output
+ * row oy is in row class rcls[oy], column ox in column class ccls[ox] (the
+ * classes differ in which kernel rows / columns read padding); combination
+ * q = rcls*ncc + ccls keeps ntaps[q] of the taps (those reading the input,
+ * in the full list's order), offsets at off16 + q*ostride, weights packed
+ * like wpk of eenet_conv_lanes_fwd (for ntaps[q] taps) at wpk + q*wstride. */
+typedef struct {
+    const int *rcls, *ccls, *ntaps, *off16;
+    const float *wpk;
+    int ncc;
+    size_t ostride, wstride;
+} eenet_lanes_taps;
+
+/* As eenet_conv_lanes_fwd with the taps of each output position limited to
+ * its class's subset: the products with padding (zeros) are skipped.  The
+ * sums keep the full list's order, so for finite weights every output has
+ * the value (and, but for the sign of an underflowed zero, the bits) of
+ * eenet_conv_lanes_fwd's (each skipped product is +-0, adding it changes no
+ * nonzero sum). */
+void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, int s,
+                               const eenet_lanes_taps *lt, int cout, int ho, int wo);
+
 /* dwl (cout, ntaps, 16) += dy(k, oy, ox) * xl[off16[t] + 16*(oy*s*wp + ox*s)]
  * summed over the ho x wo positions, per lane; dy channel k at dy + k*dplane,
  * rows ldr vectors apart (accumulates). */

@@ -183,4 +183,37 @@ void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u
 void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const float *inp, float *slots,
                   size_t slot_stride, int N, int H, int W, int nt);
 
+/* ---- Winograd F(4x4,3x3) with the 16 tiles of a sample in the lanes
+ * (conv_tl4.c): C, K <= 16 on planes of 13..16 rows and columns ---- */
+
+/* 1 if eenet_tl4_conv / eenet_tl4_dw handle a C -> K layer on an H x W plane
+ * (1 <= C, K <= 16, 12 < H, W <= 16: 4x4 tiles of 4x4 outputs). */
+int eenet_tl4_ok(int C, int K, int H, int W);
+
+/* Workspace of eenet_tl4_conv and eenet_tl4_dw: `shared` floats (U, or the
+ * reduced dU) once, `slot` floats per thread.  Depends on the sizes only. */
+void eenet_tl4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot);
+
+/* u (36, cin, cout) = U_e[co][ci] = (G g G^T)[e/6][e%6] (as
+ * eenet_wl4_weights, any cin, cout): g = w[co][ci] (flip = 0; w (cout, cin,
+ * 3, 3)) or g[a][b] = w[ci][co][2-a][2-b] (flip = 1; backward-data). */
+void eenet_tl4_weights(float *u, const float *w, int cout, int cin, int flip);
+
+/* out (N, K, H, W) = conv3x3_pad1(inp (N, C, H, W)) + bias (accumulate = 0;
+ * bias NULL: none) or out += conv (accumulate = 1), u from eenet_tl4_weights
+ * (36, C, K).  AVX-512 only (caller checked the CPU and eenet_tl4_ok); up to
+ * nt threads over the samples, slots slot_stride floats apart sized by
+ * eenet_tl4_sizes.  A sample's bits do not depend on N, its position or nt. */
+void eenet_tl4_conv(float *out, int accumulate, const float *inp, const float *u,
+                    const float *bias, float *slots, size_t slot_stride, int N, int C, int K,
+                    int H, int W, int nt);
+
+/* Weight gradient through the F(4x4) domain: dw (K, C, 3, 3) += sum over
+ * samples and tiles of G^T [(A dY A^T) (.) (B^T d B)] G, dbias (K; NULL: none)
+ * += sum of dout, dout (N, K, H, W), inp (N, C, H, W) (ACCUMULATES).  du: the
+ * shared region of eenet_tl4_sizes (36 K C floats, overwritten).  Slots as
+ * for eenet_tl4_conv. */
+void eenet_tl4_dw(float *dw, float *dbias, const float *dout, const float *inp, float *du,
+                  float *slots, size_t slot_stride, int N, int C, int K, int H, int W, int nt);
+
 #endif /* EENET_CONV_WINOGRAD_H */
