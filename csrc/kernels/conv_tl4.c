@@ -12,20 +12,26 @@
  * dropped).  16 tiles x 36 = 576 products per channel pair on a 14x14 plane
  * (direct: 196 x 9 = 1764).
  *
- * Layout per sample, in the thread's slot:
- *   s (C, 2, 4, 4, 20): the zero-padded plane P (P[r][q] = x[r-1][q-1], 20 x
- *       20) split by phase: s[c][h][ii][jj][4a + b] = P[4a + ii][4(b + h) +
- *       jj] (a = 0..4, b = 0..3), so that the 16 values of input-tile element
- *       (i, j) of the 16 tiles, P[4ty + i][4tx + j], are the 16 contiguous
- *       floats at s[c][j/4][i%4][j%4] + 4 (i/4) (lane 4ty + tx).  Each plane
- *       row is one masked load, two permutes and eight 4-float stores; the
- *       rows outside the plane stay zero (zeroed once per call);
+ * Per sample (x86-64 AVX-512), in the thread's slot:
+ *   input: for each channel, the plane rows 4ty + i - 1 (ty = 0..3) of tile
+ *       row element i are loaded as vectors over the columns (masked, zero
+ *       outside the plane) and permuted into tiles (rows_to_tiles: four
+ *       two-source permutes, four 128-bit shuffles), giving elements j = 1..4
+ *       of the 16 tiles; j = 0, 5 and i = 4, 5 are lane moves of those (see
+ *       input_transform).  No padded copy of the plane is made;
  *   v (36, C, 16) = V_e of channel c (lanes: tiles);
  *   m (36, K, 16) = M_e[k] = sum_{c = 0..C-1, in order} U_e[c][k] V_e[c] (U
  *       from u (36, C, K), broadcast);
- *   output: Y_{a,b} (16 tiles) turned into plane rows by two 4x4
- *       transposes (within 128-bit lanes, then of 128-bit lanes), stored with
- *       the bias or added to the old output (accumulate).
+ *   output: Y_{a,b} (16 tiles) turned back into plane rows (tiles_to_rows),
+ *       stored with the bias or added to the old output (accumulate).
+ * Measured on 8->8 14x14 forward at batch 128, 1 thread: the first version,
+ * which split the padded plane by phase into a buffer (one load, two
+ * permutes and eight 4-float stores per row), ran at 128 GFLOP/s
+ * (eenet._core calls, CPU time, best of 15), loading the rows with lane
+ * moves at 148; in a C harness (buffers allocated once, best of 400) 149,
+ * 161 with the 14x14 sizes known to the compiler (tl4_sample_8814), 173
+ * with the permute form of the transposes (8 instead of 16 shuffles per 4
+ * rows: 4x4 unpack/shuffle pairs before).
  * Every sample goes through the same operations whatever its batch, thread
  * count or position, so a sample's bits do not depend on them.
  *
@@ -35,7 +41,11 @@
  * above; dw[k][c] += G^T dU[k][c] G; dbias[k] += the sum of D_7[k] (each
  * tile's sum) over samples and tiles.  Per thread, dU is kept lane-wise (36,
  * K, C, 16 tiles): for each element e the products of a block of TL4_NB
- * samples are summed in registers onto it.  At the end the threads' partials
+ * samples are summed in registers onto it (4 output x 4 input channels per
+ * register block for 8 -> 8: 8 loads per 16 products; eenet._core calls,
+ * CPU time, batch 128: blocks of 2 x 8 with 4 samples 108-111 GFLOP/s, 4 x 4
+ * with 8 samples 119-122; C harness 138-139, with 16 samples 140-142: not
+ * kept, twice the buffers).  At the end the threads' partials
  * are added in thread order and over the 16 lanes, and G^T dU G is formed in
  * double (rounded once into dw); dbias's lane-wise partials the same way.
  */
@@ -144,8 +154,7 @@ TL4_INLINE __mmask16 first_lanes(int n) {
  * tiles of one input channel x (H, W).  Tile element (i, j) of tile (ty, tx)
  * is P[4ty + i][4tx + j] = x[4ty + i - 1][4tx + j - 1] (zero outside x):
  * for i = 0..3 the rows 4ty + i - 1 (ty = 0..3) are loaded as vectors over
- * the columns and transposed (4x4 of 128-bit lanes, then 4x4 inside them) to
- * t[jj] lane 4ty + tx = x[4ty + i - 1][4tx + jj], i.e. elements j = 1..4;
+ * the columns and permuted (rows_to_tiles) to t[jj] lane 4ty + tx = x[4ty + i - 1][4tx + jj], i.e. elements j = 1..4;
  * j = 0 and 5 are t[3] and t[0] moved by one tile column (zero at the plane's
  * edge).  Rows i = 4, 5 are rows 0, 1 of the tile row below (lanes + 4; zero
  * below the plane), so after the row transform (lane-wise, linear) they are
