@@ -882,9 +882,11 @@ static int wl4_pick(const conv_plan *pl) {
  *   eenet._core calls, best of 30 (q-space direct, the per-sample path
  *     below 16 samples -> this): N=1 forward 40.6 -> 38.3 (the weight
  *     transform is not amortised), backward-data 28.7 -> 43.7, weight
- *     gradient 28.7 -> 22.0 (the per-call reduction of the lane-wise dU);
- *     N=5 71.1 -> 109.7 / 54.2 -> 99.0 / 60.2 -> 54.2; N=17 76.6 -> 120.1 /
- *     59.9 -> 131.0 / 69.0 -> 104.6.
+ *     gradient 28.7 -> 22.0 (the per-call reduction of the lane-wise dU;
+ *     26.4 -> 25.9 once the first block sets dU and the lanes are reduced 16
+ *     sums at a time); N=5 71.1 -> 109.7 / 54.2 -> 99.0 / 60.2 -> 54.2
+ *     (55.8 -> 80.5 after); N=17 76.6 -> 120.1 / 59.9 -> 131.0 / 69.0 ->
+ *     104.6.
  * Accuracy (x, w, dy standard normal, worst error over the tests'
  * tolerance rtol 1e-4 + atol 1e-5 x max|ref|, 16 seeds of 4 samples, 4 of
  * 128 for the weight gradient): forward 0.08, backward-data 0.09-0.10,

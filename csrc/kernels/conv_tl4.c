@@ -12,20 +12,26 @@
  * dropped).  16 tiles x 36 = 576 products per channel pair on a 14x14 plane
  * (direct: 196 x 9 = 1764).
  *
- * Layout per sample, in the thread's slot:
- *   s (C, 2, 4, 4, 20): the zero-padded plane P (P[r][q] = x[r-1][q-1], 20 x
- *       20) split by phase: s[c][h][ii][jj][4a + b] = P[4a + ii][4(b + h) +
- *       jj] (a = 0..4, b = 0..3), so that the 16 values of input-tile element
- *       (i, j) of the 16 tiles, P[4ty + i][4tx + j], are the 16 contiguous
- *       floats at s[c][j/4][i%4][j%4] + 4 (i/4) (lane 4ty + tx).  Each plane
- *       row is one masked load, two permutes and eight 4-float stores; the
- *       rows outside the plane stay zero (zeroed once per call);
+ * Per sample (x86-64 AVX-512), in the thread's slot:
+ *   input: for each channel, the plane rows 4ty + i - 1 (ty = 0..3) of tile
+ *       row element i are loaded as vectors over the columns (masked, zero
+ *       outside the plane) and permuted into tiles (rows_to_tiles: four
+ *       two-source permutes, four 128-bit shuffles), giving elements j = 1..4
+ *       of the 16 tiles; j = 0, 5 and i = 4, 5 are lane moves of those (see
+ *       input_transform).  No padded copy of the plane is made;
  *   v (36, C, 16) = V_e of channel c (lanes: tiles);
  *   m (36, K, 16) = M_e[k] = sum_{c = 0..C-1, in order} U_e[c][k] V_e[c] (U
  *       from u (36, C, K), broadcast);
- *   output: Y_{a,b} (16 tiles) turned into plane rows by two 4x4
- *       transposes (within 128-bit lanes, then of 128-bit lanes), stored with
- *       the bias or added to the old output (accumulate).
+ *   output: Y_{a,b} (16 tiles) turned back into plane rows (tiles_to_rows),
+ *       stored with the bias or added to the old output (accumulate).
+ * Measured on 8->8 14x14 forward at batch 128, 1 thread: the first version,
+ * which split the padded plane by phase into a buffer (one load, two
+ * permutes and eight 4-float stores per row), ran at 128 GFLOP/s
+ * (eenet._core calls, CPU time, best of 15), loading the rows with lane
+ * moves at 148; in a C harness (buffers allocated once, best of 400) 149,
+ * 161 with the 14x14 sizes known to the compiler (tl4_sample_8814), 173
+ * with the permute form of the transposes (8 instead of 16 shuffles per 4
+ * rows: 4x4 unpack/shuffle pairs before).
  * Every sample goes through the same operations whatever its batch, thread
  * count or position, so a sample's bits do not depend on them.
  *
@@ -35,9 +41,15 @@
  * above; dw[k][c] += G^T dU[k][c] G; dbias[k] += the sum of D_7[k] (each
  * tile's sum) over samples and tiles.  Per thread, dU is kept lane-wise (36,
  * K, C, 16 tiles): for each element e the products of a block of TL4_NB
- * samples are summed in registers onto it.  At the end the threads' partials
- * are added in thread order and over the 16 lanes, and G^T dU G is formed in
- * double (rounded once into dw); dbias's lane-wise partials the same way.
+ * samples are summed in registers onto it (4 output x 4 input channels per
+ * register block for 8 -> 8: 8 loads per 16 products; eenet._core calls,
+ * CPU time, batch 128: blocks of 2 x 8 with 4 samples 108-111 GFLOP/s, 4 x 4
+ * with 8 samples 119-122; C harness 138-139, with 16 samples 140-142: not
+ * kept, twice the buffers); a thread's first block sets its dU (no memset).
+ * At the end the threads' partials are added in thread order and over the
+ * 16 lanes (16 sums at a time, hsum16), and G^T dU G is formed in double
+ * (rounded once into dw); dbias's lane-wise partials the same way.  Fixed
+ * cost per call (8->8 14x14, C harness): 7.6 -> 6.3 us with the two.
  */
 #include "conv_winograd.h"
 
@@ -144,8 +156,7 @@ TL4_INLINE __mmask16 first_lanes(int n) {
  * tiles of one input channel x (H, W).  Tile element (i, j) of tile (ty, tx)
  * is P[4ty + i][4tx + j] = x[4ty + i - 1][4tx + j - 1] (zero outside x):
  * for i = 0..3 the rows 4ty + i - 1 (ty = 0..3) are loaded as vectors over
- * the columns and transposed (4x4 of 128-bit lanes, then 4x4 inside them) to
- * t[jj] lane 4ty + tx = x[4ty + i - 1][4tx + jj], i.e. elements j = 1..4;
+ * the columns and permuted (rows_to_tiles) to t[jj] lane 4ty + tx = x[4ty + i - 1][4tx + jj], i.e. elements j = 1..4;
  * j = 0 and 5 are t[3] and t[0] moved by one tile column (zero at the plane's
  * edge).  Rows i = 4, 5 are rows 0, 1 of the tile row below (lanes + 4; zero
  * below the plane), so after the row transform (lane-wise, linear) they are
@@ -344,19 +355,19 @@ TL4_INLINE void dout_transform(float *d, size_t ds, __m512 *bsum, const float *d
     }
 }
 
-/* acc (36, K, C, 16) += sum over the nb samples of the block of d (nb, 36, K,
- * 16) times v (nb, 36, C, 16), lane-wise: for each e and group of kg output
- * channels (kg divides K, kg * C <= 16; constants where specialised), kg * C
- * running sums in registers. */
+/* acc (36, K, C, 16) += (first: =) sum over the nb samples of the block of d
+ * (nb, 36, K, 16) times v (nb, 36, C, 16), lane-wise: for each e and group of
+ * kg output channels (kg divides K, kg * C <= 16; constants where
+ * specialised), kg * C running sums in registers. */
 TL4_INLINE void dw_block(float *acc, const float *v, const float *d, int nb, int C, int K,
-                         int kg) {
+                         int kg, int first) {
     const size_t vstride = (size_t)36 * C * 16, dstride = (size_t)36 * K * 16;
     for (int e = 0; e < 36; e++) {
         for (int k0 = 0; k0 < K; k0 += kg) {
             __m512 r[16];
             float *ae = acc + ((size_t)e * K + k0) * C * 16;
             for (int q = 0; q < kg * C; q++) {
-                r[q] = _mm512_loadu_ps(ae + 16 * (size_t)q);
+                r[q] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(ae + 16 * (size_t)q);
             }
             for (int n = 0; n < nb; n++) {
                 const float *vn = v + n * vstride + (size_t)e * C * 16;
@@ -381,7 +392,7 @@ TL4_INLINE void dw_block(float *acc, const float *v, const float *d, int nb, int
 
 /* dw_block for C = K = 8 in 4x4 register blocks: 4 + 4 loads per 16
  * products (the general form above: 10 per 16). */
-TL4_INLINE void dw_block_88(float *acc, const float *v, const float *d, int nb) {
+TL4_INLINE void dw_block_88(float *acc, const float *v, const float *d, int nb, int first) {
     const size_t vstride = (size_t)36 * 8 * 16, dstride = (size_t)36 * 8 * 16;
     for (int e = 0; e < 36; e++) {
         for (int k0 = 0; k0 < 8; k0 += 4) {
@@ -390,7 +401,8 @@ TL4_INLINE void dw_block_88(float *acc, const float *v, const float *d, int nb) 
                 float *ae = acc + ((size_t)e * 8 + k0) * 8 * 16 + 16 * (size_t)c0;
                 for (int a = 0; a < 4; a++) {
                     for (int b = 0; b < 4; b++) {
-                        r[a][b] = _mm512_loadu_ps(ae + 128 * a + 16 * b);
+                        r[a][b] = first ? _mm512_setzero_ps()
+                                        : _mm512_loadu_ps(ae + 128 * a + 16 * b);
                     }
                 }
                 for (int n = 0; n < nb; n++) {
@@ -417,10 +429,31 @@ TL4_INLINE void dw_block_88(float *acc, const float *v, const float *d, int nb) 
     }
 }
 
+/* Lane i of the result = the sum of the 16 lanes of v[i] (a fixed tree:
+ * pairs within 128-bit lanes, then across them); 45 operations instead of
+ * 16 reductions of one vector each. */
+TL4_INLINE __m512 hsum16(const __m512 v[16]) {
+    __m512 t[8], u[4];
+    for (int i = 0; i < 8; i++) { /* per 128-bit lane: a0+a2, b0+b2, a1+a3, b1+b3 */
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    }
+    for (int i = 0; i < 4; i++) { /* lane (L, m): the 128-bit lane L of v[4i + m] summed */
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xEE));
+    }
+    __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x44),
+                               _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
+    __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x44),
+                               _mm512_shuffle_f32x4(u[2], u[3], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xDD));
+}
+
 /* One block of nb samples starting at x, dy into the slot's block buffers,
- * then dw_block onto the slot's lane-wise dU. */
+ * then dw_block onto the slot's lane-wise dU (first: its first block, which
+ * sets it). */
 TL4_INLINE void dw_samples(float *slot, const float *x, const float *dy, int nb, int C, int K,
-                           int kg, int H, int W) {
+                           int kg, int H, int W, int first) {
     const int hw = H * W;
     float *vb = slot;
     float *db = vb + (size_t)TL4_NB * 36 * C * 16;
@@ -440,19 +473,20 @@ TL4_INLINE void dw_samples(float *slot, const float *x, const float *dy, int nb,
         }
     }
     if (C == 8 && K == 8) {
-        dw_block_88(acc, vb, db, nb);
+        dw_block_88(acc, vb, db, nb, first);
     } else {
-        dw_block(acc, vb, db, nb, C, K, kg);
+        dw_block(acc, vb, db, nb, C, K, kg, first);
     }
 }
 
-static TL4_AVX512 void dw_samples_8814(float *slot, const float *x, const float *dy, int nb) {
-    dw_samples(slot, x, dy, nb, 8, 8, 2, 14, 14);
+static TL4_AVX512 void dw_samples_8814(float *slot, const float *x, const float *dy, int nb,
+                                       int first) {
+    dw_samples(slot, x, dy, nb, 8, 8, 2, 14, 14, first);
 }
 
 static TL4_AVX512 void dw_samples_any(float *slot, const float *x, const float *dy, int nb,
-                                      int C, int K, int H, int W) {
-    dw_samples(slot, x, dy, nb, C, K, 1, H, W);
+                                      int C, int K, int H, int W, int first) {
+    dw_samples(slot, x, dy, nb, C, K, 1, H, W, first);
 }
 
 TL4_AVX512 void eenet_tl4_dw(float *dw, float *dbias, const float *dout, const float *inp,
@@ -475,31 +509,56 @@ TL4_AVX512 void eenet_tl4_dw(float *dw, float *dbias, const float *dout, const f
     {
         int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * slot_stride;
-        memset(slot + o_acc, 0, sizeof(float) * (n_acc + 16 * (size_t)K));
+        int first = 1; /* the thread's first block sets its dU (no memset) */
+        memset(slot + o_acc + n_acc, 0, sizeof(float) * 16 * (size_t)K);
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
 #endif
         for (int bi = 0; bi < nblk; bi++) {
             int n0 = bi * TL4_NB, nb = N - n0 < TL4_NB ? N - n0 : TL4_NB;
             const float *x = inp + (size_t)n0 * in_img, *dy = dout + (size_t)n0 * out_img;
             if (C == 8 && K == 8 && H == 14 && W == 14) {
-                dw_samples_8814(slot, x, dy, nb);
+                dw_samples_8814(slot, x, dy, nb, first);
             } else {
-                dw_samples_any(slot, x, dy, nb, C, K, H, W);
+                dw_samples_any(slot, x, dy, nb, C, K, H, W, first);
             }
+            first = 0;
         }
-        /* (the omp for ends with a barrier) the threads' lane-wise partials
+        if (first) { /* no block came to this thread */
+            memset(slot + o_acc, 0, sizeof(float) * n_acc);
+        }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        /* the threads' lane-wise partials
          * added in thread order, then over the 16 lanes: du (36, K, C) */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int q = 0; q < ndu; q++) {
-            __m512 sum = _mm512_loadu_ps(slots + o_acc + 16 * (size_t)q);
-            for (int th = 1; th < nt; th++) {
-                sum = _mm512_add_ps(sum, _mm512_loadu_ps(slots + (size_t)th * slot_stride +
-                                                         o_acc + 16 * (size_t)q));
+        for (int q0 = 0; q0 < ndu; q0 += 16) {
+            if (q0 + 16 <= ndu) {
+                __m512 sv[16];
+                const float *a0 = slots + o_acc + 16 * (size_t)q0;
+                for (int i = 0; i < 16; i++) {
+                    sv[i] = _mm512_loadu_ps(a0 + 16 * i);
+                }
+                for (int th = 1; th < nt; th++) {
+                    const float *at = a0 + (size_t)th * slot_stride;
+                    for (int i = 0; i < 16; i++) {
+                        sv[i] = _mm512_add_ps(sv[i], _mm512_loadu_ps(at + 16 * i));
+                    }
+                }
+                _mm512_storeu_ps(du + q0, hsum16(sv));
+            } else {
+                for (int q = q0; q < ndu; q++) {
+                    __m512 sum = _mm512_loadu_ps(slots + o_acc + 16 * (size_t)q);
+                    for (int th = 1; th < nt; th++) {
+                        sum = _mm512_add_ps(sum, _mm512_loadu_ps(slots + (size_t)th * slot_stride +
+                                                                 o_acc + 16 * (size_t)q));
+                    }
+                    du[q] = _mm512_reduce_add_ps(sum);
+                }
             }
-            du[q] = _mm512_reduce_add_ps(sum);
         }
     }
     if (dbias) {
