@@ -57,8 +57,9 @@ SHAPES = [
 # 7 the batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
 # every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512 CPUs), the rest as 0,
 # 8 the Winograd F(4x4,3x3) path (conv_wino4.c) for forward and backward-data of
-# every 3x3 stride-1 pad-1 layer on 32-wide planes with H a multiple of 8 and
-# 16-wide planes with H a multiple of 16 (AVX-512 CPUs), the rest as 0,
+# every 3x3 stride-1 pad-1 layer on 32-wide planes with H a multiple of 8,
+# 16-wide planes with H a multiple of 16 and 8x8 planes (AVX-512 CPUs), the rest
+# as 0,
 # 9 the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward and
 # backward-data of every 16->16 3x3 stride-1 pad-1 layer with 4 < H, W <= 8,
 # 10 the tile-lane Winograd F(4x4,3x3) path (conv_tl4.c) for forward, backward-data
@@ -929,7 +930,7 @@ def test_c_prepared_weights_same_bits(rng, shape, impl):
     winograd = (impl in (4, 5) and s == 1) or (
         impl == 0 and (C, K, H) in ((64, 64, 8), (32, 32, 16), (16, 16, 32))) or (
         impl == 8 and s == 1 and W == 32 and H % 8 == 0)
-    w4 = (W == 32 and H % 8 == 0) or (W == 16 and H % 16 == 0)
+    w4 = (W == 32 and H % 8 == 0) or (W == 16 and H % 16 == 0) or H == W == 8
     if _avx512() and s == 1 and w4 and (
             impl == 8 or (impl == 0 and (C, K, H, W) in ((16, 16, 32, 32), (32, 32, 16, 16)))):
         assert tag == 4   # the F(4x4) forward (conv_wino4.c) is chosen
@@ -1034,12 +1035,14 @@ def test_wino4_auto_forward_matches_numpy(rng, n):
 @pytest.mark.parametrize("s5", [(2, 16, 32, 32, 16), (1, 3, 32, 32, 16), (2, 16, 16, 32, 32),
                                 (3, 5, 8, 32, 7), (1, 16, 64, 32, 16), (17, 16, 32, 32, 16),
                                 (2, 16, 16, 16, 16), (1, 3, 48, 16, 5), (17, 16, 16, 16, 16),
-                                (2, 64, 32, 16, 64)])
+                                (2, 64, 32, 16, 64), (5, 64, 8, 8, 64), (1, 3, 8, 8, 16),
+                                (7, 16, 8, 8, 16)])
 def test_wino4_forced_matches_numpy(rng, s5):
     """set_impl 8: the F(4x4) forward and backward-data on its other shapes (3
     and 5 input channels, 7 and 32 output channels, 8/16/64-row 32-wide planes,
-    16/32/48-row 16-wide planes, batches spanning several GEMM blocks); the
-    weight gradient (other paths) stays right."""
+    16/32/48-row 16-wide planes, 8x8 planes (4 samples per vector: batches of
+    1, 5, 7), batches spanning several GEMM blocks); the weight gradient (other
+    paths) stays right."""
     with _switch(8):
         for bias in (True, False):
             x, w, b, dy = _arrays(rng, _wshape(s5), bias)
@@ -1090,7 +1093,8 @@ def test_wino4_batch_invariant(rng, n, threads):
 @pytest.mark.parametrize("impl_s5", [(0, (4, 16, 32, 32, 16)), (8, (3, 5, 16, 32, 40)),
                                      (8, (2, 40, 8, 32, 3)), (0, (2, 32, 32, 32, 64)),
                                      (0, (5, 32, 16, 16, 32)), (0, (3, 64, 16, 16, 64)),
-                                     (8, (3, 5, 32, 16, 40))])
+                                     (8, (3, 5, 32, 16, 40)), (0, (5, 64, 8, 8, 64)),
+                                     (8, (3, 5, 8, 8, 40))])
 def test_wino4_c_respects_workspace(rng, impl_s5):
     """Through the C API, F(4x4) forward and backward-data (auto on 16->16
     32x32, forced on C != K): a workspace sized for 1 thread (then 2 threads
@@ -1111,7 +1115,11 @@ WINO4_BD_CASES = [(0, (1, 16, 32, 32, 16)), (0, (3, 16, 32, 32, 16)), (0, (17, 1
                   # 16x16 planes (ResNet/EENet CIFAR stage 2): 16..64 channels
                   (0, (1, 32, 16, 16, 32)), (0, (3, 32, 16, 16, 32)), (0, (128, 32, 16, 16, 32)),
                   (0, (2, 16, 16, 16, 16)), (0, (5, 64, 16, 16, 64)), (0, (2, 16, 16, 16, 32)),
-                  (0, (3, 32, 16, 16, 16)), (8, (2, 3, 32, 16, 16)), (8, (17, 5, 16, 16, 7))]
+                  (0, (3, 32, 16, 16, 16)), (8, (2, 3, 32, 16, 16)), (8, (17, 5, 16, 16, 7)),
+                  # 8x8 planes (stage 3): 32..64 channels, 4 samples per vector
+                  (0, (1, 64, 8, 8, 64)), (0, (5, 64, 8, 8, 64)), (0, (128, 32, 8, 8, 32)),
+                  (0, (3, 32, 8, 8, 64)), (0, (2, 64, 8, 8, 32)), (8, (6, 3, 8, 8, 5)),
+                  (8, (2, 16, 8, 8, 16))]
 
 
 @pytest.mark.parametrize("sw_s5", WINO4_BD_CASES)
@@ -1143,7 +1151,8 @@ def test_wino4_backward_data_matches_numpy(rng, sw_s5):
 
 
 @requires_torch
-@pytest.mark.parametrize("sw_s5", [WINO4_BD_CASES[i] for i in (1, 3, 4, 7, 9, 11, 12, 14, 17)])
+@pytest.mark.parametrize("sw_s5", [WINO4_BD_CASES[i] for i in (1, 3, 4, 7, 9, 11, 12, 14, 17,
+                                                                20, 22, 24)])
 def test_wino4_backward_data_matches_torch(rng, sw_s5):
     """Backward-data through F(4x4) against PyTorch's autograd (and the weight
     and bias gradients beside it)."""
@@ -1182,7 +1191,8 @@ def test_wino4_backward_data_accuracy_margin():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("sw_s5", [(0, (5, 16, 32, 32, 16)), (8, (3, 8, 16, 32, 24)),
                                    (0, (5, 32, 16, 16, 32)), (0, (3, 64, 16, 16, 64)),
-                                   (8, (3, 8, 32, 16, 24))])
+                                   (8, (3, 8, 32, 16, 24)), (0, (7, 64, 8, 8, 64)),
+                                   (8, (6, 16, 8, 8, 24))])
 def test_wino4_backward_data_batch_invariant(rng, sw_s5, threads):
     """A sample's input gradient (and forward output) is bit-identical alone
     and inside a batch, on 1 or 2 threads, and the same on 1 and 2 threads."""
@@ -1254,12 +1264,14 @@ def test_wino4_16_forward_impulses():
     _close(y, ref_forward(x, w, None, 1, 1))
 
 
-@pytest.mark.parametrize("s5", [(3, 16, 16, 16, 16), (3, 64, 16, 16, 64)])
-def test_wino4_16_forward_not_chosen(rng, s5):
+@pytest.mark.parametrize("s5", [(3, 16, 16, 16, 16), (3, 64, 16, 16, 64), (3, 64, 8, 8, 64),
+                                (5, 32, 8, 8, 32)])
+def test_wino4_forward_not_chosen(rng, s5):
     """16->16 and 64->64 on 16x16 keep the F(2x2) forward in the automatic
     dispatch (their F(4x4) forward moves the eenet20 / eenet50 gradient tests
-    of test_net.py past their tolerance, see conv.c wino4_pick16): the bits of
-    set_impl 4."""
+    of test_net.py past their tolerance, see conv.c wino4_pick16), and so do
+    the 8x8 planes (F(4x4) is slower for one sample there, wino4_pick8): the
+    bits of set_impl 4."""
     if not _avx512():
         pytest.skip("F(4x4) and the AVX-512 F(2x2) need AVX-512")
     x, w, b, _ = _arrays(rng, _wshape(s5))

@@ -41,8 +41,9 @@
  *     stride-1 pad-1 layers on 32x32 planes and of 32->32 (16->32, 32->16)
  *     on 16x16 planes (wino4_pick), and the data gradient (a K -> C forward
  *     of dout with the flipped, transposed kernel) of those with 16..64
- *     channels on 32x32 and 16x16 planes (wino4_pick_bd); 32->32 16x16 at
- *     N = 128, one thread: forward and backward-data ~1.5x over F(2x2);
+ *     channels on 32x32 and 16x16 planes and 32..64 on 8x8 planes
+ *     (wino4_pick_bd); 32->32 16x16 at N = 128, one thread: forward and
+ *     backward-data ~1.5x over F(2x2), 64->64 8x8 backward-data ~1.4-1.8x;
  *     36 products per 16 outputs instead of 64, transforms vectorised over
  *     two tile rows of 8 tiles; one thread, forward 115-123 -> 163-216
  *     GFLOP/s at N = 1..32, 16->16 backward-data 85-88 -> 126 at N = 128;
@@ -123,8 +124,8 @@ int eenet_conv_out_size(int in, int k, int stride, int pad) {
  * batch-lane Winograd path (conv_wlanes.c) for forward and backward-data of
  * every 3x3 stride-1 pad-1 layer with C, K <= 16 (AVX-512), the rest as 0,
  * 8: the Winograd F(4x4,3x3) path (conv_wino4.c) for forward and backward-data
- * of every 3x3 stride-1 pad-1 layer on 32-wide planes (H a multiple of 8) and
- * 16-wide planes (H a multiple of 16) (AVX-512), the rest as 0,
+ * of every 3x3 stride-1 pad-1 layer on 32-wide planes (H a multiple of 8),
+ * 16-wide planes (H a multiple of 16) and 8x8 planes (AVX-512), the rest as 0,
  * 9: the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) for forward,
  * backward-data and weight gradient of every 16->16 3x3 stride-1 pad-1 layer on planes with
  * 4 < H, W <= 8 (AVX-512), the rest as 0 (7 keeps F(2x2) batch lanes there),
@@ -186,7 +187,7 @@ typedef struct {
     int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
     int use_wf, use_wd, wino_avx; /* Winograd forward / backward-data; its AVX-512 path */
     int use_ww;                  /* Winograd weight gradient */
-    int w4_ok;                   /* Winograd F(4x4) possible (32- or 16-wide planes) */
+    int w4_ok;                   /* Winograd F(4x4) possible (32/16-wide, 8x8 planes) */
     int use_qf;                  /* Winograd F(4x4) forward (conv_wino4.c) */
     int use_qd;                  /* ... and data gradient (a forward of dout) */
     int wl_ok;                   /* 3x3 s1 p1, C, K <= 16: batch-lane Winograd regions */
@@ -313,7 +314,7 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     size_t wino_shared = 0, wino_slot = 0;
     if (pl->wino_ok) {
         eenet_wino_sizes(C, K, H, W, &wino_shared, &wino_slot);
-        /* the F(4x4) path (32- and 16-wide planes) shares these regions: one
+        /* the F(4x4) path (32/16-wide and 8x8 planes) shares these regions: one
          * Winograd path runs at a time */
         pl->w4_ok = eenet_wino4_ok(H, W);
         if (pl->w4_ok) {
@@ -731,6 +732,43 @@ static int wino4_pick16(const conv_plan *pl, int bd) {
            pl->W == 16 && (bd || fwd);
 }
 
+/* 8x8 planes (ResNet/EENet CIFAR stage 3) with 32..64 channels: F(4x4) for
+ * the data gradient only, a group of 16 tiles being the 2x2 tiles of one
+ * channel plane of 4 consecutive samples (a batch of N fills N/4 groups; the
+ * tail group's missing samples are computed on zeros and not stored).
+ * Measured (as wino4_pick16; F(2x2) -> F(4x4), forward / backward-data):
+ *   64->64: N=128 179.3 -> 326.1 / 174.2 -> 309.7, N=32 171.2 -> 260.9 /
+ *     166.1 -> 263.4, N=5 113.0 -> 104.0 / 114.1 -> 91.3, N=1 66.0 -> 27.5 /
+ *     64.7 -> 27.0 (3/4 of the lanes idle and U formed per call); with
+ *     weights prepared once (eenet_conv2d_forward_prepared, eval mode) N=1
+ *     111.3 -> 62.6, N=2 138.1 -> 122.9, N=3 153.1 -> 201.5, N=8 172.8 ->
+ *     294.9;
+ *   32->32: N=128 143.1 -> 270.0 / 133.8 -> 257.1, N=32 134.8 -> 211.4 /
+ *     126.5 -> 207.5, prepared N=1 51.6 -> 39.2; 32->64 N=128 164.8 ->
+ *     289.6 / 155.7 -> 288.6; 16->16 N=128 131.6 -> 173.0 / 110.5 -> 170.4.
+ * Whole eenet20 (3x32x32, eval-mode forward of every exit / train step, one
+ * thread, thread CPU time, min): F(2x2) everywhere on 8x8 -> F(4x4)
+ * backward-data -> F(4x4) forward and backward-data: N=1 forward 0.551 ->
+ * 0.550 -> 0.727 ms; N=128 forward 83.5 -> 83.1 -> 75.7 ms, train step 375
+ * -> 359 -> 324 ms.  The forward, which cannot look at N (a sample's bits
+ * must not depend on its batch), stays F(2x2): one-sample early-exit
+ * inference would be 32% slower for 9% at batch 128 (set_impl 8 forces
+ * F(4x4)).  The data gradient (training: batches of many samples) takes it.
+ * benchmarks/kernels.py --threads 1 --clock cpu --stat min (load average
+ * 2.6, main 4055e2e -> this), 64->64 8x8 backward-data: N=32 169.2 (torch
+ * ratio 1.38) -> 260.5 (2.20), N=128 171.4 (1.41) -> 234.0 (1.98).
+ * Accuracy: 64->64 forward / backward-data 0.115-0.179 / 0.137-0.154, 32->32
+ * 0.093 / 0.098 (error over the tests' tolerance, as wino4_pick16, one or
+ * two seeds).  The eenet20 (3x16x16, 32->32 8x8 in stage 2) v0 gradient
+ * check of test_net.py, worst stem weight gradient error over its tolerance
+ * for exit types pool / plain / bnpool: F(2x2) 0.43 / 0.17 / 0.34, F(4x4)
+ * backward-data (chosen) 0.46 / 0.25 / 0.53, forward and backward-data 0.72
+ * / 0.22 / 0.54 (all test_net.py torch tests pass with either). */
+static int wino4_pick8(const conv_plan *pl) {
+    return pl->C >= 32 && pl->K >= 32 && pl->C <= 64 && pl->K <= 64 && pl->H == 8 &&
+           pl->W == 8;
+}
+
 /* Whether the Winograd F(4x4,3x3) forward (conv_wino4.c) replaces F(2x2)
  * for the forward (the data gradient: wino4_pick_bd below; the weight
  * gradient keeps its paths).
@@ -781,7 +819,7 @@ static int wino4_pick(const conv_plan *pl) {
  * there).  Like wino4_pick, never looks at N nor at the thread count. */
 static int wino4_pick_bd(const conv_plan *pl) {
     return (pl->C >= 16 && pl->K >= 16 && pl->C <= 64 && pl->K <= 64 && pl->H == 32 &&
-            pl->W == 32) || wino4_pick16(pl, 1);
+            pl->W == 32) || wino4_pick16(pl, 1) || wino4_pick8(pl);
 }
 
 /* Whether the channel-lane Winograd F(4x4,3x3) path (conv_wl4.c) replaces

@@ -1,10 +1,11 @@
 /* conv_wino4.c: Winograd F(4x4,3x3) forward convolution (3x3 kernel, stride 1,
- * padding 1) on 32-wide planes (W = 32, H a multiple of 8) and 16-wide planes
- * (W = 16, H a multiple of 16), AVX-512 only.  conv.c chooses it for the
- * forward and the data gradient (a forward of dout with the flipped,
- * transposed kernel, accumulated into dinp) of ResNet/EENet CIFAR stage 1
- * (32x32) and stage 2 (16x16) layers (wino4_pick, wino4_pick_bd); the weight
- * gradient keeps the other paths.
+ * padding 1) on 32-wide planes (W = 32, H a multiple of 8), 16-wide planes
+ * (W = 16, H a multiple of 16) and 8x8 planes, AVX-512 only.  conv.c chooses
+ * it for the forward and the data gradient (a forward of dout with the
+ * flipped, transposed kernel, accumulated into dinp) of ResNet/EENet CIFAR
+ * stage 1 (32x32), stage 2 (16x16) and stage 3 (8x8, data gradient only)
+ * layers (wino4_pick, wino4_pick_bd); the weight gradient keeps the other
+ * paths.
  *
  * For a 4x4 output tile at (4ty, 4tx), input tile d (6x6) read at rows
  * 4ty-1..4ty+4, columns 4tx-1..4tx+4 (zero outside the input), filter g (3x3),
@@ -39,8 +40,9 @@
  * tile rows q + k*gpp, k = 0 .. 64/W - 1, in lane bands of W/4 lanes.  W =
  * 32: tile rows ty and ty + th/2 (lane l < 8 is tile (q, l), lane l >= 8
  * tile (q + th/2, l - 8)); W = 16: four tile rows of 4 tiles (lane 4k + t is
- * tile (q + k*th/4, t); one group per 16x16 plane).  A sample's V/M columns
- * are 16 per group.  Input rows are loaded as 16-float vectors (two per
+ * tile (q + k*th/4, t); one group per 16x16 plane).  8x8 planes (4 tiles):
+ * a group is one channel plane of 4 consecutive samples (in_group8).  A
+ * sample's V/M columns are 16 per group (4 on 8x8 planes).  Input rows are loaded as 16-float vectors (two per
  * 32-wide row, one per 16-wide row), the stride-4 columns 4tx+m picked with
  * _mm512_permutex2var_ps and the rows' tile bands paired with
  * _mm512_shuffle_f32x4; the columns 4tx-1 and 4tx+4 are those of the
@@ -51,10 +53,11 @@
  * stages, then adds bias, the added tensor and applies the ReLU (post_avx of
  * conv_winograd.c: v + add, then v < 0 ? 0 : v) in the store.
  *
- * Blocking: groups are numbered globally (n * gpp + q); a block is up to
- * W4_GROUPS consecutive groups (16 columns each, possibly spanning samples),
- * blocks split over the threads.  Each column's GEMM sums over cin in the same
- * order whatever the block, so a sample's bits do not depend on its batch nor
+ * Blocking: groups are numbered globally (n * gpp + q; n/4 on 8x8 planes); a
+ * block is up to W4_GROUPS consecutive groups (16 columns each, possibly
+ * spanning samples), blocks split over the threads.  Each column's GEMM sums
+ * over cin in the same order whatever the block (and whatever the other
+ * lanes of its vector hold), so a sample's bits do not depend on its batch nor
  * on the thread count.  Per block and thread: input transform into V (36,
  * cin, ldv), 36 GEMMs (eenet_conv_direct_fwd) into M (36, cout, ldv), output
  * transform into the output planes.
@@ -82,7 +85,8 @@ static size_t e4_stride(int rows, int ldv) {
 #define W4_LDV (16 * W4_GROUPS)
 
 int eenet_wino4_ok(int H, int W) {
-    return (W == 32 && H >= 8 && H % 8 == 0) || (W == 16 && H >= 16 && H % 16 == 0);
+    return (W == 32 && H >= 8 && H % 8 == 0) || (W == 16 && H >= 16 && H % 16 == 0) ||
+           (W == 8 && H == 8);
 }
 
 void eenet_wino4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
@@ -177,36 +181,49 @@ static W4_AVX512 inline void row_pair(__m512 r[6], const float *xc, int H, int y
     bt6(r, dm, c0, c1, c2, c3, dp);
 }
 
-/* r = d B for the input rows ya + k*step, k = 0..3, of plane xc (H, 16): lane
- * 4k + t holds tile tx = t of row ya + k*step, d_j its column 4t-1+j (rows
- * outside [0, H) and columns outside [0, 16) read zero).  The same column
- * picks as row_pair, with rows (ya, ya+step) in place of the two halves of
- * row a and (ya+2step, ya+3step) in place of row b; the neighbour columns
- * shift within 4-lane segments. */
-static W4_AVX512 inline void row_quad(__m512 r[6], const float *xc, int H, int ya, int step) {
+/* r = x B for four 16-float vectors x[k] holding 16-float rows (W = 16: lane
+ * 4k + t is tile t of row k) or pairs of 8-float rows (W = 8: x[k] = [row
+ * ya, row ya+4] of sample k, lane 4k + 2h + t is tile t of half h): d_j is
+ * column 4t-1+j of the tile's row (columns outside [0, W) read zero).  The
+ * same column picks as row_pair, with x[0], x[1] in place of the two halves
+ * of row a and x[2], x[3] in place of row b; the neighbour columns shift
+ * within segments of W/4 lanes. */
+static W4_AVX512 inline __attribute__((always_inline)) void quad_bt(__m512 r[6],
+                                                                    const __m512 x[4],
+                                                                    int W) {
     const __m512i i01 =
         _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
     const __m512i i23 =
         _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
-    const __m512i iprev = _mm512_set_epi32(14, 13, 12, 12, 10, 9, 8, 8, 6, 5, 4, 4, 2, 1, 0, 0);
-    const __m512i inext = _mm512_set_epi32(15, 15, 14, 13, 11, 11, 10, 9, 7, 7, 6, 5, 3, 3, 2, 1);
+    /* lane l <- l - 1 and l <- l + 1 (masked lanes: the plane's border) */
+    const __m512i iprev = _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0);
+    const __m512i inext = _mm512_set_epi32(15, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1);
+    const __mmask16 mprev = W == 16 ? (__mmask16)0xEEEE : (__mmask16)0xAAAA;
+    const __mmask16 mnext = W == 16 ? (__mmask16)0x7777 : (__mmask16)0x5555;
+    /* S01 = [x0, x1 columns 4t, x0, x1 columns 4t+1], ... */
+    __m512 sa01 = _mm512_permutex2var_ps(x[0], i01, x[1]);
+    __m512 sa23 = _mm512_permutex2var_ps(x[0], i23, x[1]);
+    __m512 sb01 = _mm512_permutex2var_ps(x[2], i01, x[3]);
+    __m512 sb23 = _mm512_permutex2var_ps(x[2], i23, x[3]);
+    /* c_m lane 4k+i: x[k]'s tile i, column 4t+m */
+    __m512 c0 = _mm512_shuffle_f32x4(sa01, sb01, 0x44), c1 = _mm512_shuffle_f32x4(sa01, sb01, 0xEE);
+    __m512 c2 = _mm512_shuffle_f32x4(sa23, sb23, 0x44), c3 = _mm512_shuffle_f32x4(sa23, sb23, 0xEE);
+    __m512 dm = _mm512_maskz_permutexvar_ps(mprev, iprev, c3); /* columns 4t-1 */
+    __m512 dp = _mm512_maskz_permutexvar_ps(mnext, inext, c0); /* columns 4t+4 */
+    bt6(r, dm, c0, c1, c2, c3, dp);
+}
+
+/* r = d B for the input rows ya + k*step, k = 0..3, of plane xc (H, 16):
+ * lane 4k + t holds tile tx = t of row ya + k*step (rows outside [0, H)
+ * read zero). */
+static W4_AVX512 inline void row_quad(__m512 r[6], const float *xc, int H, int ya, int step) {
     const __m512 z = _mm512_setzero_ps();
     __m512 x[4];
     for (int k = 0; k < 4; k++) {
         int y = ya + k * step;
         x[k] = y >= 0 && y < H ? _mm512_loadu_ps(xc + (size_t)y * 16) : z;
     }
-    /* S01 = [rows 0, 1 columns 4t (t < 4), rows 0, 1 columns 4t+1], ... */
-    __m512 sa01 = _mm512_permutex2var_ps(x[0], i01, x[1]);
-    __m512 sa23 = _mm512_permutex2var_ps(x[0], i23, x[1]);
-    __m512 sb01 = _mm512_permutex2var_ps(x[2], i01, x[3]);
-    __m512 sb23 = _mm512_permutex2var_ps(x[2], i23, x[3]);
-    /* c_m lane 4k+t: row k column 4t+m */
-    __m512 c0 = _mm512_shuffle_f32x4(sa01, sb01, 0x44), c1 = _mm512_shuffle_f32x4(sa01, sb01, 0xEE);
-    __m512 c2 = _mm512_shuffle_f32x4(sa23, sb23, 0x44), c3 = _mm512_shuffle_f32x4(sa23, sb23, 0xEE);
-    __m512 dm = _mm512_maskz_permutexvar_ps((__mmask16)0xEEEE, iprev, c3); /* columns 4t-1 */
-    __m512 dp = _mm512_maskz_permutexvar_ps((__mmask16)0x7777, inext, c0); /* columns 4t+4 */
-    bt6(r, dm, c0, c1, c2, c3, dp);
+    quad_bt(r, x, 16);
 }
 
 /* V_e columns [0, 16*ng) (planes es apart) for groups q0 .. q0+ng-1 of one
@@ -314,6 +331,99 @@ static W4_AVX512 void out_groups(float *yc, const float *m, size_t es, int H, in
     }
 }
 
+/* 8x8 planes: a group is the 4 tiles (2x2) of the same channel plane of 4
+ * consecutive samples (lane 4k + 2h + t: sample n0 + k, tile row h, tile
+ * column t).  V_e columns [0, 16) (planes es apart) of the group whose first
+ * sample's plane is x0 (8, 8); the planes of the next samples are sstride
+ * floats apart, ns of them (1..4) exist (the lanes of the others read zero). */
+static W4_AVX512 void in_group8(float *vg, size_t es, const float *x0, size_t sstride, int ns) {
+    const __m512 z = _mm512_setzero_ps();
+    __m512 r[6][6];
+    for (int i = 0; i < 6; i++) {
+        /* x[k] = [row i-1, row i+3] of sample k (rows -1 and 8 read zero) */
+        __m512 x[4];
+        for (int k = 0; k < 4; k++) {
+            const float *xk = x0 + (size_t)k * sstride;
+            x[k] = z;
+            if (k < ns) {
+                if (i >= 1) {
+                    x[k] = _mm512_maskz_loadu_ps((__mmask16)0x00FF, xk + 8 * (i - 1));
+                }
+                if (i <= 4) {
+                    x[k] = _mm512_mask_loadu_ps(x[k], (__mmask16)0xFF00, xk + 8 * (i + 3) - 8);
+                }
+            }
+        }
+        quad_bt(r[i], x, 8);
+    }
+    for (int j = 0; j < 6; j++) {
+        __m512 o[6];
+        bt6(o, r[0][j], r[1][j], r[2][j], r[3][j], r[4][j], r[5][j]);
+        for (int i = 0; i < 6; i++) {
+            _mm512_storeu_ps(vg + (size_t)(6 * i + j) * es, o[i]);
+        }
+    }
+}
+
+/* Output planes of one channel for the group of in_group8 (first plane y0,
+ * (8, 8), the next samples' sstride floats apart, ns of them stored) from M
+ * columns [0, 16) (36 planes es apart): post(A^T m A + bias) as out_groups,
+ * ac: the added plane of the first sample (same strides) or NULL. */
+static W4_AVX512 void out_group8(float *y0, size_t sstride, int ns, const float *mg, size_t es,
+                                 float bias, const float *ac, int relu) {
+    const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i ih =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512i j0 = _mm512_set_epi32(23, 22, 7, 6, 21, 20, 5, 4, 19, 18, 3, 2, 17, 16, 1, 0);
+    const __m512i j1 =
+        _mm512_set_epi32(31, 30, 15, 14, 29, 28, 13, 12, 27, 26, 11, 10, 25, 24, 9, 8);
+    const __m512 vb = _mm512_set1_ps(bias), z = _mm512_setzero_ps();
+    __m512 t[4][6]; /* t = A^T m (4x6) */
+    for (int j = 0; j < 6; j++) {
+        __m512 o[4];
+        at6(o, _mm512_loadu_ps(mg + (size_t)j * es), _mm512_loadu_ps(mg + (size_t)(6 + j) * es),
+            _mm512_loadu_ps(mg + (size_t)(12 + j) * es), _mm512_loadu_ps(mg + (size_t)(18 + j) * es),
+            _mm512_loadu_ps(mg + (size_t)(24 + j) * es),
+            _mm512_loadu_ps(mg + (size_t)(30 + j) * es));
+        for (int a = 0; a < 4; a++) {
+            t[a][j] = o[a];
+        }
+    }
+    for (int a = 0; a < 4; a++) {
+        __m512 y[4]; /* y_b lane l: output column 4t+b of lane l's tile */
+        at6(y, t[a][0], t[a][1], t[a][2], t[a][3], t[a][4], t[a][5]);
+        for (int b = 0; b < 4; b++) {
+            y[b] = _mm512_add_ps(y[b], vb);
+        }
+        /* the interleave of out_groups: rows[k] holds lanes 4k..4k+3 of every
+         * y_b, i.e. sample k's row a (lanes 0-7) and row 4+a (lanes 8-15) */
+        __m512 p01l = _mm512_permutex2var_ps(y[0], il, y[1]);
+        __m512 p23l = _mm512_permutex2var_ps(y[2], il, y[3]);
+        __m512 p01h = _mm512_permutex2var_ps(y[0], ih, y[1]);
+        __m512 p23h = _mm512_permutex2var_ps(y[2], ih, y[3]);
+        __m512 rows[4] = {_mm512_permutex2var_ps(p01l, j0, p23l),
+                          _mm512_permutex2var_ps(p01l, j1, p23l),
+                          _mm512_permutex2var_ps(p01h, j0, p23h),
+                          _mm512_permutex2var_ps(p01h, j1, p23h)};
+        for (int k = 0; k < ns; k++) {
+            /* lanes 0-7 at row a, lanes 8-15 at row 4+a (base 8 floats back) */
+            size_t lo = (size_t)k * sstride + 8 * (size_t)a;
+            size_t hi = (size_t)k * sstride + 8 * (size_t)(4 + a) - 8;
+            __m512 val = rows[k];
+            if (ac) {
+                __m512 av = _mm512_maskz_loadu_ps((__mmask16)0x00FF, ac + lo);
+                av = _mm512_mask_loadu_ps(av, (__mmask16)0xFF00, ac + hi);
+                val = _mm512_add_ps(val, av);
+            }
+            if (relu) {
+                val = _mm512_mask_mov_ps(val, _mm512_cmp_ps_mask(val, z, _CMP_LT_OQ), z);
+            }
+            _mm512_mask_storeu_ps(y0 + lo, (__mmask16)0x00FF, val);
+            _mm512_mask_storeu_ps(y0 + hi, (__mmask16)0xFF00, val);
+        }
+    }
+}
+
 /* Groups handled together from global group gg (group q of its sample): at
  * most up to the block end g1 and the sample's last group. */
 static int groups_at(long long gg, long long g1, int q, int half) {
@@ -327,7 +437,8 @@ static int groups_at(long long gg, long long g1, int q, int half) {
 void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, const float *w,
                       const float *u_pre, const float *bias, float *shared, float *slots,
                       size_t slot_stride, int N, int cin, int cout, int H, int W, int nt) {
-    const int half = H * W / 256; /* groups of 16 tiles per plane */
+    /* groups of 16 tiles per plane (8x8 planes: 4 samples per group) */
+    const int half = W == 8 ? 1 : H * W / 256;
     const size_t ue = e4_stride(cout, cin);
     int *off = (int *)(shared + 36 * ue);
     const float *u = u_pre;
@@ -339,7 +450,7 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
         off[c] = c * W4_LDV;
     }
     /* blocks of up to W4_GROUPS groups; their count a multiple of the threads where possible */
-    const long long gtot = (long long)N * half;
+    const long long gtot = W == 8 ? ((long long)N + 3) / 4 : (long long)N * half;
     long long nb = (gtot + W4_GROUPS - 1) / W4_GROUPS;
     if (nt > 1) {
         nb = (nb + nt - 1) / nt * nt;
@@ -370,7 +481,17 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
         for (long long b = 0; b < nblk; b++) {
             long long g0 = b * R, g1 = g0 + R < gtot ? g0 + R : gtot;
             int nq = (int)(g1 - g0);
-            for (int c = 0; c < cin; c++) {
+            if (W == 8) {
+                for (int c = 0; c < cin; c++) {
+                    for (long long gg = g0; gg < g1; gg++) {
+                        long long n0 = 4 * gg;
+                        int ns = N - n0 < 4 ? (int)(N - n0) : 4;
+                        in_group8(v + (size_t)c * W4_LDV + 16 * (size_t)(gg - g0), esv,
+                                  inp + ((size_t)n0 * cin + c) * hw, (size_t)cin * hw, ns);
+                    }
+                }
+            }
+            for (int c = 0; c < cin && W != 8; c++) {
                 for (long long gg = g0; gg < g1;) {
                     int n = (int)(gg / half), q = (int)(gg % half);
                     int ng = groups_at(gg, g1, q, half);
@@ -384,7 +505,17 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
                 eenet_conv_direct_fwd(mm + e * esm, (size_t)W4_LDV, v + e * esv, off, u + e * ue,
                                       cout, cin, nq);
             }
-            for (long long gg = g0; gg < g1;) {
+            for (long long gg = g0; gg < g1 && W == 8; gg++) {
+                long long n0 = 4 * gg;
+                int ns = N - n0 < 4 ? (int)(N - n0) : 4;
+                const float *mg = mm + 16 * (size_t)(gg - g0);
+                for (int k = 0; k < cout; k++) {
+                    const size_t plane = ((size_t)n0 * cout + k) * hw;
+                    out_group8(out + plane, (size_t)cout * hw, ns, mg + (size_t)k * W4_LDV, esm,
+                               bias ? bias[k] : 0.0f, add ? add + plane : NULL, relu);
+                }
+            }
+            for (long long gg = g0; gg < g1 && W != 8;) {
                 int n = (int)(gg / half), q = (int)(gg % half);
                 int ng = groups_at(gg, g1, q, half);
                 const float *mg = mm + 16 * (size_t)(gg - g0);

@@ -114,13 +114,13 @@ void eenet_wlanes_conv(float *out, int accumulate, const float *inp, const float
                        float *shared, const float *bias, float *slots, size_t slot_stride, int N,
                        int cin, int cout, int H, int W, int m, int nt);
 
-/* ---- Winograd F(4x4,3x3) (conv_wino4.c): W = 32, H % 8 == 0 or W = 16, H % 16 == 0 ----
+/* ---- Winograd F(4x4,3x3) (conv_wino4.c): W = 32, H % 8 == 0; W = 16, H % 16 == 0; 8x8 ----
  * A forward convolution; the data gradient of a stride-1 pad-1 3x3 layer is
  * one too (dinp += conv3x3_pad1(dout, flipped transposed w): U from
  * eenet_wino4_weights with flip = 1, passed as u_pre, add = out = dinp). */
 
 /* 1 if eenet_wino4_conv handles an H x W plane (W = 32, H a multiple of 8;
- * or W = 16, H a multiple of 16). */
+ * W = 16, H a multiple of 16; or H = W = 8). */
 int eenet_wino4_ok(int H, int W);
 
 /* Workspace of eenet_wino4_conv for a C -> K layer, large enough for both
