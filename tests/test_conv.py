@@ -1611,3 +1611,116 @@ def test_tl4_c_accumulates_and_respects_workspace(rng, sw_s5):
     sw, s5 = sw_s5
     with _switch(sw):
         _check_c_accumulates_and_workspace(rng, s5)
+
+
+# ---- polyphase data gradient of 3x3 stride-2 pad-1 layers (conv.c pd_pick) --
+# Chosen automatically where C is a multiple of 16 and every parity phase of dx
+# has a K-vectorised column tile (phase widths (W+1)//2 and W//2 in 16, 14, 8,
+# 7, 4); otherwise dcol = w^T dy + col2im.  (N, C, H, W, K): the ResNet-20
+# layers, odd H/W (phases of different sizes), one phase row (H = 1, 2), C a
+# multiple of 16 but not of 32, batch 1 and 17.
+PD_CASES = [(2, 32, 16, 16, 64), (3, 16, 32, 32, 32), (1, 16, 15, 15, 32), (17, 32, 9, 15, 16),
+            (1, 48, 5, 8, 16), (2, 16, 1, 8, 16), (2, 32, 2, 14, 3), (1, 64, 7, 14, 64)]
+# not chosen (a phase 6 or 3 columns wide, or C not a multiple of 16): GEMM
+PD_OFF = [(2, 16, 13, 13, 32), (2, 32, 8, 6, 32), (2, 8, 16, 16, 16)]
+
+
+def _pd_shape(s5):
+    N, C, H, W, K = s5
+    return (N, C, H, W, K, 3, 2, 1)
+
+
+@pytest.mark.parametrize("s5", PD_CASES + PD_OFF)
+def test_polyphase_bd_matches_numpy(rng, s5):
+    """Backward-data against the float64 reference, with and without the
+    weight and bias gradients (same dx bits), inputs not modified; the path is
+    the one taken where chosen (its bits differ from im2col+GEMM, set_impl 1)
+    and not taken elsewhere (same bits as set_impl 1)."""
+    with _switch(0):
+        x, w, b, dy = _arrays(rng, _pd_shape(s5))
+        copies = [a.copy() for a in (x, w, dy)]
+        rdx, rdw, rdb = ref_backward(dy, x, w, 2, 1)
+        dx = _core.conv2d_backward(dy, x, w, 2, 1, False, need_dw=False)[0]
+        _close(dx, rdx)
+        dx2, dw2, db2 = _core.conv2d_backward(dy, x, w, 2, 1, True)
+        np.testing.assert_array_equal(dx2, dx)
+        _close(dw2, rdw)
+        _close(db2, rdb)
+        for a, c in zip((x, w, dy), copies):
+            np.testing.assert_array_equal(a, c)
+    if _avx512():
+        with _switch(1):
+            gemm = _core.conv2d_backward(dy, x, w, 2, 1, False, need_dw=False)[0]
+        assert np.array_equal(gemm, dx) == (s5 in PD_OFF)
+
+
+@requires_torch
+@pytest.mark.parametrize("s5", PD_CASES)
+def test_polyphase_bd_matches_torch(rng, s5):
+    """Backward-data (and the weight and bias gradients beside it) against
+    PyTorch's autograd."""
+    import torch
+    import torch.nn.functional as F
+
+    with _switch(0):
+        x, w, b, dy = _arrays(rng, _pd_shape(s5))
+        xt = torch.tensor(x, requires_grad=True)
+        wt = torch.tensor(w, requires_grad=True)
+        bt = torch.tensor(b, requires_grad=True)
+        F.conv2d(xt, wt, bt, stride=2, padding=1).backward(torch.tensor(dy))
+        dx, dw, db = _core.conv2d_backward(dy, x, w, 2, 1, True)
+    _close(dx, xt.grad.numpy())
+    _close(dw, wt.grad.numpy())
+    _close(db, bt.grad.numpy())
+
+
+@pytest.mark.parametrize("s5", [(2, 32, 16, 16, 64), (17, 16, 15, 15, 32), (1, 16, 32, 32, 32)])
+def test_polyphase_bd_threads_and_batch_invariant(rng, s5):
+    """1 and 2 threads give the same dx bits, and so does a slice of the batch
+    (each sample's phases are computed alone)."""
+    old = eenet.get_num_threads()
+    try:
+        with _switch(0):
+            x, w, b, dy = _arrays(rng, _pd_shape(s5))
+            eenet.set_num_threads(1)
+            one = _core.conv2d_backward(dy, x, w, 2, 1, False, need_dw=False)[0]
+            eenet.set_num_threads(2)
+            two = _core.conv2d_backward(dy, x, w, 2, 1, False, need_dw=False)[0]
+            part = _core.conv2d_backward(dy[-1:], x[-1:], w, 2, 1, False, need_dw=False)[0]
+    finally:
+        eenet.set_num_threads(old)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(part, one[-1:])
+
+
+@pytest.mark.parametrize("s5", [(8, 32, 16, 16, 64), (3, 16, 15, 15, 32), (1, 48, 5, 8, 16)])
+def test_polyphase_bd_c_accumulates_and_respects_workspace(rng, s5):
+    """Through the C API: backward-data ADDS into dinp (dw, dbias too), and a
+    workspace sized for 1 thread (then 2 threads configured) is never overrun."""
+    lib = _lib()
+    N, C, H, W, K = s5
+    x, w, b, dy = _arrays(rng, _pd_shape(s5))
+    n = lib.eenet_conv2d_workspace_floats(N, C, H, W, K, 3, 3, 2, 1, 1)
+    guard = 4096
+    ws = np.zeros(n + guard, np.float32)
+    ws[n:] = 12345.0
+    rdx, rdw, rdb = ref_backward(dy, x, w, 2, 1)
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(2)
+        for need_dw in (False, True):
+            dx0 = rng.standard_normal(x.shape).astype(np.float32)
+            dw0 = rng.standard_normal(w.shape).astype(np.float32)
+            db0 = rng.standard_normal(K).astype(np.float32)
+            dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
+            with _switch(0):
+                assert lib.eenet_conv2d_backward_ex(
+                    _p(dx), _p(dw) if need_dw else None, _p(db) if need_dw else None, _p(dy),
+                    _p(x), _p(w), _p(ws), N, C, H, W, K, 3, 3, 2, 1, 1) == 0
+            _close(dx, dx0 + rdx)
+            if need_dw:
+                _close(dw, dw0 + rdw)
+                _close(db, db0 + rdb)
+    finally:
+        eenet.set_num_threads(old)
+    assert np.all(ws[n:] == 12345.0)

@@ -64,8 +64,13 @@
  *     lanes, the samples left over with 16 tiles of one sample per zmm (same
  *     bits); 16->16 7x7 (EENet-8 f=4) at batch 128, one thread: forward
  *     99 -> 127 GFLOP/s, backward-data 98 -> 124;
+ *   - polyphase data gradient (pd_pick) of 3x3 stride-2 pad-1 layers with
+ *     C a multiple of 16: each parity phase of dinp is a stride-1
+ *     K-vectorised forward of the padded dout with a 1x1/1x2/2x1/2x2
+ *     sub-kernel (9 taps per (k, c) in all), interleaved into dinp;
+ *     ResNet-20 32->64 16x16 at batch 32, one thread: 65 -> 82 GFLOP/s;
  *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
- *     backward-data of strided layers (dcol = w^T dout, col2im), and every
+ *     backward-data of other strided layers (dcol = w^T dout, col2im), and every
  *     layer on CPUs without AVX-512 or other architectures (the portable
  *     fallback; plain C GEMM if built without OpenBLAS).
  *   Why: single-thread OpenBLAS sgemm reaches 57-98 GFLOP/s on these GEMM
@@ -212,6 +217,14 @@ typedef struct {
     size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, s_wino;
     size_t s_xl, s_dl, s_dxl, s_dwl; /* batch-lane buffers */
     size_t s_wl, slot;               /* batch-lane Winograd slot */
+    /* polyphase data gradient of 3x3 stride-2 pad-1 layers (pd_pick): the
+     * four parity phases of dinp, each a stride-1 K -> C forward of the
+     * padded dout with its 1, 2 or 4 taps per (k, c) */
+    int pd_ok;                       /* 3x3, stride 2, pad 1: its regions reserved */
+    int use_pd;                      /* chosen for this call */
+    int pd_kv, pd_P[4];              /* register blocks: 16*kv channels, P columns per phase */
+    size_t o_pdw[4], o_pdoff[4];     /* shared: per phase packed weights, tap offsets */
+    size_t s_pdy, s_pdx[4];          /* slot: padded dout, the phase planes of dinp */
 } conv_plan;
 
 /* Classes of output positions along one axis by the kernel taps that read
@@ -375,6 +388,14 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         }
         pl->o_wlu = at, at += eenet_round16(wl_shared);
     }
+    pl->pd_ok = pl->direct_ok && s == 2 && kh == 3 && kw == 3 && p == 1;
+    if (pl->pd_ok) {
+        for (int q = 0; q < 4; q++) {
+            size_t nt = (size_t)K * (q / 2 == 0 ? 1 : 2) * (q % 2 == 0 ? 1 : 2);
+            pl->o_pdw[q] = at, at += eenet_round16((size_t)C * nt);
+            pl->o_pdoff[q] = at, at += eenet_round16(nt);
+        }
+    }
     pl->shared = at;
     at = 0;
     if (pl->direct_ok) {
@@ -410,6 +431,15 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
     }
     if (pl->wl_ok) {
         pl->s_wl = at, at += eenet_round16(wl_slot);
+    }
+    if (pl->pd_ok) {
+        /* dout padded by one zero row/column on each side; phase (a, b) of
+         * dinp is (C, hph[a], wph[b]) */
+        pl->s_pdy = at, at += eenet_round16((size_t)K * (pl->Ho + 2) * (pl->Wo + 2));
+        for (int q = 0; q < 4; q++) {
+            int hq = q / 2 == 0 ? (H + 1) / 2 : H / 2, wq = q % 2 == 0 ? (W + 1) / 2 : W / 2;
+            pl->s_pdx[q] = at, at += eenet_round16((size_t)C * hq * wq);
+        }
     }
     pl->slot = at;
 }
@@ -899,6 +929,38 @@ static int tl4_pick(const conv_plan *pl, int op) {
     return pl->C == 8 && pl->K == 8 && pl->H == 14 && pl->W == 14;
 }
 
+/* Sizes of the parity phase q = 2a + b of a stride-2 layer's input: rows
+ * iy = 2m + a, columns ix = 2x + b. */
+static int pd_rows(const conv_plan *pl, int q) { return q / 2 == 0 ? (pl->H + 1) / 2 : pl->H / 2; }
+static int pd_cols(const conv_plan *pl, int q) { return q % 2 == 0 ? (pl->W + 1) / 2 : pl->W / 2; }
+
+/* Whether the polyphase data gradient (K-vectorised forwards of dout per
+ * parity phase of dinp, C output channels in the lanes) replaces dcol =
+ * w^T dout + col2im on this 3x3 stride-2 pad-1 layer; sets its register
+ * blocks.  Needs C a multiple of 16 and a column tile for every non-empty
+ * phase.  Decided on the shape only (never N or the thread count).
+ * Measured faster on every shape tried (1 thread, CPU clock, min; GFLOP/s
+ * im2col+GEMM -> polyphase): benchmarks/kernels.py batch 32: ResNet-20
+ * 16->32 32x32 52.0 -> 73.3, 32->64 16x16 65.5 -> 81.8; batch 128 with
+ * --pin-malloc (load 2): 42.9 -> 50.7, 47.1 -> 78.9; through the binding
+ * (fresh dx each call), batch 32: 64->128 8x8 49 -> 70, 16->16 16x16
+ * 28 -> 42, 32->32 14x14 45 -> 54, 16->32 15x15 47 -> 62, 32->16 16x16
+ * 27 -> 45; 64->64 56x56 batch 8: 61 -> 73. */
+static int pd_pick(conv_plan *pl) {
+    if (!pl->pd_ok || pl->C % 16 != 0) {
+        return 0;
+    }
+    pl->pd_kv = pl->C % 32 == 0 ? 2 : 1;
+    for (int q = 0; q < 4; q++) {
+        int wq = pd_cols(pl, q);
+        pl->pd_P[q] = pick_cols(wq, 16 / pl->pd_kv);
+        if (pd_rows(pl, q) > 0 && wq > 0 && pl->pd_P[q] == 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static void plan_choose(conv_plan *pl) {
     /* 7 forces the batch-lane Winograd path (below), 8 the F(4x4) forward;
      * otherwise they are 0 */
@@ -970,6 +1032,8 @@ static void plan_choose(conv_plan *pl) {
                  (conv_impl == 8 || (conv_impl == 0 && wino4_pick(pl)));
     pl->use_qd = pl->w4_ok && !pl->use_xd && eenet_conv_direct_available() &&
                  (conv_impl == 8 || (conv_impl == 0 && wino4_pick_bd(pl)));
+    /* polyphase data gradient of 3x3 stride-2 layers (pd_pick) */
+    pl->use_pd = kvec && pd_pick(pl);
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -1441,6 +1505,88 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     }
 }
 
+/* ---- polyphase data gradient of 3x3 stride-2 pad-1 layers ---------------
+ *
+ *   dinp[n,c,iy,ix] += sum_{k,i,j: iy = 2oy+i-1, ix = 2ox+j-1} w[k,c,i,j] dout[n,k,oy,ox]
+ *
+ * Split by the parity of (iy, ix) = (2m+a, 2x+b): an even row (a = 0) takes
+ * kernel row i = 1 at oy = m; an odd row takes i = 2 at oy = m and i = 0 at
+ * oy = m+1 (likewise for columns).  Each phase (a, b) is then a stride-1
+ * correlation of dout with a 1x1, 1x2, 2x1 or 2x2 sub-kernel: 9 taps per
+ * (k, c) in all, the multiply-adds of the direct form and none on the zeros
+ * of a dilated dout.  dout is padded by a zero row/column on each side
+ * (oy = Ho, ox = Wo read zeros; the top/left ones are never read). */
+
+/* Kernel index and dout offset (0: oy = m, 1: oy = m+1) of tap r of parity a. */
+static void pd_tap(int a, int r, int *ki, int *shift) {
+    *ki = a == 0 ? 1 : r == 0 ? 2 : 0;
+    *shift = a == 0 ? 0 : r;
+}
+
+/* Tap offsets of phase q into the padded dout (K, Ho+2, Wo+2), taps
+ * t = (k*nr + r)*nc + e, and its weights w[k][c][i_r][j_e] packed for
+ * eenet_conv_kvec_fwd (blocks of 16*kv channels c, laid out [t][cc]). */
+static void pd_prepare(int *off, float *wk, const float *w, const conv_plan *pl, int q) {
+    int a = q / 2, b = q % 2, nr = a + 1, nc = b + 1;
+    int C = pl->C, K = pl->K, kb = 16 * pl->pd_kv;
+    int hpp = pl->Ho + 2, wpp = pl->Wo + 2, ntaps = K * nr * nc;
+    for (int k = 0; k < K; k++) {
+        for (int r = 0; r < nr; r++) {
+            for (int e = 0; e < nc; e++) {
+                int i, j, dyr, dxc;
+                pd_tap(a, r, &i, &dyr);
+                pd_tap(b, e, &j, &dxc);
+                int t = (k * nr + r) * nc + e;
+                off[t] = (int)(((size_t)k * hpp + dyr + 1) * wpp + dxc + 1);
+                for (int c0 = 0; c0 < C; c0 += kb) {
+                    float *blk = wk + (size_t)c0 * ntaps + (size_t)t * kb;
+                    for (int cc = 0; cc < kb; cc++) {
+                        blk[cc] = w[(((size_t)k * C + c0 + cc) * 3 + i) * 3 + j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* One sample: dx (C, H, W) += the polyphase data gradient of dy (K, Ho, Wo).
+ * dp: the slot's padded dout (border zero); ph[q]: phase planes. */
+static void pd_sample(float *dx, const float *dy, const float *shared, float *slot,
+                      const conv_plan *pl) {
+    int C = pl->C, H = pl->H, W = pl->W, K = pl->K;
+    float *dp = slot + pl->s_pdy;
+    eenet_conv_pad_fill(dp, dy, K, pl->Ho, pl->Wo, 1, 1);
+    const float *ph[4];
+    for (int q = 0; q < 4; q++) {
+        int hq = pd_rows(pl, q), wq = pd_cols(pl, q);
+        ph[q] = slot + pl->s_pdx[q];
+        if (hq > 0 && wq > 0) {
+            int ntaps = K * (q / 2 + 1) * (q % 2 + 1);
+            eenet_conv_kvec_fwd(slot + pl->s_pdx[q], 0, NULL, dp, pl->Wo + 2, 1,
+                                (const int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q],
+                                C, ntaps, hq, wq, 0, hq, pl->pd_kv, pl->pd_P[q],
+                                slot + pl->s_tile);
+        }
+    }
+    /* interleave: dx[c][2m+a][2x+b] += phase (a, b)[c][m][x] */
+    int w0 = (W + 1) / 2, w1 = W / 2;
+    for (int c = 0; c < C; c++) {
+        for (int iy = 0; iy < H; iy++) {
+            int a = iy & 1, m = iy >> 1, hq = pd_rows(pl, 2 * a);
+            const float *p0 = ph[2 * a] + ((size_t)c * hq + m) * w0;
+            const float *p1 = ph[2 * a + 1] + ((size_t)c * hq + m) * w1;
+            float *d = dx + ((size_t)c * H + iy) * W;
+            for (int x = 0; x < w1; x++) {
+                d[2 * x] += p0[x];
+                d[2 * x + 1] += p1[x];
+            }
+            if (w0 > w1) {
+                d[W - 1] += p0[w0 - 1];
+            }
+        }
+    }
+}
+
 /* ---- backward ----------------------------------------------------------- */
 
 static void conv_backward_run(float *dinp, float *dw, float *dbias, const float *dout,
@@ -1485,6 +1631,12 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     if (do_kwq) {
         direct_offsets((int *)(shared + pl->o_off), g);
     }
+    int use_pd = dinp && pl->use_pd;
+    if (use_pd) {
+        for (int q = 0; q < 4; q++) {
+            pd_prepare((int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q], w, pl, q);
+        }
+    }
     if (use_kd) {
         kvec_offsets((int *)(shared + pl->o_offk2), K, pl->kh, pl->kw, pl->hpd, pl->wpd);
         direct_pack_flipped(shared + pl->o_wk2, w, C, K, pl->kh, pl->kw, 16 * pl->kvd);
@@ -1519,6 +1671,9 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         }
         if (use_kd) {
             memset(slot + pl->s_dp, 0, sizeof(float) * (size_t)K * pl->hpd * pl->wpd);
+        }
+        if (use_pd) {
+            memset(slot + pl->s_pdy, 0, sizeof(float) * (size_t)K * (pl->Ho + 2) * (pl->Wo + 2));
         }
         if (nlane > 0) {
             /* lane pass: groups of 16 samples; dl (K, Ho+2phd, Wo+2pwd, 16) the
@@ -1664,6 +1819,9 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                         eenet_conv_direct_fwd(yq2, gd->ldq, src2, (const int *)(shared + pl->o_off2),
                                               shared + pl->o_wp2, C, gd->ntaps, gd->nq);
                         direct_store_add(dx, yq2, gd);
+                    } else if (use_pd) {
+                        /* dx (C, H, W) += the four parity phases (pd_sample) */
+                        pd_sample(dx, dy, shared, slot, pl);
                     } else if (pointwise) {
                         /* dx (C, HW) += w^T (C, K) @ dy (K, HW) */
                         eenet_sgemm(1, 0, ckk, howo, K, 1.0f, w, ckk, dy, howo, 1.0f, dx, howo);
