@@ -415,6 +415,26 @@ cleanup:
     return result;
 }
 
+/* dx (N samples of `img` floats) set to zero by the threads that then
+ * accumulate into it: the kernels split the samples statically over the
+ * same thread count, so each thread's share starts in its own core's cache
+ * (np.zeros-style zeroing ran serially on one core first).  Measured
+ * (16->16 7x7, batch 128, 2 threads, wall clock, best of 300x5 calls, a
+ * loaded machine: three alternating runs each): backward-data 84.5-123 ->
+ * 81.0-100 us beside the forward's 75.7-93.3 / 76.5-106 us, i.e. its excess
+ * over the forward (the zeroing and the reads of dinp) 8.8 -> 4.5 us in the
+ * best runs.  One thread: the same memset as before. */
+static void conv_zero_samples(float *dx, size_t img, int N) {
+    int nt = eenet_get_num_threads();
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if ((size_t)N * img >= 65536)
+#endif
+    for (int n = 0; n < N; n++) {
+        memset(dx + (size_t)n * img, 0, sizeof(float) * img);
+    }
+}
+
 static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"dy", "x", "w", "stride", "padding", "with_bias", "need_dx",
                              "naive", "need_dw", NULL};
@@ -453,7 +473,8 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
         }
     }
     if (need_dx) {
-        dx = new_float_array(4, PyArray_DIMS(x));
+        /* zeroed below, in parallel (conv_zero_samples) */
+        dx = (PyArrayObject *)PyArray_EMPTY(4, PyArray_DIMS(x), NPY_FLOAT32, 0);
         if (!dx) {
             goto cleanup;
         }
@@ -476,6 +497,9 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     float *pdw = dw ? FDATA(dw) : NULL;
     eenet_status st;
     Py_BEGIN_ALLOW_THREADS;
+    if (pdx) {
+        conv_zero_samples(pdx, (size_t)g.C * g.H * g.W, g.N);
+    }
     if (naive) {
         st = eenet_conv2d_backward_naive(pdx, pdw, pdb, CFDATA(dy), CFDATA(x), CFDATA(w),
                                          g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.stride, g.pad);
