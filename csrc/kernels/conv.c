@@ -734,7 +734,13 @@ static int wlanes_pick(const conv_plan *pl) {
  *     -> 250.4-254.0 (2.31), backward-data 151.5-152.1 (1.41-1.42) ->
  *     240.4-242.3 (2.27-2.32); N=128 forward 127.9-134.7 (1.39-1.43) ->
  *     149.7-183.5 (1.79-1.95), backward-data 123.6-131.5 (1.38-1.39) ->
- *     183.0-208.7 (1.96-2.03).
+ *     183.0-208.7 (1.96-2.03);
+ *   2 threads, wall clock (kernels.py --threads 2, median, load average
+ *     0.7-1.5, not a quiet machine; two runs each, main ce2a4d9 -> this),
+ *     32->32 16x16: N=128 forward 229-257 GFLOP/s (torch ratio 1.45-1.51)
+ *     -> 329-401 (2.08-2.15), backward-data 185-199 (1.35-1.37) -> 332-400
+ *     (2.02-2.33); N=32 forward 206-226 (1.22-1.30) -> 413-420 (2.30-2.32),
+ *     backward-data 214-217 (1.28-1.41) -> 367-403 (2.08-2.32).
  * Accuracy (worst error over the tests' tolerance rtol 1e-4 + atol 1e-5 x
  * max|ref|, x, w, dy standard normal, 4 samples, 20 seeds for 32->32, 8 for
  * the others; F(4x4) forward / backward-data, F(2x2) in brackets): 32->32
@@ -786,7 +792,10 @@ static int wino4_pick16(const conv_plan *pl, int bd) {
  * F(4x4)).  The data gradient (training: batches of many samples) takes it.
  * benchmarks/kernels.py --threads 1 --clock cpu --stat min (load average
  * 2.6, main 4055e2e -> this), 64->64 8x8 backward-data: N=32 169.2 (torch
- * ratio 1.38) -> 260.5 (2.20), N=128 171.4 (1.41) -> 234.0 (1.98).
+ * ratio 1.38) -> 260.5 (2.20), N=128 171.4 (1.41) -> 234.0 (1.98); 2
+ * threads, wall clock (as in wino4_pick16's note, two runs each): N=32
+ * 245-301 (1.46-1.47) -> 415-483 (2.30-2.38), N=128 250-254 (1.40-1.43) ->
+ * 480-500 (2.39-2.55).
  * Accuracy: 64->64 forward / backward-data 0.115-0.179 / 0.137-0.154, 32->32
  * 0.093 / 0.098 (error over the tests' tolerance, as wino4_pick16, one or
  * two seeds).  The eenet20 (3x16x16, 32->32 8x8 in stage 2) v0 gradient
