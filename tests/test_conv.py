@@ -1618,9 +1618,14 @@ def test_tl4_c_accumulates_and_respects_workspace(rng, sw_s5):
 # has a K-vectorised column tile (phase widths (W+1)//2 and W//2 in 16, 14, 8,
 # 7, 4); otherwise dcol = w^T dy + col2im.  (N, C, H, W, K): the ResNet-20
 # layers, odd H/W (phases of different sizes), one phase row (H = 1, 2), C a
-# multiple of 16 but not of 32, batch 1 and 17.
+# multiple of 16 but not of 32, batch 1 and 17.  With C, K <= 16 and C not a
+# multiple of 16 the batch-lane form runs on whole groups of 16 samples (as
+# many as split evenly over the threads; GEMM for the rest): the EENet-8
+# layers, odd sizes (phases 5 and 4 wide), 1-3 channels, one row, groups plus a tail.
 PD_CASES = [(2, 32, 16, 16, 64), (3, 16, 32, 32, 32), (1, 16, 15, 15, 32), (17, 32, 9, 15, 16),
-            (1, 48, 5, 8, 16), (2, 16, 1, 8, 16), (2, 32, 2, 14, 3), (1, 64, 7, 14, 64)]
+            (1, 48, 5, 8, 16), (2, 16, 1, 8, 16), (2, 32, 2, 14, 3), (1, 64, 7, 14, 64),
+            (35, 2, 28, 28, 4), (32, 4, 14, 14, 8), (33, 8, 14, 14, 16), (32, 3, 7, 9, 5),
+            (32, 1, 1, 5, 12), (34, 5, 2, 3, 16)]
 # not chosen (a phase 6 or 3 columns wide, or C not a multiple of 16): GEMM
 PD_OFF = [(2, 16, 13, 13, 32), (2, 32, 8, 6, 32), (2, 8, 16, 16, 16)]
 
@@ -1674,7 +1679,8 @@ def test_polyphase_bd_matches_torch(rng, s5):
     _close(db, bt.grad.numpy())
 
 
-@pytest.mark.parametrize("s5", [(2, 32, 16, 16, 64), (17, 16, 15, 15, 32), (1, 16, 32, 32, 32)])
+@pytest.mark.parametrize("s5", [(2, 32, 16, 16, 64), (17, 16, 15, 15, 32), (1, 16, 32, 32, 32),
+                                (35, 4, 14, 14, 8)])
 def test_polyphase_bd_threads_and_batch_invariant(rng, s5):
     """1 and 2 threads give the same dx bits, and so does a slice of the batch
     (each sample's phases are computed alone)."""
@@ -1693,7 +1699,8 @@ def test_polyphase_bd_threads_and_batch_invariant(rng, s5):
     np.testing.assert_array_equal(part, one[-1:])
 
 
-@pytest.mark.parametrize("s5", [(8, 32, 16, 16, 64), (3, 16, 15, 15, 32), (1, 48, 5, 8, 16)])
+@pytest.mark.parametrize("s5", [(8, 32, 16, 16, 64), (3, 16, 15, 15, 32), (1, 48, 5, 8, 16),
+                                (35, 4, 14, 14, 8), (32, 3, 7, 9, 5)])
 def test_polyphase_bd_c_accumulates_and_respects_workspace(rng, s5):
     """Through the C API: backward-data ADDS into dinp (dw, dbias too), and a
     workspace sized for 1 thread (then 2 threads configured) is never overrun."""

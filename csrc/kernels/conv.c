@@ -69,6 +69,8 @@
  *     K-vectorised forward of the padded dout with a 1x1/1x2/2x1/2x2
  *     sub-kernel (9 taps per (k, c) in all), interleaved into dinp;
  *     ResNet-20 32->64 16x16 at batch 32, one thread: 65 -> 82 GFLOP/s;
+ *     with C, K <= 16 on the batch-lane path (lanes_pd_pick), EENet-8
+ *     8->16 14x14 35 -> 64-69, 4->8 28x28 24 -> 48-50;
  *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
  *     backward-data of other strided layers (dcol = w^T dout, col2im), and every
  *     layer on CPUs without AVX-512 or other architectures (the portable
@@ -225,6 +227,10 @@ typedef struct {
     int pd_kv, pd_P[4];              /* register blocks: 16*kv channels, P columns per phase */
     size_t o_pdw[4], o_pdoff[4];     /* shared: per phase packed weights, tap offsets */
     size_t s_pdy, s_pdx[4];          /* slot: padded dout, the phase planes of dinp */
+    int use_lpd;                     /* ... on the batch-lane path (C not a multiple of 16,
+                                      * C, K <= 16; the same shared regions, packed per
+                                      * eenet_conv_fwd_kblock) */
+    size_t s_pdl[4];                 /* slot: its phase planes (C, hq, wq, 16) */
 } conv_plan;
 
 /* Classes of output positions along one axis by the kernel taps that read
@@ -418,9 +424,19 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         if (pl->bd_ok && (size_t)pl->hpd * pl->wpd > dl) {
             dl = (size_t)pl->hpd * pl->wpd;
         }
+        if (pl->pd_ok) {
+            /* the polyphase data gradient pads dout by 1 on each side */
+            dl = (size_t)(pl->Ho + 2) * (pl->Wo + 2);
+        }
         pl->s_xl = at, at += 16 * (size_t)C * pl->hp * pl->wp;
         pl->s_dl = at, at += 16 * (size_t)K * dl;
-        pl->s_dxl = at, at += pl->bd_ok ? 16 * (size_t)C * H * W : 0;
+        pl->s_dxl = at, at += (pl->bd_ok || pl->pd_ok) ? 16 * (size_t)C * H * W : 0;
+        if (pl->pd_ok) {
+            for (int q = 0; q < 4; q++) {
+                int hq = q / 2 == 0 ? (H + 1) / 2 : H / 2, wq = q % 2 == 0 ? (W + 1) / 2 : W / 2;
+                pl->s_pdl[q] = at, at += 16 * (size_t)C * hq * wq;
+            }
+        }
         pl->s_dwl = at, at += 16 * (size_t)K * ntaps;
     }
     pl->s_pdw = at, at += eenet_round16((size_t)K * ntaps);
@@ -970,6 +986,17 @@ static int pd_pick(conv_plan *pl) {
     return 1;
 }
 
+/* Whether the batch-lane path runs the polyphase data gradient (pd_sample's
+ * phases, 16 samples per vector) of a 3x3 stride-2 pad-1 layer with
+ * C, K <= 16 (C a multiple of 16 takes pd_pick's K-vectorised form).
+ * Measured (benchmarks/kernels.py, 1 thread, CPU clock, min, load 2.5;
+ * GFLOP/s im2col+GEMM -> polyphase lanes, batch 32 / 128): EENet-8 2->4
+ * 28x28 13.2/13.2 -> 31.4/21.0, 4->8 14x14 15.7/20.3 -> 41.2/49.4, 4->8
+ * 28x28 23.9/23.8 -> 47.8/49.9, 8->16 14x14 34.7/35.0 -> 64.0/68.8. */
+static int lanes_pd_pick(const conv_plan *pl) {
+    return pl->pd_ok && pl->C % 16 != 0;
+}
+
 static void plan_choose(conv_plan *pl) {
     /* 7 forces the batch-lane Winograd path (below), 8 the F(4x4) forward;
      * otherwise they are 0 */
@@ -1041,8 +1068,10 @@ static void plan_choose(conv_plan *pl) {
                  (conv_impl == 8 || (conv_impl == 0 && wino4_pick(pl)));
     pl->use_qd = pl->w4_ok && !pl->use_xd && eenet_conv_direct_available() &&
                  (conv_impl == 8 || (conv_impl == 0 && wino4_pick_bd(pl)));
-    /* polyphase data gradient of 3x3 stride-2 layers (pd_pick) */
+    /* polyphase data gradient of 3x3 stride-2 layers (pd_pick), on the
+     * batch-lane path for the few-channel ones (lanes_pd_pick) */
     pl->use_pd = kvec && pd_pick(pl);
+    pl->use_lpd = lanes && !pl->use_pd && lanes_pd_pick(pl);
 }
 
 /* ---- im2col / col2im ---------------------------------------------------- */
@@ -1558,6 +1587,66 @@ static void pd_prepare(int *off, float *wk, const float *w, const conv_plan *pl,
     }
 }
 
+/* As pd_prepare for the batch-lane path: offsets 16 x those into the padded
+ * dout lanes (K, Ho+2, Wo+2, 16), weights packed like direct_pack (blocks of
+ * eenet_conv_fwd_kblock channels). */
+static void pd_prepare_lanes(int *off16, float *wpk, const float *w, const conv_plan *pl, int q) {
+    int a = q / 2, b = q % 2, nr = a + 1, nc = b + 1;
+    int C = pl->C, K = pl->K;
+    int hpp = pl->Ho + 2, wpp = pl->Wo + 2, ntaps = K * nr * nc;
+    for (int k = 0; k < K; k++) {
+        for (int r = 0; r < nr; r++) {
+            for (int e = 0; e < nc; e++) {
+                int i, j, dyr, dxc;
+                pd_tap(a, r, &i, &dyr);
+                pd_tap(b, e, &j, &dxc);
+                int t = (k * nr + r) * nc + e;
+                off16[t] = 16 * (int)(((size_t)k * hpp + dyr + 1) * wpp + dxc + 1);
+                for (int c0 = 0; c0 < C;) {
+                    int kb = eenet_conv_fwd_kblock(C - c0);
+                    float *blk = wpk + (size_t)c0 * ntaps + (size_t)t * kb;
+                    for (int cc = 0; cc < kb; cc++) {
+                        blk[cc] = w[(((size_t)k * C + c0 + cc) * 3 + i) * 3 + j];
+                    }
+                    c0 += kb;
+                }
+            }
+        }
+    }
+}
+
+/* A group of 16 samples: dxl (C, H, W, 16) = the polyphase data gradient of
+ * dl (K, Ho+2, Wo+2, 16), the group's dout padded by 1 (border zero). */
+static void pd_lanes(float *dxl, const float *dl, const float *shared, float *slot,
+                     const conv_plan *pl) {
+    int C = pl->C, H = pl->H, W = pl->W, K = pl->K;
+    for (int q = 0; q < 4; q++) {
+        int hq = pd_rows(pl, q), wq = pd_cols(pl, q);
+        if (hq > 0 && wq > 0) {
+            eenet_conv_lanes_fwd(slot + pl->s_pdl[q], dl, pl->Wo + 2, 1,
+                                 (const int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q],
+                                 C, K * (q / 2 + 1) * (q % 2 + 1), hq, wq);
+        }
+    }
+    /* interleave: dxl[c][2m+a][2x+b][:] = phase (a, b)[c][m][x][:] */
+    int w0 = (W + 1) / 2, w1 = W / 2;
+    for (int c = 0; c < C; c++) {
+        for (int iy = 0; iy < H; iy++) {
+            int a = iy & 1, m = iy >> 1, hq = pd_rows(pl, 2 * a);
+            const float *p0 = slot + pl->s_pdl[2 * a] + 16 * ((size_t)c * hq + m) * w0;
+            const float *p1 = slot + pl->s_pdl[2 * a + 1] + 16 * ((size_t)c * hq + m) * w1;
+            float *d = dxl + 16 * ((size_t)c * H + iy) * W;
+            for (int x = 0; x < w1; x++) {
+                memcpy(d + 32 * (size_t)x, p0 + 16 * (size_t)x, 16 * sizeof(float));
+                memcpy(d + 32 * (size_t)x + 16, p1 + 16 * (size_t)x, 16 * sizeof(float));
+            }
+            if (w0 > w1) {
+                memcpy(d + 16 * (size_t)(W - 1), p0 + 16 * (size_t)(w0 - 1), 16 * sizeof(float));
+            }
+        }
+    }
+}
+
 /* One sample: dx (C, H, W) += the polyphase data gradient of dy (K, Ho, Wo).
  * dp: the slot's padded dout (border zero); ph[q]: phase planes. */
 static void pd_sample(float *dx, const float *dy, const float *shared, float *slot,
@@ -1615,7 +1704,9 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
      * and/or data gradient; the per-sample paths do the rest */
     int lane_w = dw && pl->use_lw;
     int lane_d = dinp && pl->use_ld;
-    int nlane = (lane_w || lane_d) ? lanes_count(pl, nt) : 0;
+    int lane_pd = dinp && pl->use_lpd; /* polyphase data gradient (pd_lanes) */
+    int nlane = (lane_w || lane_d || lane_pd) ? lanes_count(pl, nt) : 0;
+    lane_pd = lane_pd && nlane > 0;
     float *shared = workspace;
     float *slots = workspace + pl->shared;
     if (nlane > 0 && lane_w) {
@@ -1641,9 +1732,14 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
         direct_offsets((int *)(shared + pl->o_off), g);
     }
     int use_pd = dinp && pl->use_pd;
-    if (use_pd) {
+    if (use_pd || lane_pd) {
         for (int q = 0; q < 4; q++) {
-            pd_prepare((int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q], w, pl, q);
+            if (use_pd) {
+                pd_prepare((int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q], w, pl, q);
+            } else {
+                pd_prepare_lanes((int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q], w,
+                                 pl, q);
+            }
         }
     }
     if (use_kd) {
@@ -1688,7 +1784,8 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
             /* lane pass: groups of 16 samples; dl (K, Ho+2phd, Wo+2pwd, 16) the
              * group's dout, padded for the data gradient (a stride-1 forward
              * of dout with the flipped kernel) */
-            int phd = lane_d ? pl->kh - 1 - pl->p : 0, pwd = lane_d ? pl->kw - 1 - pl->p : 0;
+            int phd = lane_d ? pl->kh - 1 - pl->p : lane_pd ? 1 : 0;
+            int pwd = lane_d ? pl->kw - 1 - pl->p : lane_pd ? 1 : 0;
             int hd = pl->Ho + 2 * phd, wd = pl->Wo + 2 * pwd;
             size_t dplane = 16 * (size_t)hd * wd;
             size_t in_img = (size_t)C * H * W, out_img = (size_t)K * howo;
@@ -1732,6 +1829,12 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                     eenet_conv_lanes_out(dinp + (size_t)n0 * in_img, in_img, dxl, nimg, C,
                                          H * W, NULL, 1);
                 }
+                if (lane_pd) {
+                    /* dxl (C, H, W, 16) = the four parity phases (pd_lanes) */
+                    pd_lanes(dxl, dl, shared, slot, pl);
+                    eenet_conv_lanes_out(dinp + (size_t)n0 * in_img, in_img, dxl, nimg, C,
+                                         H * W, NULL, 1);
+                }
             }
             if (lane_w) {
                 /* into this thread's partial, in the layout the reduction reads */
@@ -1744,7 +1847,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
             /* segment 0: the samples [0, nlane) for what the lane pass did not
              * do; segment 1: the samples [nlane, N).  Contiguous shares [n0, n1) */
             int lo = seg == 0 ? 0 : nlane, hi = seg == 0 ? nlane : N;
-            int sw = seg == 1 || !lane_w, sd = seg == 1 || !lane_d;
+            int sw = seg == 1 || !lane_w, sd = seg == 1 || !(lane_d || lane_pd);
             int n0 = lo + (int)((long long)(hi - lo) * tid / nt);
             int n1 = lo + (int)((long long)(hi - lo) * (tid + 1) / nt);
             int gsz = do_kw ? pl->nbk : pl->nb;
