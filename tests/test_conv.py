@@ -1618,12 +1618,15 @@ def test_tl4_c_accumulates_and_respects_workspace(rng, sw_s5):
 # has a K-vectorised column tile (phase widths (W+1)//2 and W//2 in 16, 14, 8,
 # 7, 4); otherwise dcol = w^T dy + col2im.  (N, C, H, W, K): the ResNet-20
 # layers, odd H/W (phases of different sizes), one phase row (H = 1, 2), C a
-# multiple of 16 but not of 32, batch 1 and 17.  With C, K <= 16 and C not a
+# multiple of 16 but not of 32, batch 1 and 17; the phases are stored straight
+# into dx for even W on planes under 1024 floats (column tiles of 4, 7, 8, 14
+# and 16 here), through phase planes otherwise.  With C, K <= 16 and C not a
 # multiple of 16 the batch-lane form runs on whole groups of 16 samples (as
 # many as split evenly over the threads; GEMM for the rest): the EENet-8
 # layers, odd sizes (phases 5 and 4 wide), 1-3 channels, one row, groups plus a tail.
 PD_CASES = [(2, 32, 16, 16, 64), (3, 16, 32, 32, 32), (1, 16, 15, 15, 32), (17, 32, 9, 15, 16),
             (1, 48, 5, 8, 16), (2, 16, 1, 8, 16), (2, 32, 2, 14, 3), (1, 64, 7, 14, 64),
+            (2, 16, 10, 28, 16), (2, 16, 6, 32, 8),
             (35, 2, 28, 28, 4), (32, 4, 14, 14, 8), (33, 8, 14, 14, 16), (32, 3, 7, 9, 5),
             (32, 1, 1, 5, 12), (34, 5, 2, 3, 16)]
 # not chosen (a phase 6 or 3 columns wide, or C not a multiple of 16): GEMM

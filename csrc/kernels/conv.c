@@ -225,6 +225,7 @@ typedef struct {
     int pd_ok;                       /* 3x3, stride 2, pad 1: its regions reserved */
     int use_pd;                      /* chosen for this call */
     int pd_kv, pd_P[4];              /* register blocks: 16*kv channels, P columns per phase */
+    int pd_fused;                    /* column phases stored straight into dinp (no planes) */
     size_t o_pdw[4], o_pdoff[4];     /* shared: per phase packed weights, tap offsets */
     size_t s_pdy, s_pdx[4];          /* slot: padded dout, the phase planes of dinp */
     int use_lpd;                     /* ... on the batch-lane path (C not a multiple of 16,
@@ -983,6 +984,13 @@ static int pd_pick(conv_plan *pl) {
             return 0;
         }
     }
+    /* W even: both column phases of a row parity stored straight into dinp
+     * (eenet_conv_kvec_pd), but only on planes under 1024 floats: its stores
+     * go to 16 channel planes at once, which on 4 KB-multiple planes share
+     * L1 sets (1 thread, batch 32/16/8, GFLOP/s, phase planes -> fused:
+     * 32->64 16x16 86-87 -> 91-95, 32->32 14x14 66 -> 71-86, 16->32 32x32
+     * 76 -> 61-67, 16->16 64x64 55 -> 40-48) */
+    pl->pd_fused = pl->W % 2 == 0 && (size_t)pl->H * pl->W < 1024;
     return 1;
 }
 
@@ -1654,6 +1662,20 @@ static void pd_sample(float *dx, const float *dy, const float *shared, float *sl
     int C = pl->C, H = pl->H, W = pl->W, K = pl->K;
     float *dp = slot + pl->s_pdy;
     eenet_conv_pad_fill(dp, dy, K, pl->Ho, pl->Wo, 1, 1);
+    if (pl->pd_fused) {
+        /* both column phases of a row parity stored straight into dx */
+        for (int a = 0; a < 2; a++) {
+            int q = 2 * a, hq = pd_rows(pl, q), nt = K * (a + 1);
+            if (hq > 0) {
+                eenet_conv_kvec_pd(dx, H, W, a, dp, pl->Wo + 2,
+                                   (const int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q],
+                                   nt, (const int *)(shared + pl->o_pdoff[q + 1]),
+                                   shared + pl->o_pdw[q + 1], 2 * nt, C, hq, pl->pd_kv,
+                                   pl->pd_P[q]);
+            }
+        }
+        return;
+    }
     const float *ph[4];
     for (int q = 0; q < 4; q++) {
         int hq = pd_rows(pl, q), wq = pd_cols(pl, q);

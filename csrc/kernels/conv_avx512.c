@@ -539,6 +539,52 @@ EENET_AVX512 void eenet_conv_kvec_fwd(float *out, int accumulate, const float *b
     }
 }
 
+/* Polyphase data gradient of a 3x3 stride-2 pad-1 layer, W even: the rows
+ * of parity a of dx (cout, H, W), both column phases at once, so each tile
+ * of P phase columns becomes 2P contiguous dx columns (no phase planes):
+ *   dx[c][2m+a][2x+b] += sum_t wk_b[t][c] * dp[off_b[t] + m*wpp + x]
+ * for m < hq, x < W/2, b = 0, 1 (accumulates).  dp: the padded dout; wk_b
+ * packed like eenet_conv_kvec_fwd's weights (blocks of 16*kv channels). */
+EENET_AVX512 void eenet_conv_kvec_pd(float *dx, int H, int W, int a, const float *dp, int wpp,
+                                     const int *off0, const float *wk0, int nt0,
+                                     const int *off1, const float *wk1, int nt1, int cout,
+                                     int hq, int kv, int P) {
+    kf_fn fn = kv == 2 ? (P == 8 ? kf1_2x8 : P == 7 ? kf1_2x7 : kf1_2x4)
+                       : (P == 16 ? kf1_1x16 : P == 14 ? kf1_1x14 : P == 8 ? kf1_1x8
+                          : P == 7 ? kf1_1x7 : kf1_1x4);
+    float t0[16 * 32] __attribute__((aligned(64)));
+    float t1[16 * 32] __attribute__((aligned(64)));
+    float ti[32 * 32] __attribute__((aligned(64)));
+    int kb = 16 * kv, wq = W / 2;
+    size_t hw = (size_t)H * W;
+    for (int k0 = 0; k0 < cout; k0 += kb) {
+        for (int m = 0; m < hq; m++) {
+            float *orow = dx + (size_t)k0 * hw + (size_t)(2 * m + a) * W;
+            for (int ox0 = 0; ox0 < wq; ox0 += P) {
+                const float *xr = dp + (size_t)m * wpp + ox0;
+                fn(t0, xr, 1, off0, wk0 + (size_t)k0 * nt0, nt0);
+                fn(t1, xr, 1, off1, wk1 + (size_t)k0 * nt1, nt1);
+                /* position 2p from phase b = 0, 2p+1 from b = 1 */
+                for (int p = 0; p < P; p++) {
+                    for (int v = 0; v < kv; v++) {
+                        _mm512_store_ps(ti + ((size_t)(2 * p) * kv + v) * 16,
+                                        _mm512_load_ps(t0 + ((size_t)p * kv + v) * 16));
+                        _mm512_store_ps(ti + ((size_t)(2 * p + 1) * kv + v) * 16,
+                                        _mm512_load_ps(t1 + ((size_t)p * kv + v) * 16));
+                    }
+                }
+                float *o = orow + 2 * (size_t)ox0;
+                for (int p0 = 0; p0 < 2 * P; p0 += 8) {
+                    for (int v = 0; v < kv; v++) {
+                        store_t8x16(o + (size_t)16 * v * hw + p0, hw, ti + (size_t)p0 * kb + 16 * v,
+                                    (size_t)kb, NULL, 1, 2 * P - p0 < 8 ? 2 * P - p0 : 8);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* Backward-weight: acc[TB][KV] over every output position of a sample,
  * dwt[t][k] += sum_pos x[tap t at pos] * dyt[pos][k]; lanes are channels,
  * so no horizontal reduction is needed. */
@@ -1053,6 +1099,13 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
     (void)out, (void)accumulate, (void)bias, (void)xp, (void)wp, (void)s, (void)off, (void)wk;
     (void)cout, (void)ntaps, (void)ho, (void)wo, (void)r0, (void)r1, (void)kv, (void)P;
     (void)tile;
+}
+
+void eenet_conv_kvec_pd(float *dx, int H, int W, int a, const float *dp, int wpp,
+                        const int *off0, const float *wk0, int nt0, const int *off1,
+                        const float *wk1, int nt1, int cout, int hq, int kv, int P) {
+    (void)dx, (void)H, (void)W, (void)a, (void)dp, (void)wpp, (void)off0, (void)wk0, (void)nt0;
+    (void)off1, (void)wk1, (void)nt1, (void)cout, (void)hq, (void)kv, (void)P;
 }
 
 void eenet_conv_kvec_bw(float *dwt, const float *dyt, const float *xp, int wp, int s,

@@ -48,6 +48,16 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
                          int wo, int r0, int r1, int kv, int P, float *tile);
 
+/* Polyphase data gradient of a 3x3 stride-2 pad-1 layer with W even (conv.c
+ * pd_sample): dx (cout, H, W) rows of parity a,
+ *   dx[c][2m+a][2x+b] += sum_t wk_b[t] * dp[off_b[t] + m*wpp + x],
+ * m < hq, x < W/2, b = 0, 1 (accumulates); dp the padded dout, wk_b packed
+ * like eenet_conv_kvec_fwd's weights (16*kv channels), P (16, 14, 8, 7, 4;
+ * 8, 7 or 4 when kv = 2) divides W/2, cout a multiple of 16*kv. */
+void eenet_conv_kvec_pd(float *dx, int H, int W, int a, const float *dp, int wpp,
+                        const int *off0, const float *wk0, int nt0, const int *off1,
+                        const float *wk1, int nt1, int cout, int hq, int kv, int P);
+
 /* dwt (ntaps, cout) += sum over nb samples and their positions of x(tap) *
  * dyt (ho*wo, cout); sample b's dyt at dyt + b*dyt_stride, its input at
  * xp + b*xp_stride (summed in registers across the samples); cout a multiple
