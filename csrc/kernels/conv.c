@@ -431,7 +431,7 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         }
         pl->s_xl = at, at += 16 * (size_t)C * pl->hp * pl->wp;
         pl->s_dl = at, at += 16 * (size_t)K * dl;
-        pl->s_dxl = at, at += (pl->bd_ok || pl->pd_ok) ? 16 * (size_t)C * H * W : 0;
+        pl->s_dxl = at, at += pl->bd_ok ? 16 * (size_t)C * H * W : 0;
         if (pl->pd_ok) {
             for (int q = 0; q < 4; q++) {
                 int hq = q / 2 == 0 ? (H + 1) / 2 : H / 2, wq = q % 2 == 0 ? (W + 1) / 2 : W / 2;
@@ -1623,34 +1623,20 @@ static void pd_prepare_lanes(int *off16, float *wpk, const float *w, const conv_
     }
 }
 
-/* A group of 16 samples: dxl (C, H, W, 16) = the polyphase data gradient of
- * dl (K, Ho+2, Wo+2, 16), the group's dout padded by 1 (border zero). */
-static void pd_lanes(float *dxl, const float *dl, const float *shared, float *slot,
-                     const conv_plan *pl) {
-    int C = pl->C, H = pl->H, W = pl->W, K = pl->K;
+/* A group of 16 samples: the phase planes s_pdl[q] (C, hq, wq, 16) of the
+ * polyphase data gradient of dl (K, Ho+2, Wo+2, 16), the group's dout
+ * padded by 1 (border zero); eenet_conv_lanes_out_pd adds them to dinp
+ * (measured against interleaving into a lane buffer for eenet_conv_lanes_out,
+ * 1 thread, GFLOP/s, best of two runs at batch 32/128: 2->4 28x28 29.6/31.5
+ * -> 36.7/35.1, 4->8 28x28 37.7/48.9 -> 48.8/55.9, 8->16 14x14 62.4/69.0 ->
+ * 68.1/71.1). */
+static void pd_lanes(const float *dl, const float *shared, float *slot, const conv_plan *pl) {
     for (int q = 0; q < 4; q++) {
         int hq = pd_rows(pl, q), wq = pd_cols(pl, q);
         if (hq > 0 && wq > 0) {
             eenet_conv_lanes_fwd(slot + pl->s_pdl[q], dl, pl->Wo + 2, 1,
                                  (const int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q],
-                                 C, K * (q / 2 + 1) * (q % 2 + 1), hq, wq);
-        }
-    }
-    /* interleave: dxl[c][2m+a][2x+b][:] = phase (a, b)[c][m][x][:] */
-    int w0 = (W + 1) / 2, w1 = W / 2;
-    for (int c = 0; c < C; c++) {
-        for (int iy = 0; iy < H; iy++) {
-            int a = iy & 1, m = iy >> 1, hq = pd_rows(pl, 2 * a);
-            const float *p0 = slot + pl->s_pdl[2 * a] + 16 * ((size_t)c * hq + m) * w0;
-            const float *p1 = slot + pl->s_pdl[2 * a + 1] + 16 * ((size_t)c * hq + m) * w1;
-            float *d = dxl + 16 * ((size_t)c * H + iy) * W;
-            for (int x = 0; x < w1; x++) {
-                memcpy(d + 32 * (size_t)x, p0 + 16 * (size_t)x, 16 * sizeof(float));
-                memcpy(d + 32 * (size_t)x + 16, p1 + 16 * (size_t)x, 16 * sizeof(float));
-            }
-            if (w0 > w1) {
-                memcpy(d + 16 * (size_t)(W - 1), p0 + 16 * (size_t)(w0 - 1), 16 * sizeof(float));
-            }
+                                 pl->C, pl->K * (q / 2 + 1) * (q % 2 + 1), hq, wq);
         }
     }
 }
@@ -1852,10 +1838,13 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                                          H * W, NULL, 1);
                 }
                 if (lane_pd) {
-                    /* dxl (C, H, W, 16) = the four parity phases (pd_lanes) */
-                    pd_lanes(dxl, dl, shared, slot, pl);
-                    eenet_conv_lanes_out(dinp + (size_t)n0 * in_img, in_img, dxl, nimg, C,
-                                         H * W, NULL, 1);
+                    /* dinp += the four parity phases (pd_lanes), interleaved and
+                     * transposed back to samples in one pass */
+                    pd_lanes(dl, shared, slot, pl);
+                    const float *ph[4] = {slot + pl->s_pdl[0], slot + pl->s_pdl[1],
+                                          slot + pl->s_pdl[2], slot + pl->s_pdl[3]};
+                    eenet_conv_lanes_out_pd(dinp + (size_t)n0 * in_img, in_img, ph, nimg, C, H,
+                                            W);
                 }
             }
             if (lane_w) {

@@ -801,6 +801,39 @@ EENET_AVX512 void eenet_conv_lanes_out(float *out, size_t img_stride, const floa
     }
 }
 
+/* Sample b < nimg of out (cout, H, W) += the polyphase data gradient's phase
+ * planes in lane layout: pixel (c, iy, ix) from plane q = 2*(iy%2) + ix%2
+ * (c, hq, wq, 16) at row iy/2, column ix/2, lane b (the interleave and
+ * eenet_conv_lanes_out in one pass). */
+EENET_AVX512 void eenet_conv_lanes_out_pd(float *out, size_t img_stride,
+                                          const float *const ph[4], int nimg, int cout, int H,
+                                          int W) {
+    int w0 = (W + 1) / 2, w1 = W / 2, h0 = (H + 1) / 2, h1 = H / 2;
+    for (int k = 0; k < cout; k++) {
+        for (int iy = 0; iy < H; iy++) {
+            int a = iy & 1, m = iy >> 1, hq = a ? h1 : h0;
+            const float *p0 = ph[2 * a] + 16 * ((size_t)k * hq + m) * w0;
+            const float *p1 = ph[2 * a + 1] + 16 * ((size_t)k * hq + m) * w1;
+            for (int x0 = 0; x0 < W; x0 += 16) {
+                int np = W - x0 < 16 ? W - x0 : 16;
+                __mmask16 msk = tail_mask(np);
+                __m512 r[16], cc[16];
+                for (int i = 0; i < 16; i++) {
+                    int ix = x0 + i;
+                    r[i] = i < np ? _mm512_loadu_ps((ix & 1 ? p1 : p0) + 16 * (size_t)(ix >> 1))
+                                  : _mm512_setzero_ps();
+                }
+                tr16(cc, r);
+                for (int b = 0; b < nimg; b++) {
+                    float *dst = out + (size_t)b * img_stride + ((size_t)k * H + iy) * W + x0;
+                    _mm512_mask_storeu_ps(dst, msk,
+                                          _mm512_add_ps(cc[b], _mm512_maskz_loadu_ps(msk, dst)));
+                }
+            }
+        }
+    }
+}
+
 /* Forward tile in lane layout: acc[KB][PX] for KB output channels and PX
  * consecutive output columns of one row; per tap PX vector loads (stride s
  * apart), KB weight broadcasts, KB*PX FMAs.  y: first output vector, rows
@@ -1047,6 +1080,11 @@ void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int ni
                           int hw, const float *bias, int accumulate) {
     (void)out, (void)img_stride, (void)yl, (void)nimg, (void)cout, (void)hw, (void)bias;
     (void)accumulate;
+}
+
+void eenet_conv_lanes_out_pd(float *out, size_t img_stride, const float *const ph[4], int nimg,
+                             int cout, int H, int W) {
+    (void)out, (void)img_stride, (void)ph, (void)nimg, (void)cout, (void)H, (void)W;
 }
 
 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s, const int *off16,

@@ -114,6 +114,13 @@ void eenet_conv_lanes_in_pad(float *xl, const float *x, int nimg, size_t img_str
 void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int nimg, int cout,
                           int hw, const float *bias, int accumulate);
 
+/* Sample b < nimg of out (cout, H, W) += phase planes ph[q] (cout, hq, wq,
+ * 16), q = 2*(iy%2) + ix%2, hq = (H+1)/2 or H/2, wq = (W+1)/2 or W/2, pixel
+ * (iy, ix) at row iy/2, column ix/2 (the polyphase data gradient, conv.c
+ * pd_lanes; accumulates). */
+void eenet_conv_lanes_out_pd(float *out, size_t img_stride, const float *const ph[4], int nimg,
+                             int cout, int H, int W);
+
 /* yl (cout, ho, wo, 16) = sum_t wpk[t] * xl[off16[t] + 16*(oy*s*wp + ox*s)]
  * (overwrites); xl rows wp vectors wide; off16[t] = 16*((c*hp + i)*wp + j);
  * wpk packed like the q-space forward weights (eenet_conv_fwd_kblock). */
