@@ -65,6 +65,13 @@ int eenet_thread_num(void) {
 #endif
 }
 
+int eenet_threads_for(int nt, long long units) {
+    if (nt > units) {
+        nt = (int)units;
+    }
+    return nt < 1 ? 1 : nt;
+}
+
 int eenet_get_num_threads(void) {
     int n;
     if (num_threads > 0) {

@@ -40,6 +40,10 @@ int eenet_get_num_threads(void);
  * region or without OpenMP). */
 int eenet_thread_num(void);
 
+/* Threads for a parallel loop over `units` work items: nt clamped to
+ * [1, units] (no thread without an item; at least one). */
+int eenet_threads_for(int nt, long long units);
+
 /* Cap eenet_get_num_threads() at n (n <= 0: no cap) for the calling thread
  * only, e.g. around a run too small to share; returns the previous cap so a
  * caller can restore it. */

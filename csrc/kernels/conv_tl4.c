@@ -303,12 +303,7 @@ static TL4_AVX512 void tl4_sample_any(float *out, int accumulate, const float *x
 TL4_AVX512 void eenet_tl4_conv(float *out, int accumulate, const float *inp, const float *u,
                                const float *bias, float *slots, size_t slot_stride, int N, int C,
                                int K, int H, int W, int nt) {
-    if (nt > N) {
-        nt = N;
-    }
-    if (nt < 1) {
-        nt = 1;
-    }
+    nt = eenet_threads_for(nt, N);
     const size_t in_img = (size_t)C * H * W, out_img = (size_t)K * H * W;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -514,12 +509,7 @@ TL4_AVX512 void eenet_tl4_dw(float *dw, float *dbias, const float *dout, const f
                              float *du, float *slots, size_t slot_stride, int N, int C, int K,
                              int H, int W, int nt) {
     const int nblk = (N + TL4_NB - 1) / TL4_NB;
-    if (nt > nblk) {
-        nt = nblk;
-    }
-    if (nt < 1) {
-        nt = 1;
-    }
+    nt = eenet_threads_for(nt, nblk);
     const size_t in_img = (size_t)C * H * W, out_img = (size_t)K * H * W;
     const size_t o_acc = (size_t)TL4_NB * 36 * 16 * ((size_t)C + K);
     const size_t n_acc = (size_t)36 * K * C * 16;

@@ -525,12 +525,7 @@ void eenet_wino4_conv(float *out, const float *add, int relu, const float *inp, 
     }
     const long long R = (gtot + nb - 1) / nb;
     const long long nblk = (gtot + R - 1) / R;
-    if (nt > nblk) {
-        nt = (int)nblk;
-    }
-    if (nt < 1) {
-        nt = 1;
-    }
+    nt = eenet_threads_for(nt, nblk);
     const size_t hw = (size_t)H * W;
     const size_t esv = e4_stride(cin, W4_LDV), esm = e4_stride(cout, W4_LDV);
 #ifdef _OPENMP

@@ -147,12 +147,7 @@ static void wino_blocks(long long rtot, int rmax, int *nt, long long *R, long lo
     }
     *R = (rtot + nb - 1) / nb;
     *nblk = (rtot + *R - 1) / *R;
-    if (*nt > *nblk) {
-        *nt = (int)*nblk;
-    }
-    if (*nt < 1) {
-        *nt = 1;
-    }
+    *nt = eenet_threads_for(*nt, *nblk);
 }
 
 /* Tile rows the AVX-512 input transform handles per call (G): stacked

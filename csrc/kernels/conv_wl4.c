@@ -312,12 +312,7 @@ WL4_INLINE void touch_pages_for_write(float *out, size_t len) {
 WL4_AVX512 void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u,
                                const float *bias, float *slots, size_t slot_stride, int N, int H,
                                int W, int nt) {
-    if (nt > N) {
-        nt = N;
-    }
-    if (nt < 1) {
-        nt = 1;
-    }
+    nt = eenet_threads_for(nt, N);
     const size_t img = (size_t)16 * H * W;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -423,12 +418,7 @@ static WL4_AVX512 void wl4_dw_block(float *du, const float *v, const float *d, i
 WL4_AVX512 void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const float *inp,
                              float *slots, size_t slot_stride, int N, int H, int W, int nt) {
     const int nblk = (N + WL4_NB - 1) / WL4_NB;
-    if (nt > nblk) {
-        nt = nblk;
-    }
-    if (nt < 1) {
-        nt = 1;
-    }
+    nt = eenet_threads_for(nt, nblk);
     const size_t img = (size_t)16 * H * W;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)

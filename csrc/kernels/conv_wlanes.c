@@ -481,12 +481,7 @@ EENET_AVX512 void eenet_wlanes_conv(float *out, int accumulate, const float *inp
         ng -= ng % nt;
     }
     int rem = N - 16 * ng;
-    if (nt > ng + rem) {
-        nt = ng + rem;
-    }
-    if (nt < 1) {
-        nt = 1;
-    }
+    nt = eenet_threads_for(nt, ng + rem);
     size_t in_img = (size_t)cin * H * W, out_img = (size_t)cout * H * W;
     wl_tv *tvs = (wl_tv *)(shared + wl_tabs_at(cin, cout));
     if (rem > 0) {
