@@ -352,7 +352,8 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         pl->o_offl = at, at += eenet_round16(ntaps);
         pl->o_offl2 = at, at += eenet_round16((size_t)K * kh * kw);
         /* tap subsets of the forward where kernel rows / columns read padding:
-         * class tables, then per class pair offsets and packed weights */
+         * class tables, then per class pair the kept taps' offsets and their
+         * indices in the full list */
         pl->lt_nrc = tap_classes(pl->Ho, H, kh, s, p, NULL, NULL, NULL);
         pl->lt_ncc = tap_classes(pl->Wo, W, kw, s, p, NULL, NULL, NULL);
         /* column classes cut a row's tiles at the edges (more, shorter tile
@@ -367,8 +368,7 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         size_t nq = (size_t)pl->lt_nrc * pl->lt_ncc;
         pl->o_lt = at;
         if (nq > 1) {
-            at += eenet_round16((size_t)pl->Ho + pl->Wo + nq) + nq * eenet_round16(ntaps) +
-                  nq * eenet_round16((size_t)K * ntaps);
+            at += eenet_round16((size_t)pl->Ho + pl->Wo + nq) + 2 * nq * eenet_round16(ntaps);
         }
     }
     /* batch-lane Winograd regions only for planes up to 32x32 (it is chosen
@@ -1323,17 +1323,18 @@ static int all_finite(const float *v, size_t n) {
 
 /* The tables of eenet_conv_lanes_fwd_taps in the region at shared + o_lt
  * (plan_init): rcls (Ho ints), ccls (Wo), ntaps (nq), then per class pair q
- * its tap offsets (round16(ckk) ints; a subset of off16, the full list, in
- * its order) and packed weights (round16(K*ckk) floats, as direct_pack: the
- * kept taps' rows of each block of wpk, the full list packed by direct_pack). */
-static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *wpk,
-                             const int *off16, const conv_plan *pl) {
-    int nrc = pl->lt_nrc, ncc = pl->lt_ncc, nq = nrc * ncc, K = pl->K, ckk = pl->ckk;
+ * its tap offsets and its taps' indices in the full list (round16(ckk) ints
+ * each; a subset of off16, in its order).  Integers only, from the shape:
+ * the kernel finds each kept tap's weights in the full packed list, so
+ * nothing is copied per call. */
+static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const int *off16,
+                             const conv_plan *pl) {
+    int nrc = pl->lt_nrc, ncc = pl->lt_ncc, nq = nrc * ncc, ckk = pl->ckk;
     int *rcls = (int *)region, *ccls = rcls + pl->Ho, *ntq = ccls + pl->Wo;
     size_t head = eenet_round16((size_t)pl->Ho + pl->Wo + nq);
-    size_t ostride = eenet_round16((size_t)ckk), wstride = eenet_round16((size_t)K * ckk);
+    size_t ostride = eenet_round16((size_t)ckk);
     int *offs = (int *)(region + head);
-    float *wps = region + head + (size_t)nq * ostride;
+    int *wtaps = offs + (size_t)nq * ostride;
     int rlo[8], rhi[8], clo[8], chi[8];
     tap_classes(pl->Ho, pl->H, pl->kh, pl->s, pl->p, rcls, rlo, rhi);
     if (ncc > 1) {
@@ -1345,32 +1346,21 @@ static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *w
     for (int a = 0; a < nrc; a++) {
         for (int b = 0; b < ncc; b++) {
             int q = a * ncc + b, n = 0;
-            int *o = offs + (size_t)q * ostride;
+            int *o = offs + (size_t)q * ostride, *wt = wtaps + (size_t)q * ostride;
             for (int c = 0; c < pl->C; c++) { /* the kept taps t, in order */
                 for (int i = rlo[a]; i < rhi[a]; i++) {
                     for (int j = clo[b]; j < chi[b]; j++) {
-                        o[n++] = (c * pl->kh + i) * pl->kw + j;
+                        int t = (c * pl->kh + i) * pl->kw + j;
+                        wt[n] = t;
+                        o[n++] = off16[t];
                     }
                 }
             }
             ntq[q] = n;
-            float *wq = wps + (size_t)q * wstride;
-            for (int k0 = 0; k0 < K;) {
-                int kb = eenet_conv_fwd_kblock(K - k0);
-                float *blk = wq + (size_t)k0 * n;
-                const float *full = wpk + (size_t)k0 * ckk;
-                for (int t = 0; t < n; t++) {
-                    memcpy(blk + (size_t)t * kb, full + (size_t)o[t] * kb, sizeof(float) * kb);
-                }
-                k0 += kb;
-            }
-            for (int t = 0; t < n; t++) {
-                o[t] = off16[o[t]];
-            }
         }
     }
-    lt->rcls = rcls, lt->ccls = ccls, lt->ntaps = ntq, lt->off16 = offs, lt->wpk = wps;
-    lt->ncc = ncc, lt->ostride = ostride, lt->wstride = wstride;
+    lt->rcls = rcls, lt->ccls = ccls, lt->ntaps = ntq, lt->off16 = offs, lt->wtap = wtaps;
+    lt->ncc = ncc, lt->ostride = ostride;
 }
 
 /* Hint the next sample's n floats at p into the cache (one prefetch per
@@ -1426,8 +1416,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     if (nlane > 0 && pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk)) {
         /* from the packed weights at o_wp (packed above in either case) */
         use_lt = 1;
-        lanes_taps_build(&lt, shared + pl->o_lt, shared + pl->o_wp,
-                         (const int *)(shared + pl->o_offl), pl);
+        lanes_taps_build(&lt, shared + pl->o_lt, (const int *)(shared + pl->o_offl), pl);
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -1456,7 +1445,8 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
                 eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W, pl->p,
                                     pl->p, lanes_ystep(pl));
                 if (use_lt) {
-                    eenet_conv_lanes_fwd_taps(yl, xl, pl->wp, pl->s, &lt, K, pl->Ho, pl->Wo);
+                    eenet_conv_lanes_fwd_taps(yl, xl, pl->wp, pl->s, &lt, shared + pl->o_wp, K,
+                                              ckk, pl->Ho, pl->Wo);
                 } else {
                     eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s,
                                          (const int *)(shared + pl->o_offl), shared + pl->o_wp,

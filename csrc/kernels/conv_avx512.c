@@ -776,27 +776,40 @@ EENET_AVX512 void eenet_conv_lanes_in_pad(float *xl, const float *x, int nimg,
     }
 }
 
+/* yl (cout*hw, 16) taken 16 vectors at a time in memory order, across
+ * channel ends (as lanes_in_flat), so a 49-position plane costs 3.06
+ * transposes instead of 4 and every store but the last is a full vector;
+ * the values are those of a channel-by-channel walk (out = yl + bias[k], or
+ * out += yl). */
 EENET_AVX512 void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int nimg,
                                        int cout, int hw, const float *bias, int accumulate) {
-    __mmask16 mimg = tail_mask(nimg);
-    (void)mimg;
-    for (int k = 0; k < cout; k++) {
-        __m512 bv = _mm512_set1_ps((!accumulate && bias) ? bias[k] : 0.0f);
-        const float *yk = yl + 16 * (size_t)k * hw;
-        for (int p0 = 0; p0 < hw; p0 += 16) {
-            int np = hw - p0 < 16 ? hw - p0 : 16;
-            __mmask16 m = tail_mask(np);
-            __m512 r[16], cc[16];
-            for (int i = 0; i < 16; i++) {
-                r[i] = i < np ? _mm512_loadu_ps(yk + 16 * (size_t)(p0 + i)) : _mm512_setzero_ps();
+    size_t total = (size_t)cout * hw;
+    int use_bias = !accumulate && bias;
+    int k = 0, pos = 0; /* channel and position of the next bias lane */
+    for (size_t f0 = 0; f0 < total; f0 += 16) {
+        int nf = total - f0 < 16 ? (int)(total - f0) : 16;
+        __mmask16 m = tail_mask(nf);
+        __m512 r[16], cc[16];
+        for (int i = 0; i < 16; i++) {
+            r[i] = i < nf ? _mm512_loadu_ps(yl + 16 * (f0 + i)) : _mm512_setzero_ps();
+        }
+        tr16(cc, r);
+        __m512 bv = _mm512_setzero_ps();
+        if (use_bias) {
+            float bb[16] = {0};
+            for (int j = 0; j < nf; j++) {
+                bb[j] = bias[k];
+                if (++pos == hw) {
+                    pos = 0, k++;
+                }
             }
-            tr16(cc, r);
-            for (int b = 0; b < nimg; b++) {
-                float *dst = out + (size_t)b * img_stride + (size_t)k * hw + p0;
-                __m512 v = accumulate ? _mm512_add_ps(cc[b], _mm512_maskz_loadu_ps(m, dst))
-                                      : _mm512_add_ps(cc[b], bv);
-                _mm512_mask_storeu_ps(dst, m, v);
-            }
+            bv = _mm512_loadu_ps(bb);
+        }
+        for (int b = 0; b < nimg; b++) {
+            float *dst = out + (size_t)b * img_stride + f0;
+            __m512 v = accumulate ? _mm512_add_ps(cc[b], _mm512_maskz_loadu_ps(m, dst))
+                                  : _mm512_add_ps(cc[b], bv);
+            _mm512_mask_storeu_ps(dst, m, v);
         }
     }
 }
@@ -838,11 +851,12 @@ EENET_AVX512 void eenet_conv_lanes_out_pd(float *out, size_t img_stride,
  * consecutive output columns of one row; per tap PX vector loads (stride s
  * apart), KB weight broadcasts, KB*PX FMAs.  y: first output vector, rows
  * of channel a at y + a*ystride; xb: the input vector of tap offset 0 for
- * the first column; off16[t] in floats. */
+ * the first column; off16[t] in floats; the weights of tap t at
+ * wpb + KB*t, or at wpb + KB*wtap[t] (a subset of the packed taps). */
 #define DEFINE_LF(KB, PX)                                                                   \
     static EENET_AVX512 void lf_##KB##x##PX(float *y, size_t ystride, const float *xb,      \
                                              int s, const int *off16, const float *wpb,     \
-                                             int ntaps) {                                   \
+                                             const int *wtap, int ntaps) {                  \
         __m512 acc[KB][PX];                                                                 \
         for (int a = 0; a < KB; a++) {                                                      \
             for (int v = 0; v < PX; v++) {                                                  \
@@ -856,7 +870,7 @@ EENET_AVX512 void eenet_conv_lanes_out_pd(float *out, size_t img_stride,
             for (int v = 0; v < PX; v++) {                                                  \
                 x[v] = _mm512_loadu_ps(p + sv * v);                                         \
             }                                                                               \
-            const float *wt = wpb + (size_t)t * KB;                                         \
+            const float *wt = wpb + (size_t)(wtap ? wtap[t] : t) * KB;                      \
             for (int a = 0; a < KB; a++) {                                                  \
                 __m512 wv = _mm512_set1_ps(wt[a]);                                          \
                 for (int v = 0; v < PX; v++) {                                              \
@@ -889,7 +903,8 @@ DEFINE_LF(1, 4)
 DEFINE_LF(1, 2)
 DEFINE_LF(1, 1)
 
-typedef void (*lf_fn)(float *, size_t, const float *, int, const int *, const float *, int);
+typedef void (*lf_fn)(float *, size_t, const float *, int, const int *, const float *,
+                      const int *, int);
 
 EENET_AVX512 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s,
                                        const int *off16, const float *wpk, int cout, int ntaps,
@@ -912,7 +927,7 @@ EENET_AVX512 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s
                 while (!tab[v]) {
                     v--;
                 }
-                tab[v](y + 16 * (size_t)ox, plane, xr + 16 * (size_t)ox * s, s, off16, wpb,
+                tab[v](y + 16 * (size_t)ox, plane, xr + 16 * (size_t)ox * s, s, off16, wpb, NULL,
                        ntaps);
                 ox += v;
             }
@@ -922,8 +937,8 @@ EENET_AVX512 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s
 }
 
 EENET_AVX512 void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, int s,
-                                            const eenet_lanes_taps *lt, int cout, int ho,
-                                            int wo) {
+                                            const eenet_lanes_taps *lt, const float *wpk,
+                                            int cout, int ntaps, int ho, int wo) {
     static const lf_fn t8[4] = {0, lf_8x1, lf_8x2, lf_8x3};
     static const lf_fn t4[7] = {0, lf_4x1, lf_4x2, lf_4x3, lf_4x4, lf_4x5, lf_4x6};
     static const lf_fn t2[9] = {0, lf_2x1, lf_2x2, 0, lf_2x4, 0, 0, 0, lf_2x8};
@@ -945,13 +960,15 @@ EENET_AVX512 void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, 
                 }
                 int q = rq + cq, nt = lt->ntaps[q];
                 const int *off = lt->off16 + (size_t)q * lt->ostride;
-                const float *wpb = lt->wpk + (size_t)q * lt->wstride + (size_t)k0 * nt;
+                const int *wtap = lt->wtap + (size_t)q * lt->ostride;
+                const float *wpb = wpk + (size_t)k0 * ntaps;
                 for (int end = ox + run; ox < end;) {
                     int v = end - ox < pmax ? end - ox : pmax;
                     while (!tab[v]) {
                         v--;
                     }
-                    tab[v](y + 16 * (size_t)ox, plane, xr + 16 * (size_t)ox * s, s, off, wpb, nt);
+                    tab[v](y + 16 * (size_t)ox, plane, xr + 16 * (size_t)ox * s, s, off, wpb, wtap,
+                           nt);
                     ox += v;
                 }
             }
@@ -1094,8 +1111,10 @@ void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s, const int *
 }
 
 void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, int s,
-                               const eenet_lanes_taps *lt, int cout, int ho, int wo) {
-    (void)yl, (void)xl, (void)wp, (void)s, (void)lt, (void)cout, (void)ho, (void)wo;
+                               const eenet_lanes_taps *lt, const float *wpk, int cout, int ntaps,
+                               int ho, int wo) {
+    (void)yl, (void)xl, (void)wp, (void)s, (void)lt, (void)wpk, (void)cout, (void)ntaps;
+    (void)ho, (void)wo;
 }
 
 void eenet_conv_lanes_bw(float *dwl, const float *dy, size_t dplane, int ldr, const float *xl,
