@@ -213,11 +213,13 @@ typedef struct {
     size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_wino, o_offl, o_offl2;
     size_t o_wlu;    /* batch-lane Winograd: transformed weights (16, cin, cout) */
     int lt_nrc, lt_ncc; /* batch-lane forward tap classes of rows / columns (1, 1: none) */
-    size_t o_lt;        /* their tables (lanes_taps_build) */
+    size_t lt_size;     /* floats of their tables (lanes_taps_build; 0: none) */
     size_t shared;
     /* per-thread slot */
     size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, s_wino;
     size_t s_xl, s_dl, s_dxl, s_dwl; /* batch-lane buffers */
+    size_t s_loff, s_lwp, s_llt;     /* batch-lane forward: the thread's own tap offsets, packed
+                                      * weights and tap-subset tables */
     size_t s_wl, slot;               /* batch-lane Winograd slot */
     /* polyphase data gradient of 3x3 stride-2 pad-1 layers (pd_pick): the
      * four parity phases of dinp, each a stride-1 K -> C forward of the
@@ -366,10 +368,9 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             pl->lt_ncc = 1;
         }
         size_t nq = (size_t)pl->lt_nrc * pl->lt_ncc;
-        pl->o_lt = at;
-        if (nq > 1) {
-            at += eenet_round16((size_t)pl->Ho + pl->Wo + nq) + 2 * nq * eenet_round16(ntaps);
-        }
+        pl->lt_size = nq > 1 ? eenet_round16((size_t)pl->Ho + pl->Wo + nq) +
+                                   2 * nq * eenet_round16(ntaps)
+                             : 0;
     }
     /* batch-lane Winograd regions only for planes up to 32x32 (it is chosen
      * on 7x7..14x14): its group buffers grow with 16 * channels * plane */
@@ -439,6 +440,9 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             }
         }
         pl->s_dwl = at, at += 16 * (size_t)K * ntaps;
+        pl->s_loff = at, at += eenet_round16(ntaps);
+        pl->s_lwp = at, at += eenet_round16((size_t)K * ntaps);
+        pl->s_llt = at, at += pl->lt_size;
     }
     pl->s_pdw = at, at += eenet_round16((size_t)K * ntaps);
     pl->s_pdb = at, at += eenet_round16((size_t)K);
@@ -1321,7 +1325,7 @@ static int all_finite(const float *v, size_t n) {
     return 1;
 }
 
-/* The tables of eenet_conv_lanes_fwd_taps in the region at shared + o_lt
+/* The tables of eenet_conv_lanes_fwd_taps in the region at slot + s_llt
  * (plan_init): rcls (Ho ints), ccls (Wo), ntaps (nq), then per class pair q
  * its tap offsets and its taps' indices in the full list (round16(ckk) ints
  * each; a subset of off16, in its order).  Integers only, from the shape:
@@ -1391,18 +1395,9 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     float *slots = workspace + pl->shared;
     int nlane = pl->use_lf ? lanes_count(pl, nt) : 0;
     int parts = (nt > 1 && (N - nlane) % nt != 0) ? nt : 1;
-    /* the lanes skip the products with padding where some output positions
-     * read it (same values; not with non-finite weights, whose products with
-     * zeros are NaN in the per-sample paths) */
-    eenet_lanes_taps lt;
-    int use_lt = 0;
-    if (nlane > 0) {
-        lanes_offsets((int *)(shared + pl->o_offl), C, pl->kh, pl->kw, pl->hp, pl->wp);
-        if (!pl->use_fwd) {
-            direct_pack(shared + pl->o_wp, w, K, ckk, 0);
-        }
-    }
-    if (pl->use_fwd) {
+    /* the per-sample paths' tables, for the samples the lane groups leave */
+    int use_fwd = pl->use_fwd && nlane < N;
+    if (use_fwd) {
         direct_offsets((int *)(shared + pl->o_off), g);
         direct_pack(shared + pl->o_wp, w, K, ckk, 0);
     } else if (pl->use_kf) {
@@ -1410,13 +1405,8 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
             kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
             direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
         }
-    } else {
+    } else if (!pl->use_fwd) {
         eenet_blas_set_threads(1);
-    }
-    if (nlane > 0 && pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk)) {
-        /* from the packed weights at o_wp (packed above in either case) */
-        use_lt = 1;
-        lanes_taps_build(&lt, shared + pl->o_lt, (const int *)(shared + pl->o_offl), pl);
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -1424,7 +1414,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     {
         int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * pl->slot;
-        if (pl->use_fwd) {
+        if (use_fwd) {
             memset(slot + pl->s_src, 0, sizeof(float) * g->src);
         }
         if (pl->use_kf) {
@@ -1432,7 +1422,24 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
         }
         if (nlane > 0) {
             /* groups of 16 samples in the vector lanes; out (16, K, Ho, Wo)
-             * per group through yl (K, Ho, Wo, 16) */
+             * per group through yl (K, Ho, Wo, 16).  Each thread makes its
+             * own tap offsets, packed weights and tap-subset tables here
+             * (a few KB): no serial step before the region, and no cache
+             * line the other core read in the last call is written first by
+             * this one (made once before the region, they took 2-5 us of
+             * the ~100 of 8->16 14x14 s2 at batch 128 on 2 threads).  The
+             * lanes skip the products with padding where some output
+             * positions read it (same values; not with non-finite weights,
+             * whose products with zeros are NaN in the per-sample paths). */
+            int *offl = (int *)(slot + pl->s_loff);
+            float *wpl = slot + pl->s_lwp;
+            lanes_offsets(offl, C, pl->kh, pl->kw, pl->hp, pl->wp);
+            direct_pack(wpl, w, K, ckk, 0);
+            eenet_lanes_taps lt;
+            int use_lt = pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk);
+            if (use_lt) {
+                lanes_taps_build(&lt, slot + pl->s_llt, offl, pl);
+            }
             float *xl = slot + pl->s_xl, *yl = slot + pl->s_dl;
             lanes_zero_border(xl, C, pl->hp, pl->wp, pl->p, pl->p);
             int ng = (nlane + 15) / 16;
@@ -1445,12 +1452,11 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
                 eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W, pl->p,
                                     pl->p, lanes_ystep(pl));
                 if (use_lt) {
-                    eenet_conv_lanes_fwd_taps(yl, xl, pl->wp, pl->s, &lt, shared + pl->o_wp, K,
-                                              ckk, pl->Ho, pl->Wo);
+                    eenet_conv_lanes_fwd_taps(yl, xl, pl->wp, pl->s, &lt, wpl, K, ckk, pl->Ho,
+                                              pl->Wo);
                 } else {
-                    eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s,
-                                         (const int *)(shared + pl->o_offl), shared + pl->o_wp,
-                                         K, ckk, pl->Ho, pl->Wo);
+                    eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s, offl, wpl, K, ckk, pl->Ho,
+                                         pl->Wo);
                 }
                 eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, nimg, K, howo,
                                      bias, 0);
@@ -1462,9 +1468,9 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
          * threads); a thread fills a sample's planes once for its bands */
         int last_n = -1;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
 #endif
-        for (int u = 0; u < (N - nlane) * parts; u++) {
+        for (int u = 0; u < (N - nlane) * parts; u++) { /* nowait: the region's end waits */
             int n = nlane + u / parts, part = u % parts;
             int r0 = (int)((long long)pl->Ho * part / parts);
             int r1 = (int)((long long)pl->Ho * (part + 1) / parts);
