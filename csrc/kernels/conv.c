@@ -2108,24 +2108,22 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
     if (pl.use_yf) {
-        /* channel-lane F(4x4): U (36, C, K) prepared, or made for this call */
-        const float *u = prep && prep_tag == 5 ? prep : workspace + pl.o_wlu;
-        if (u != prep) {
-            eenet_wl4_weights(workspace + pl.o_wlu, w, K, C, 0);
-        }
-        eenet_wl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
+        /* channel-lane F(4x4): U (36, C, K) prepared, or made for this call
+         * by the kernel's threads */
+        const float *u = prep && prep_tag == 5 ? prep : NULL;
+        eenet_wl4_conv(out, 0, inp, u, workspace + pl.o_wlu, w, 0, bias,
+                       workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
                        pick_threads_wino(nthreads, &pl));
         epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
         return EENET_OK;
     }
     if (pl.use_tf) {
-        /* tile-lane F(4x4): U (36, C, K) prepared, or made for this call */
-        const float *u = prep && prep_tag == 6 ? prep : workspace + pl.o_wlu;
-        if (u != prep) {
-            eenet_tl4_weights(workspace + pl.o_wlu, w, K, C, 0);
-        }
-        eenet_tl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, C, K,
-                       H, W, pick_threads_wino(nthreads, &pl));
+        /* tile-lane F(4x4): U (36, C, K) prepared, or made for this call
+         * by the kernel's threads */
+        const float *u = prep && prep_tag == 6 ? prep : NULL;
+        eenet_tl4_conv(out, 0, inp, u, workspace + pl.o_wlu, w, 0, bias,
+                       workspace + pl.shared + pl.s_wl, pl.slot, N, C, K, H, W,
+                       pick_threads_wino(nthreads, &pl));
         epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
         return EENET_OK;
     }
@@ -2198,9 +2196,8 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
         if (!dinp) {
             return EENET_OK;
         }
-        float *u = workspace + pl.o_wlu;
-        eenet_wl4_weights(u, w, C, K, 1);
-        eenet_wl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
+        eenet_wl4_conv(dinp, 1, dout, NULL, workspace + pl.o_wlu, w, 1, NULL,
+                       workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
                        pick_threads_wino(nthreads, &pl));
         return EENET_OK;
     }
@@ -2216,10 +2213,8 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                               pick_threads(nthreads, &pl, 0), &pl);
         }
         if (dinp && pl.use_td) {
-            float *u = workspace + pl.o_wlu;
-            eenet_tl4_weights(u, w, C, K, 1);
-            eenet_tl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, K,
-                           C, H, W, ntw);
+            eenet_tl4_conv(dinp, 1, dout, NULL, workspace + pl.o_wlu, w, 1, NULL,
+                           workspace + pl.shared + pl.s_wl, pl.slot, N, K, C, H, W, ntw);
         } else if (dinp) {
             conv_backward_run(dinp, NULL, NULL, dout, inp, w, workspace,
                               pick_threads(nthreads, &pl, 0), &pl);
