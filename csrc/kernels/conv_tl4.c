@@ -552,38 +552,42 @@ TL4_AVX512 void eenet_tl4_dw(float *dw, float *dbias, const float *dout, const f
         if (first) { /* no block came to this thread */
             memset(slot + o_acc, 0, sizeof(float) * n_acc);
         }
+        /* this thread's lane-wise partial summed over its 16 lanes, into
+         * the start of its slot (the blocks' v, no longer needed): cdu
+         * (36, K, C), 1/16 of what the other thread then reads from this
+         * core's cache (reading the lane-wise partials across instead:
+         * 8->8 14x14, 2 threads, 1.06x the time at batch 32, 1.03x at 128) */
+        float *cdu = slot;
+        for (int q0 = 0; q0 < ndu; q0 += 16) {
+            const float *a0 = slot + o_acc + 16 * (size_t)q0;
+            if (q0 + 16 <= ndu) {
+                __m512 sv[16];
+                for (int i = 0; i < 16; i++) {
+                    sv[i] = _mm512_loadu_ps(a0 + 16 * i);
+                }
+                _mm512_storeu_ps(cdu + q0, hsum16(sv));
+            } else {
+                for (int q = q0; q < ndu; q++) {
+                    cdu[q] = _mm512_reduce_add_ps(_mm512_loadu_ps(a0 + 16 * (size_t)(q - q0)));
+                }
+            }
+        }
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        /* the threads' lane-wise partials
-         * added in thread order, then over the 16 lanes: du (36, K, C) */
+        /* the threads' sums added in thread order: du (36, K, C) */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int q0 = 0; q0 < ndu; q0 += 16) {
-            if (q0 + 16 <= ndu) {
-                __m512 sv[16];
-                const float *a0 = slots + o_acc + 16 * (size_t)q0;
-                for (int i = 0; i < 16; i++) {
-                    sv[i] = _mm512_loadu_ps(a0 + 16 * i);
-                }
-                for (int th = 1; th < nt; th++) {
-                    const float *at = a0 + (size_t)th * slot_stride;
-                    for (int i = 0; i < 16; i++) {
-                        sv[i] = _mm512_add_ps(sv[i], _mm512_loadu_ps(at + 16 * i));
-                    }
-                }
-                _mm512_storeu_ps(du + q0, hsum16(sv));
-            } else {
-                for (int q = q0; q < ndu; q++) {
-                    __m512 sum = _mm512_loadu_ps(slots + o_acc + 16 * (size_t)q);
-                    for (int th = 1; th < nt; th++) {
-                        sum = _mm512_add_ps(sum, _mm512_loadu_ps(slots + (size_t)th * slot_stride +
-                                                                 o_acc + 16 * (size_t)q));
-                    }
-                    du[q] = _mm512_reduce_add_ps(sum);
-                }
+            int nq = ndu - q0 < 16 ? ndu - q0 : 16;
+            __mmask16 m = (__mmask16)((1u << nq) - 1u);
+            __m512 sum = _mm512_maskz_loadu_ps(m, slots + q0);
+            for (int th = 1; th < nt; th++) {
+                sum = _mm512_add_ps(sum,
+                                    _mm512_maskz_loadu_ps(m, slots + (size_t)th * slot_stride + q0));
             }
+            _mm512_mask_storeu_ps(du + q0, m, sum);
         }
     }
     if (dbias) {
