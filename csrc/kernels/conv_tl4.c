@@ -46,10 +46,11 @@
  * CPU time, batch 128: blocks of 2 x 8 with 4 samples 108-111 GFLOP/s, 4 x 4
  * with 8 samples 119-122; C harness 138-139, with 16 samples 140-142: not
  * kept, twice the buffers); a thread's first block sets its dU (no memset).
- * At the end the threads' partials are added in thread order and over the
- * 16 lanes (16 sums at a time, hsum16), and G^T dU G is formed in double
- * (rounded once into dw); dbias's lane-wise partials the same way.  Fixed
- * cost per call (8->8 14x14, C harness): 7.6 -> 6.3 us with the two.
+ * At the end each thread sums its partial over the 16 lanes (16 sums at a
+ * time, hsum16), the threads' sums are added in thread order, and G^T dU G
+ * is formed in double (rounded once into dw); dbias's lane-wise partials
+ * are added in thread order, then over the lanes.  Fixed cost per call
+ * (8->8 14x14, C harness): 7.6 -> 6.3 us with the two.
  */
 #include "conv_winograd.h"
 
