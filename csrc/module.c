@@ -415,26 +415,6 @@ cleanup:
     return result;
 }
 
-/* dx (N samples of `img` floats) set to zero by the threads that then
- * accumulate into it: the kernels split the samples statically over the
- * same thread count, so each thread's share starts in its own core's cache
- * (np.zeros-style zeroing ran serially on one core first).  Measured
- * (16->16 7x7, batch 128, 2 threads, wall clock, best of 300x5 calls, a
- * loaded machine: three alternating runs each): backward-data 84.5-123 ->
- * 81.0-100 us beside the forward's 75.7-93.3 / 76.5-106 us, i.e. its excess
- * over the forward (the zeroing and the reads of dinp) 8.8 -> 4.5 us in the
- * best runs.  One thread: the same memset as before. */
-static void conv_zero_samples(float *dx, size_t img, int N) {
-    int nt = eenet_get_num_threads();
-    (void)nt;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if ((size_t)N * img >= 65536)
-#endif
-    for (int n = 0; n < N; n++) {
-        memset(dx + (size_t)n * img, 0, sizeof(float) * img);
-    }
-}
-
 static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"dy", "x", "w", "stride", "padding", "with_bias", "need_dx",
                              "naive", "need_dw", NULL};
@@ -473,7 +453,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
         }
     }
     if (need_dx) {
-        /* zeroed below, in parallel (conv_zero_samples) */
+        /* not zero-filled: eenet_conv2d_backward_set sets every element */
         dx = (PyArrayObject *)PyArray_EMPTY(4, PyArray_DIMS(x), NPY_FLOAT32, 0);
         if (!dx) {
             goto cleanup;
@@ -497,15 +477,15 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     float *pdw = dw ? FDATA(dw) : NULL;
     eenet_status st;
     Py_BEGIN_ALLOW_THREADS;
-    if (pdx) {
-        conv_zero_samples(pdx, (size_t)g.C * g.H * g.W, g.N);
-    }
-    if (naive) {
+    if (naive) { /* the reference accumulates */
+        if (pdx) {
+            memset(pdx, 0, sizeof(float) * (size_t)g.N * g.C * g.H * g.W);
+        }
         st = eenet_conv2d_backward_naive(pdx, pdw, pdb, CFDATA(dy), CFDATA(x), CFDATA(w),
                                          g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.stride, g.pad);
-    } else {
-        st = eenet_conv2d_backward(pdx, pdw, pdb, CFDATA(dy), CFDATA(x), CFDATA(w), ws,
-                                   g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.stride, g.pad);
+    } else { /* dx set by the kernels (not zeroed, then accumulated into) */
+        st = eenet_conv2d_backward_set(pdx, pdw, pdb, CFDATA(dy), CFDATA(x), CFDATA(w), ws,
+                                       g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.stride, g.pad);
     }
     Py_END_ALLOW_THREADS;
     if (st != EENET_OK) {
@@ -535,8 +515,8 @@ static PyMethodDef conv_methods[] = {
      "conv2d_backward(dy, x, w, stride, padding, with_bias, need_dx=True, naive=False,\n"
      "                need_dw=True)\n--\n\n"
      "Gradients of conv2d_forward: returns (dx (N,C,H,W) or None, dw (K,C,kh,kw) or None,\n"
-     "db (K,) or None) given dy (N,K,Ho,Wo).  The C kernels accumulate; this binding\n"
-     "passes fresh zero-filled arrays, so the results are the gradients themselves."},
+     "db (K,) or None) given dy (N,K,Ho,Wo), each a new array holding the gradient itself\n"
+     "(dx through eenet_conv2d_backward_set; dw and db zero-filled, then accumulated into)."},
     /* END conv methods */
     {NULL, NULL, 0, NULL}};
 

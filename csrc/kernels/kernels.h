@@ -61,6 +61,16 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                                       int N, int C, int H, int W, int K, int kh, int kw,
                                       int stride, int pad, int nthreads);
 
+/* eenet_conv2d_backward, except that dinp (when not NULL) is SET to the data
+ * gradient, not accumulated into: its contents on entry are never used (it
+ * may be uninitialised; dw and dbias still accumulate).  The paths that can
+ * store their result do so (no zeroing pass, no read of dinp); the others
+ * zero dinp first, split over the samples as their threads will be. */
+eenet_status eenet_conv2d_backward_set(float *dinp, float *dw, float *dbias, const float *dout,
+                                       const float *inp, const float *w, float *workspace,
+                                       int N, int C, int H, int W, int K, int kh, int kw,
+                                       int stride, int pad);
+
 /* Forward weights prepared once for many calls with the same weights (the
  * engine's eval mode): eenet_conv2d_prepare(prep, w, ...) transforms w for
  * the path the forward of this layer takes (into prep, of
