@@ -877,38 +877,43 @@ def test_eval_fusion_matches_unfolded(monkeypatch, model, shape, exit_type):
 def test_eval_arena_changes_no_bit(monkeypatch, model, shape, exit_type, fuse):
     """Eval mode lets a tensor take the rows of a dead one of the same size
     (plan_eval_arena; EENET_EVAL_ARENA=0 when a network is built gives every
-    tensor its own rows).  forward, predict_all and predict give the same bits
-    either way, at 1 and 3 threads on an odd batch (rows split unevenly between
-    threads), with and without the eval fusion (in-place ReLUs, unfused batch
-    norms and adds), for basic and bottleneck blocks, projection shortcuts, max
-    pool and every exit type; and a training step after eval calls (the eval
-    rows lie in the training arena) still gives the same bits."""
+    tensor its own rows) and takes a thread's rows through the ops in chunks
+    (EENET_EVAL_CHUNK rows, 0: all at once).  forward, predict_all and predict
+    give the same bits with or without either, at 1 and 3 threads on an odd
+    batch (rows split unevenly between threads, chunks of 2 leaving a tail),
+    with and without the eval fusion (in-place ReLUs, unfused batch norms and
+    adds), for basic and bottleneck blocks, projection shortcuts, max pool and
+    every exit type; and a training step after eval calls (the eval rows lie in
+    the training arena) still gives the same bits."""
     eenet.set_num_threads(3)
     monkeypatch.setenv("EENET_EVAL_FUSE", fuse)
     x, y = batch(shape, 7, 10, seed=5)
     nets = {}
-    for arena in ("1", "0"):
+    for arena, chunk in (("0", "0"), ("1", "16"), ("1", "2")):
         monkeypatch.setenv("EENET_EVAL_ARENA", arena)
-        nets[arena] = make_net(model, shape, 10, exit_type, seed=2)
-        _random_bn_state(nets[arena], 4)
-        spread_confidences(nets[arena], x)
+        monkeypatch.setenv("EENET_EVAL_CHUNK", chunk)
+        nets[arena + chunk] = make_net(model, shape, 10, exit_type, seed=2)
+        _random_bn_state(nets[arena + chunk], 4)
+        spread_confidences(nets[arena + chunk], x)
     results = {}
-    for arena, net in nets.items():
+    for key, net in nets.items():
         out = []
         for threads in (1, 3):
             eenet.set_num_threads(threads)
             pred = net.predict(x)
             out += [*net.predict_all(x), *net.forward(x), pred.probs, pred.conf, pred.exit]
-        results[arena] = out
-    assert len(np.unique(results["1"][-1])) > 1  # the batch really split between exits
-    for a, b in zip(results["1"], results["0"]):
-        np.testing.assert_array_equal(a, b)
-    losses = []
-    for net in nets.values():
+        results[key] = out
+    assert len(np.unique(results["00"][-1])) > 1  # the batch really split between exits
+    for key in ("116", "12"):
+        for a, b in zip(results[key], results["00"]):
+            np.testing.assert_array_equal(a, b, err_msg=key)
+    losses = {}
+    for key, net in nets.items():
         net.train()
-        losses.append(net.train_step(x, y, optim.SGD(net, lr=0.1, momentum=0.9))["loss"])
-    assert losses[0] == losses[1]
-    assert_same_state(snapshot(nets["1"]), snapshot(nets["0"]))
+        losses[key] = net.train_step(x, y, optim.SGD(net, lr=0.1, momentum=0.9))["loss"]
+    for key in ("116", "12"):
+        assert losses[key] == losses["00"]
+        assert_same_state(snapshot(nets[key]), snapshot(nets["00"]))
 
 
 def test_eval_fusion_leaves_no_batch_norm_or_add():
