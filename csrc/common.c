@@ -65,6 +65,14 @@ int eenet_thread_num(void) {
 #endif
 }
 
+int eenet_team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 int eenet_threads_for(int nt, long long units) {
     if (nt > units) {
         nt = (int)units;

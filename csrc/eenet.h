@@ -40,6 +40,10 @@ int eenet_get_num_threads(void);
  * region or without OpenMP). */
 int eenet_thread_num(void);
 
+/* Threads in the innermost OpenMP team (1 outside a parallel region or
+ * without OpenMP). */
+int eenet_team_size(void);
+
 /* Threads for a parallel loop over `units` work items: nt clamped to
  * [1, units] (no thread without an item; at least one). */
 int eenet_threads_for(int nt, long long units);

@@ -213,11 +213,13 @@ typedef struct {
     size_t o_wp, o_off, o_wp2, o_off2, o_wk, o_offk, o_wk2, o_offk2, o_wino, o_offl, o_offl2;
     size_t o_wlu;    /* batch-lane Winograd: transformed weights (16, cin, cout) */
     int lt_nrc, lt_ncc; /* batch-lane forward tap classes of rows / columns (1, 1: none) */
-    size_t o_lt;        /* their tables (lanes_taps_build) */
+    size_t lt_size;     /* floats of their tables (lanes_taps_build; 0: none) */
     size_t shared;
     /* per-thread slot */
     size_t s_src, s_dq, s_pdw, s_pdb, s_src2, s_yq2, s_col, s_xp, s_dyt, s_dp, s_tile, s_wino;
     size_t s_xl, s_dl, s_dxl, s_dwl; /* batch-lane buffers */
+    size_t s_loff, s_lwp, s_llt;     /* batch-lane forward: the thread's own tap offsets, packed
+                                      * weights and tap-subset tables */
     size_t s_wl, slot;               /* batch-lane Winograd slot */
     /* polyphase data gradient of 3x3 stride-2 pad-1 layers (pd_pick): the
      * four parity phases of dinp, each a stride-1 K -> C forward of the
@@ -352,7 +354,8 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
         pl->o_offl = at, at += eenet_round16(ntaps);
         pl->o_offl2 = at, at += eenet_round16((size_t)K * kh * kw);
         /* tap subsets of the forward where kernel rows / columns read padding:
-         * class tables, then per class pair offsets and packed weights */
+         * class tables, then per class pair the kept taps' offsets and their
+         * indices in the full list */
         pl->lt_nrc = tap_classes(pl->Ho, H, kh, s, p, NULL, NULL, NULL);
         pl->lt_ncc = tap_classes(pl->Wo, W, kw, s, p, NULL, NULL, NULL);
         /* column classes cut a row's tiles at the edges (more, shorter tile
@@ -365,11 +368,9 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             pl->lt_ncc = 1;
         }
         size_t nq = (size_t)pl->lt_nrc * pl->lt_ncc;
-        pl->o_lt = at;
-        if (nq > 1) {
-            at += eenet_round16((size_t)pl->Ho + pl->Wo + nq) + nq * eenet_round16(ntaps) +
-                  nq * eenet_round16((size_t)K * ntaps);
-        }
+        pl->lt_size = nq > 1 ? eenet_round16((size_t)pl->Ho + pl->Wo + nq) +
+                                   2 * nq * eenet_round16(ntaps)
+                             : 0;
     }
     /* batch-lane Winograd regions only for planes up to 32x32 (it is chosen
      * on 7x7..14x14): its group buffers grow with 16 * channels * plane */
@@ -439,6 +440,9 @@ static void plan_init(conv_plan *pl, int N, int C, int H, int W, int K, int kh, 
             }
         }
         pl->s_dwl = at, at += 16 * (size_t)K * ntaps;
+        pl->s_loff = at, at += eenet_round16(ntaps);
+        pl->s_lwp = at, at += eenet_round16((size_t)K * ntaps);
+        pl->s_llt = at, at += pl->lt_size;
     }
     pl->s_pdw = at, at += eenet_round16((size_t)K * ntaps);
     pl->s_pdb = at, at += eenet_round16((size_t)K);
@@ -1321,19 +1325,20 @@ static int all_finite(const float *v, size_t n) {
     return 1;
 }
 
-/* The tables of eenet_conv_lanes_fwd_taps in the region at shared + o_lt
+/* The tables of eenet_conv_lanes_fwd_taps in the region at slot + s_llt
  * (plan_init): rcls (Ho ints), ccls (Wo), ntaps (nq), then per class pair q
- * its tap offsets (round16(ckk) ints; a subset of off16, the full list, in
- * its order) and packed weights (round16(K*ckk) floats, as direct_pack: the
- * kept taps' rows of each block of wpk, the full list packed by direct_pack). */
-static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *wpk,
-                             const int *off16, const conv_plan *pl) {
-    int nrc = pl->lt_nrc, ncc = pl->lt_ncc, nq = nrc * ncc, K = pl->K, ckk = pl->ckk;
+ * its tap offsets and its taps' indices in the full list (round16(ckk) ints
+ * each; a subset of off16, in its order).  Integers only, from the shape:
+ * the kernel finds each kept tap's weights in the full packed list, so
+ * nothing is copied per call. */
+static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const int *off16,
+                             const conv_plan *pl) {
+    int nrc = pl->lt_nrc, ncc = pl->lt_ncc, nq = nrc * ncc, ckk = pl->ckk;
     int *rcls = (int *)region, *ccls = rcls + pl->Ho, *ntq = ccls + pl->Wo;
     size_t head = eenet_round16((size_t)pl->Ho + pl->Wo + nq);
-    size_t ostride = eenet_round16((size_t)ckk), wstride = eenet_round16((size_t)K * ckk);
+    size_t ostride = eenet_round16((size_t)ckk);
     int *offs = (int *)(region + head);
-    float *wps = region + head + (size_t)nq * ostride;
+    int *wtaps = offs + (size_t)nq * ostride;
     int rlo[8], rhi[8], clo[8], chi[8];
     tap_classes(pl->Ho, pl->H, pl->kh, pl->s, pl->p, rcls, rlo, rhi);
     if (ncc > 1) {
@@ -1345,32 +1350,21 @@ static void lanes_taps_build(eenet_lanes_taps *lt, float *region, const float *w
     for (int a = 0; a < nrc; a++) {
         for (int b = 0; b < ncc; b++) {
             int q = a * ncc + b, n = 0;
-            int *o = offs + (size_t)q * ostride;
+            int *o = offs + (size_t)q * ostride, *wt = wtaps + (size_t)q * ostride;
             for (int c = 0; c < pl->C; c++) { /* the kept taps t, in order */
                 for (int i = rlo[a]; i < rhi[a]; i++) {
                     for (int j = clo[b]; j < chi[b]; j++) {
-                        o[n++] = (c * pl->kh + i) * pl->kw + j;
+                        int t = (c * pl->kh + i) * pl->kw + j;
+                        wt[n] = t;
+                        o[n++] = off16[t];
                     }
                 }
             }
             ntq[q] = n;
-            float *wq = wps + (size_t)q * wstride;
-            for (int k0 = 0; k0 < K;) {
-                int kb = eenet_conv_fwd_kblock(K - k0);
-                float *blk = wq + (size_t)k0 * n;
-                const float *full = wpk + (size_t)k0 * ckk;
-                for (int t = 0; t < n; t++) {
-                    memcpy(blk + (size_t)t * kb, full + (size_t)o[t] * kb, sizeof(float) * kb);
-                }
-                k0 += kb;
-            }
-            for (int t = 0; t < n; t++) {
-                o[t] = off16[o[t]];
-            }
         }
     }
-    lt->rcls = rcls, lt->ccls = ccls, lt->ntaps = ntq, lt->off16 = offs, lt->wpk = wps;
-    lt->ncc = ncc, lt->ostride = ostride, lt->wstride = wstride;
+    lt->rcls = rcls, lt->ccls = ccls, lt->ntaps = ntq, lt->off16 = offs, lt->wtap = wtaps;
+    lt->ncc = ncc, lt->ostride = ostride;
 }
 
 /* Hint the next sample's n floats at p into the cache (one prefetch per
@@ -1401,18 +1395,9 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     float *slots = workspace + pl->shared;
     int nlane = pl->use_lf ? lanes_count(pl, nt) : 0;
     int parts = (nt > 1 && (N - nlane) % nt != 0) ? nt : 1;
-    /* the lanes skip the products with padding where some output positions
-     * read it (same values; not with non-finite weights, whose products with
-     * zeros are NaN in the per-sample paths) */
-    eenet_lanes_taps lt;
-    int use_lt = 0;
-    if (nlane > 0) {
-        lanes_offsets((int *)(shared + pl->o_offl), C, pl->kh, pl->kw, pl->hp, pl->wp);
-        if (!pl->use_fwd) {
-            direct_pack(shared + pl->o_wp, w, K, ckk, 0);
-        }
-    }
-    if (pl->use_fwd) {
+    /* the per-sample paths' tables, for the samples the lane groups leave */
+    int use_fwd = pl->use_fwd && nlane < N;
+    if (use_fwd) {
         direct_offsets((int *)(shared + pl->o_off), g);
         direct_pack(shared + pl->o_wp, w, K, ckk, 0);
     } else if (pl->use_kf) {
@@ -1420,14 +1405,8 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
             kvec_offsets((int *)(shared + pl->o_offk), C, pl->kh, pl->kw, pl->hp, pl->wp);
             direct_pack(shared + pl->o_wk, w, K, ckk, 16 * pl->kvf);
         }
-    } else {
+    } else if (!pl->use_fwd) {
         eenet_blas_set_threads(1);
-    }
-    if (nlane > 0 && pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk)) {
-        /* from the packed weights at o_wp (packed above in either case) */
-        use_lt = 1;
-        lanes_taps_build(&lt, shared + pl->o_lt, shared + pl->o_wp,
-                         (const int *)(shared + pl->o_offl), pl);
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -1435,7 +1414,7 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
     {
         int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * pl->slot;
-        if (pl->use_fwd) {
+        if (use_fwd) {
             memset(slot + pl->s_src, 0, sizeof(float) * g->src);
         }
         if (pl->use_kf) {
@@ -1443,7 +1422,24 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
         }
         if (nlane > 0) {
             /* groups of 16 samples in the vector lanes; out (16, K, Ho, Wo)
-             * per group through yl (K, Ho, Wo, 16) */
+             * per group through yl (K, Ho, Wo, 16).  Each thread makes its
+             * own tap offsets, packed weights and tap-subset tables here
+             * (a few KB): no serial step before the region, and no cache
+             * line the other core read in the last call is written first by
+             * this one (made once before the region, they took 2-5 us of
+             * the ~100 of 8->16 14x14 s2 at batch 128 on 2 threads).  The
+             * lanes skip the products with padding where some output
+             * positions read it (same values; not with non-finite weights,
+             * whose products with zeros are NaN in the per-sample paths). */
+            int *offl = (int *)(slot + pl->s_loff);
+            float *wpl = slot + pl->s_lwp;
+            lanes_offsets(offl, C, pl->kh, pl->kw, pl->hp, pl->wp);
+            direct_pack(wpl, w, K, ckk, 0);
+            eenet_lanes_taps lt;
+            int use_lt = pl->lt_nrc * pl->lt_ncc > 1 && all_finite(w, (size_t)K * ckk);
+            if (use_lt) {
+                lanes_taps_build(&lt, slot + pl->s_llt, offl, pl);
+            }
             float *xl = slot + pl->s_xl, *yl = slot + pl->s_dl;
             lanes_zero_border(xl, C, pl->hp, pl->wp, pl->p, pl->p);
             int ng = (nlane + 15) / 16;
@@ -1456,11 +1452,11 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
                 eenet_conv_lanes_in(xl, inp + (size_t)n0 * in_img, nimg, in_img, C, H, W, pl->p,
                                     pl->p, lanes_ystep(pl));
                 if (use_lt) {
-                    eenet_conv_lanes_fwd_taps(yl, xl, pl->wp, pl->s, &lt, K, pl->Ho, pl->Wo);
+                    eenet_conv_lanes_fwd_taps(yl, xl, pl->wp, pl->s, &lt, wpl, K, ckk, pl->Ho,
+                                              pl->Wo);
                 } else {
-                    eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s,
-                                         (const int *)(shared + pl->o_offl), shared + pl->o_wp,
-                                         K, ckk, pl->Ho, pl->Wo);
+                    eenet_conv_lanes_fwd(yl, xl, pl->wp, pl->s, offl, wpl, K, ckk, pl->Ho,
+                                         pl->Wo);
                 }
                 eenet_conv_lanes_out(out + (size_t)n0 * out_img, out_img, yl, nimg, K, howo,
                                      bias, 0);
@@ -1472,9 +1468,9 @@ static void conv_forward_run(float *out, const float *inp, const float *w, const
          * threads); a thread fills a sample's planes once for its bands */
         int last_n = -1;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
 #endif
-        for (int u = 0; u < (N - nlane) * parts; u++) {
+        for (int u = 0; u < (N - nlane) * parts; u++) { /* nowait: the region's end waits */
             int n = nlane + u / parts, part = u % parts;
             int r0 = (int)((long long)pl->Ho * part / parts);
             int r1 = (int)((long long)pl->Ho * (part + 1) / parts);
@@ -2112,24 +2108,22 @@ eenet_status eenet_conv2d_forward_fused(float *out, const float *inp, const floa
     plan_init(&pl, N, C, H, W, K, kh, kw, stride, pad);
     plan_choose(&pl);
     if (pl.use_yf) {
-        /* channel-lane F(4x4): U (36, C, K) prepared, or made for this call */
-        const float *u = prep && prep_tag == 5 ? prep : workspace + pl.o_wlu;
-        if (u != prep) {
-            eenet_wl4_weights(workspace + pl.o_wlu, w, K, C, 0);
-        }
-        eenet_wl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
+        /* channel-lane F(4x4): U (36, C, K) prepared, or made for this call
+         * by the kernel's threads */
+        const float *u = prep && prep_tag == 5 ? prep : NULL;
+        eenet_wl4_conv(out, 0, inp, u, workspace + pl.o_wlu, w, 0, bias,
+                       workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
                        pick_threads_wino(nthreads, &pl));
         epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
         return EENET_OK;
     }
     if (pl.use_tf) {
-        /* tile-lane F(4x4): U (36, C, K) prepared, or made for this call */
-        const float *u = prep && prep_tag == 6 ? prep : workspace + pl.o_wlu;
-        if (u != prep) {
-            eenet_tl4_weights(workspace + pl.o_wlu, w, K, C, 0);
-        }
-        eenet_tl4_conv(out, 0, inp, u, bias, workspace + pl.shared + pl.s_wl, pl.slot, N, C, K,
-                       H, W, pick_threads_wino(nthreads, &pl));
+        /* tile-lane F(4x4): U (36, C, K) prepared, or made for this call
+         * by the kernel's threads */
+        const float *u = prep && prep_tag == 6 ? prep : NULL;
+        eenet_tl4_conv(out, 0, inp, u, workspace + pl.o_wlu, w, 0, bias,
+                       workspace + pl.shared + pl.s_wl, pl.slot, N, C, K, H, W,
+                       pick_threads_wino(nthreads, &pl));
         epilogue_pass(out, residual, relu, (size_t)N * K * Ho * Wo);
         return EENET_OK;
     }
@@ -2202,9 +2196,8 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
         if (!dinp) {
             return EENET_OK;
         }
-        float *u = workspace + pl.o_wlu;
-        eenet_wl4_weights(u, w, C, K, 1);
-        eenet_wl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
+        eenet_wl4_conv(dinp, 1, dout, NULL, workspace + pl.o_wlu, w, 1, NULL,
+                       workspace + pl.shared + pl.s_wl, pl.slot, N, H, W,
                        pick_threads_wino(nthreads, &pl));
         return EENET_OK;
     }
@@ -2220,10 +2213,8 @@ eenet_status eenet_conv2d_backward_ex(float *dinp, float *dw, float *dbias, cons
                               pick_threads(nthreads, &pl, 0), &pl);
         }
         if (dinp && pl.use_td) {
-            float *u = workspace + pl.o_wlu;
-            eenet_tl4_weights(u, w, C, K, 1);
-            eenet_tl4_conv(dinp, 1, dout, u, NULL, workspace + pl.shared + pl.s_wl, pl.slot, N, K,
-                           C, H, W, ntw);
+            eenet_tl4_conv(dinp, 1, dout, NULL, workspace + pl.o_wlu, w, 1, NULL,
+                           workspace + pl.shared + pl.s_wl, pl.slot, N, K, C, H, W, ntw);
         } else if (dinp) {
             conv_backward_run(dinp, NULL, NULL, dout, inp, w, workspace,
                               pick_threads(nthreads, &pl, 0), &pl);

@@ -776,28 +776,67 @@ EENET_AVX512 void eenet_conv_lanes_in_pad(float *xl, const float *x, int nimg,
     }
 }
 
+/* dst + b*img_stride, b < nimg: nf floats = lane b of the nf vectors at src
+ * (+ bv, or + what is there when accumulating). */
+static EENET_AVX512 inline __attribute__((always_inline)) void lanes_store16(
+    float *dst, size_t img_stride, const float *src, int nf, int nimg, __m512 bv,
+    int accumulate) {
+    __mmask16 m = tail_mask(nf);
+    __m512 r[16], cc[16];
+    for (int i = 0; i < 16; i++) {
+        r[i] = i < nf ? _mm512_loadu_ps(src + 16 * (size_t)i) : _mm512_setzero_ps();
+    }
+    tr16(cc, r);
+    for (int b = 0; b < nimg; b++) {
+        float *d = dst + (size_t)b * img_stride;
+        __m512 v = accumulate ? _mm512_add_ps(cc[b], _mm512_maskz_loadu_ps(m, d))
+                              : _mm512_add_ps(cc[b], bv);
+        _mm512_mask_storeu_ps(d, m, v);
+    }
+}
+
+/* Planes of a multiple of 16 positions go channel by channel.  Others are
+ * taken 16 vectors at a time in memory order across channel ends (as
+ * lanes_in_flat), so a 49-position plane costs 3.06 transposes instead of 4
+ * and every store but the last is a full vector (8->16 14x14 s2 forward);
+ * the values are the same either way (out = yl + bias[k], or out += yl). */
 EENET_AVX512 void eenet_conv_lanes_out(float *out, size_t img_stride, const float *yl, int nimg,
                                        int cout, int hw, const float *bias, int accumulate) {
-    __mmask16 mimg = tail_mask(nimg);
-    (void)mimg;
-    for (int k = 0; k < cout; k++) {
-        __m512 bv = _mm512_set1_ps((!accumulate && bias) ? bias[k] : 0.0f);
-        const float *yk = yl + 16 * (size_t)k * hw;
-        for (int p0 = 0; p0 < hw; p0 += 16) {
-            int np = hw - p0 < 16 ? hw - p0 : 16;
-            __mmask16 m = tail_mask(np);
-            __m512 r[16], cc[16];
-            for (int i = 0; i < 16; i++) {
-                r[i] = i < np ? _mm512_loadu_ps(yk + 16 * (size_t)(p0 + i)) : _mm512_setzero_ps();
-            }
-            tr16(cc, r);
-            for (int b = 0; b < nimg; b++) {
-                float *dst = out + (size_t)b * img_stride + (size_t)k * hw + p0;
-                __m512 v = accumulate ? _mm512_add_ps(cc[b], _mm512_maskz_loadu_ps(m, dst))
-                                      : _mm512_add_ps(cc[b], bv);
-                _mm512_mask_storeu_ps(dst, m, v);
+    int use_bias = !accumulate && bias;
+    if (hw % 16 == 0 || cout == 1) {
+        for (int k = 0; k < cout; k++) {
+            __m512 bv = _mm512_set1_ps(use_bias ? bias[k] : 0.0f);
+            const float *yk = yl + 16 * (size_t)k * hw;
+            for (int p0 = 0; p0 < hw; p0 += 16) {
+                int np = hw - p0 < 16 ? hw - p0 : 16;
+                lanes_store16(out + (size_t)k * hw + p0, img_stride, yk + 16 * (size_t)p0, np,
+                              nimg, bv, accumulate);
             }
         }
+        return;
+    }
+    size_t total = (size_t)cout * hw;
+    int k = 0, pos = 0; /* channel and position of the next bias lane */
+    for (size_t f0 = 0; f0 < total; f0 += 16) {
+        int nf = total - f0 < 16 ? (int)(total - f0) : 16;
+        __m512 bv = _mm512_setzero_ps();
+        if (use_bias && pos + nf <= hw) { /* the 16 positions in one channel */
+            bv = _mm512_set1_ps(bias[k]);
+            pos += nf;
+            if (pos == hw) {
+                pos = 0, k++;
+            }
+        } else if (use_bias) { /* across a channel end: lane by lane */
+            float bb[16] = {0};
+            for (int j = 0; j < nf; j++) {
+                bb[j] = bias[k];
+                if (++pos == hw) {
+                    pos = 0, k++;
+                }
+            }
+            bv = _mm512_loadu_ps(bb);
+        }
+        lanes_store16(out + f0, img_stride, yl + 16 * f0, nf, nimg, bv, accumulate);
     }
 }
 
@@ -838,11 +877,13 @@ EENET_AVX512 void eenet_conv_lanes_out_pd(float *out, size_t img_stride,
  * consecutive output columns of one row; per tap PX vector loads (stride s
  * apart), KB weight broadcasts, KB*PX FMAs.  y: first output vector, rows
  * of channel a at y + a*ystride; xb: the input vector of tap offset 0 for
- * the first column; off16[t] in floats. */
+ * the first column; off16[t] in floats; the weights of tap t at
+ * wpb + KB*t (lf_), or at wpb + KB*wtap[t] (lft_: a subset of the packed
+ * taps); one body, inlined into both, so lf_ has no index load. */
 #define DEFINE_LF(KB, PX)                                                                   \
-    static EENET_AVX512 void lf_##KB##x##PX(float *y, size_t ystride, const float *xb,      \
-                                             int s, const int *off16, const float *wpb,     \
-                                             int ntaps) {                                   \
+    static EENET_AVX512 inline __attribute__((always_inline)) void lf_body_##KB##x##PX(     \
+        float *y, size_t ystride, const float *xb, int s, const int *off16,                 \
+        const float *wpb, const int *wtap, int ntaps) {                                     \
         __m512 acc[KB][PX];                                                                 \
         for (int a = 0; a < KB; a++) {                                                      \
             for (int v = 0; v < PX; v++) {                                                  \
@@ -856,7 +897,7 @@ EENET_AVX512 void eenet_conv_lanes_out_pd(float *out, size_t img_stride,
             for (int v = 0; v < PX; v++) {                                                  \
                 x[v] = _mm512_loadu_ps(p + sv * v);                                         \
             }                                                                               \
-            const float *wt = wpb + (size_t)t * KB;                                         \
+            const float *wt = wpb + (size_t)(wtap ? wtap[t] : t) * KB;                      \
             for (int a = 0; a < KB; a++) {                                                  \
                 __m512 wv = _mm512_set1_ps(wt[a]);                                          \
                 for (int v = 0; v < PX; v++) {                                              \
@@ -869,6 +910,16 @@ EENET_AVX512 void eenet_conv_lanes_out_pd(float *out, size_t img_stride,
                 _mm512_storeu_ps(y + (size_t)a * ystride + 16 * v, acc[a][v]);              \
             }                                                                               \
         }                                                                                   \
+    }                                                                                       \
+    static EENET_AVX512 void lf_##KB##x##PX(float *y, size_t ystride, const float *xb,      \
+                                             int s, const int *off16, const float *wpb,     \
+                                             int ntaps) {                                   \
+        lf_body_##KB##x##PX(y, ystride, xb, s, off16, wpb, NULL, ntaps);                    \
+    }                                                                                       \
+    static EENET_AVX512 void lft_##KB##x##PX(float *y, size_t ystride, const float *xb,     \
+                                              int s, const int *off16, const float *wpb,    \
+                                              const int *wtap, int ntaps) {                 \
+        lf_body_##KB##x##PX(y, ystride, xb, s, off16, wpb, wtap, ntaps);                    \
     }
 
 DEFINE_LF(8, 3)
@@ -890,6 +941,8 @@ DEFINE_LF(1, 2)
 DEFINE_LF(1, 1)
 
 typedef void (*lf_fn)(float *, size_t, const float *, int, const int *, const float *, int);
+typedef void (*lft_fn)(float *, size_t, const float *, int, const int *, const float *,
+                       const int *, int);
 
 EENET_AVX512 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s,
                                        const int *off16, const float *wpk, int cout, int ntaps,
@@ -922,16 +975,16 @@ EENET_AVX512 void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s
 }
 
 EENET_AVX512 void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, int s,
-                                            const eenet_lanes_taps *lt, int cout, int ho,
-                                            int wo) {
-    static const lf_fn t8[4] = {0, lf_8x1, lf_8x2, lf_8x3};
-    static const lf_fn t4[7] = {0, lf_4x1, lf_4x2, lf_4x3, lf_4x4, lf_4x5, lf_4x6};
-    static const lf_fn t2[9] = {0, lf_2x1, lf_2x2, 0, lf_2x4, 0, 0, 0, lf_2x8};
-    static const lf_fn t1[9] = {0, lf_1x1, lf_1x2, 0, lf_1x4, 0, 0, 0, lf_1x8};
+                                            const eenet_lanes_taps *lt, const float *wpk,
+                                            int cout, int ntaps, int ho, int wo) {
+    static const lft_fn t8[4] = {0, lft_8x1, lft_8x2, lft_8x3};
+    static const lft_fn t4[7] = {0, lft_4x1, lft_4x2, lft_4x3, lft_4x4, lft_4x5, lft_4x6};
+    static const lft_fn t2[9] = {0, lft_2x1, lft_2x2, 0, lft_2x4, 0, 0, 0, lft_2x8};
+    static const lft_fn t1[9] = {0, lft_1x1, lft_1x2, 0, lft_1x4, 0, 0, 0, lft_1x8};
     size_t plane = 16 * (size_t)ho * wo;
     for (int k0 = 0; k0 < cout;) {
         int kb = eenet_conv_fwd_kblock(cout - k0);
-        const lf_fn *tab = kb == 8 ? t8 : kb == 4 ? t4 : kb == 2 ? t2 : t1;
+        const lft_fn *tab = kb == 8 ? t8 : kb == 4 ? t4 : kb == 2 ? t2 : t1;
         int pmax = kb == 8 ? 3 : kb == 4 ? 6 : 8;
         for (int oy = 0; oy < ho; oy++) {
             float *y = yl + (size_t)k0 * plane + 16 * (size_t)oy * wo;
@@ -945,13 +998,15 @@ EENET_AVX512 void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, 
                 }
                 int q = rq + cq, nt = lt->ntaps[q];
                 const int *off = lt->off16 + (size_t)q * lt->ostride;
-                const float *wpb = lt->wpk + (size_t)q * lt->wstride + (size_t)k0 * nt;
+                const int *wtap = lt->wtap + (size_t)q * lt->ostride;
+                const float *wpb = wpk + (size_t)k0 * ntaps;
                 for (int end = ox + run; ox < end;) {
                     int v = end - ox < pmax ? end - ox : pmax;
                     while (!tab[v]) {
                         v--;
                     }
-                    tab[v](y + 16 * (size_t)ox, plane, xr + 16 * (size_t)ox * s, s, off, wpb, nt);
+                    tab[v](y + 16 * (size_t)ox, plane, xr + 16 * (size_t)ox * s, s, off, wpb, wtap,
+                           nt);
                     ox += v;
                 }
             }
@@ -1094,8 +1149,10 @@ void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s, const int *
 }
 
 void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, int s,
-                               const eenet_lanes_taps *lt, int cout, int ho, int wo) {
-    (void)yl, (void)xl, (void)wp, (void)s, (void)lt, (void)cout, (void)ho, (void)wo;
+                               const eenet_lanes_taps *lt, const float *wpk, int cout, int ntaps,
+                               int ho, int wo) {
+    (void)yl, (void)xl, (void)wp, (void)s, (void)lt, (void)wpk, (void)cout, (void)ntaps;
+    (void)ho, (void)wo;
 }
 
 void eenet_conv_lanes_bw(float *dwl, const float *dy, size_t dplane, int ldr, const float *xl,

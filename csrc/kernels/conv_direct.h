@@ -131,13 +131,13 @@ void eenet_conv_lanes_fwd(float *yl, const float *xl, int wp, int s, const int *
  * row oy is in row class rcls[oy], column ox in column class ccls[ox] (the
  * classes differ in which kernel rows / columns read padding); combination
  * q = rcls*ncc + ccls keeps ntaps[q] of the taps (those reading the input,
- * in the full list's order), offsets at off16 + q*ostride, weights packed
- * like wpk of eenet_conv_lanes_fwd (for ntaps[q] taps) at wpk + q*wstride. */
+ * in the full list's order): their offsets at off16 + q*ostride and their
+ * indices in the full list (to find their packed weights) at wtap + q*ostride.
+ * Only integers: the weights stay packed once, for the full list. */
 typedef struct {
-    const int *rcls, *ccls, *ntaps, *off16;
-    const float *wpk;
+    const int *rcls, *ccls, *ntaps, *off16, *wtap;
     int ncc;
-    size_t ostride, wstride;
+    size_t ostride;
 } eenet_lanes_taps;
 
 /* As eenet_conv_lanes_fwd with the taps of each output position limited to
@@ -147,7 +147,8 @@ typedef struct {
  * eenet_conv_lanes_fwd's (each skipped product is +-0, adding it changes no
  * nonzero sum). */
 void eenet_conv_lanes_fwd_taps(float *yl, const float *xl, int wp, int s,
-                               const eenet_lanes_taps *lt, int cout, int ho, int wo);
+                               const eenet_lanes_taps *lt, const float *wpk, int cout, int ntaps,
+                               int ho, int wo);
 
 /* dwl (cout, ntaps, 16) += dy(k, oy, ox) * xl[off16[t] + 16*(oy*s*wp + ox*s)]
  * summed over the ho x wo positions, per lane; dy channel k at dy + k*dplane,

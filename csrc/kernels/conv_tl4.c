@@ -101,9 +101,10 @@ static const double tl4_G[6][3] = {{1, 0, 0},
  * 14x14, C harness, one thread, best of 400x5): forward at batch 1 4.2 ->
  * 2.9 us (scalar double before; the q-space direct path it replaced: 4.0
  * us), backward-data 3.0 us (q-space 5.6); batch 128 unchanged (166 us). */
-TL4_AVX512 void eenet_tl4_weights(float *u, const float *w, int cout, int cin, int flip) {
+static TL4_AVX512 void tl4_weights_range(float *u, const float *w, int cout, int cin, int flip,
+                                         int ci0, int ci1) {
     const size_t P = (size_t)cin * cout;
-    for (int ci = 0; ci < cin; ci++) {
+    for (int ci = ci0; ci < ci1; ci++) {
         for (int co0 = 0; co0 < cout; co0 += 8) {
             const int nl = cout - co0 < 8 ? cout - co0 : 8;
             double gt[9][8];
@@ -139,6 +140,10 @@ TL4_AVX512 void eenet_tl4_weights(float *u, const float *w, int cout, int cin, i
             }
         }
     }
+}
+
+TL4_AVX512 void eenet_tl4_weights(float *u, const float *w, int cout, int cin, int flip) {
+    tl4_weights_range(u, w, cout, cin, flip, 0, cin);
 }
 
 /* Plane rows to tiles: t[ty] lane 4tx + jj (row ty of a tile row's 4 rows)
@@ -301,8 +306,9 @@ static TL4_AVX512 void tl4_sample_any(float *out, int accumulate, const float *x
 }
 
 TL4_AVX512 void eenet_tl4_conv(float *out, int accumulate, const float *inp, const float *u,
-                               const float *bias, float *slots, size_t slot_stride, int N, int C,
-                               int K, int H, int W, int nt) {
+                               float *u_make, const float *w, int flip, const float *bias,
+                               float *slots, size_t slot_stride, int N, int C, int K, int H, int W,
+                               int nt) {
     nt = eenet_threads_for(nt, N);
     const size_t in_img = (size_t)C * H * W, out_img = (size_t)K * H * W;
 #ifdef _OPENMP
@@ -311,6 +317,14 @@ TL4_AVX512 void eenet_tl4_conv(float *out, int accumulate, const float *inp, con
     {
         int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * slot_stride;
+        if (!u) { /* U made by the team, a share of its input channels each */
+            int nth = eenet_team_size();
+            tl4_weights_range(u_make, w, K, C, flip, C * tid / nth, C * (tid + 1) / nth);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
+        const float *uu = u ? u : u_make;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -321,9 +335,9 @@ TL4_AVX512 void eenet_tl4_conv(float *out, int accumulate, const float *inp, con
                 touch_for_write(o, out_img);
             }
             if (C == 8 && K == 8 && H == 14 && W == 14) {
-                tl4_sample_8814(o, accumulate, x, u, bias, slot);
+                tl4_sample_8814(o, accumulate, x, uu, bias, slot);
             } else {
-                tl4_sample_any(o, accumulate, x, u, bias, slot, C, K, H, W);
+                tl4_sample_any(o, accumulate, x, uu, bias, slot, C, K, H, W);
             }
         }
     }
@@ -638,10 +652,11 @@ void eenet_tl4_weights(float *u, const float *w, int cout, int cin, int flip) {
 
 
 void eenet_tl4_conv(float *out, int accumulate, const float *inp, const float *u,
-                    const float *bias, float *slots, size_t slot_stride, int N, int C, int K,
-                    int H, int W, int nt) {
-    (void)out, (void)accumulate, (void)inp, (void)u, (void)bias, (void)slots;
-    (void)slot_stride, (void)N, (void)C, (void)K, (void)H, (void)W, (void)nt;
+                    float *u_make, const float *w, int flip, const float *bias, float *slots,
+                    size_t slot_stride, int N, int C, int K, int H, int W, int nt) {
+    (void)out, (void)accumulate, (void)inp, (void)u, (void)u_make, (void)w, (void)flip;
+    (void)bias, (void)slots, (void)slot_stride, (void)N, (void)C, (void)K, (void)H, (void)W;
+    (void)nt;
 }
 
 void eenet_tl4_dw(float *dw, float *dbias, const float *dout, const float *inp, float *du,

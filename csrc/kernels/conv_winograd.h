@@ -165,13 +165,15 @@ void eenet_wl4_weights(float *u, const float *w, int cout, int cin, int flip);
 
 /* out (N, 16, H, W) = conv3x3_pad1(inp (N, 16, H, W)) + bias (accumulate =
  * 0; bias NULL: none) or out += conv (accumulate = 1), with u from
- * eenet_wl4_weights.  AVX-512 only (caller checked the CPU and
- * eenet_wl4_ok); up to nt threads over the samples, slots slot_stride floats
- * apart sized by eenet_wl4_sizes.  A sample's bits do not depend on N, its
- * position or nt. */
+ * eenet_wl4_weights, or (u NULL) with the U the threads first make into
+ * u_make (the shared region of eenet_wl4_sizes) from w and flip as
+ * eenet_wl4_weights(u_make, w, 16, 16, flip) would.  AVX-512 only (caller
+ * checked the CPU and eenet_wl4_ok); up to nt threads over the samples,
+ * slots slot_stride floats apart sized by eenet_wl4_sizes.  A sample's bits
+ * do not depend on N, its position or nt. */
 void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u,
-                    const float *bias, float *slots, size_t slot_stride, int N, int H, int W,
-                    int nt);
+                    float *u_make, const float *w, int flip, const float *bias, float *slots,
+                    size_t slot_stride, int N, int H, int W, int nt);
 
 /* Weight gradient of the same layer through the F(4x4) domain: dw (16, 16,
  * 3, 3) += sum over samples and tiles of G^T [(A dY A^T) (.) (B^T d B)] G,
@@ -201,12 +203,14 @@ void eenet_tl4_weights(float *u, const float *w, int cout, int cin, int flip);
 
 /* out (N, K, H, W) = conv3x3_pad1(inp (N, C, H, W)) + bias (accumulate = 0;
  * bias NULL: none) or out += conv (accumulate = 1), u from eenet_tl4_weights
- * (36, C, K).  AVX-512 only (caller checked the CPU and eenet_tl4_ok); up to
- * nt threads over the samples, slots slot_stride floats apart sized by
+ * (36, C, K), or (u NULL) the U the threads first make into u_make (36 C K
+ * floats) from w and flip as eenet_tl4_weights(u_make, w, K, C, flip)
+ * would.  AVX-512 only (caller checked the CPU and eenet_tl4_ok); up to nt
+ * threads over the samples, slots slot_stride floats apart sized by
  * eenet_tl4_sizes.  A sample's bits do not depend on N, its position or nt. */
 void eenet_tl4_conv(float *out, int accumulate, const float *inp, const float *u,
-                    const float *bias, float *slots, size_t slot_stride, int N, int C, int K,
-                    int H, int W, int nt);
+                    float *u_make, const float *w, int flip, const float *bias, float *slots,
+                    size_t slot_stride, int N, int C, int K, int H, int W, int nt);
 
 /* Weight gradient through the F(4x4) domain: dw (K, C, 3, 3) += sum over
  * samples and tiles of G^T [(A dY A^T) (.) (B^T d B)] G, dbias (K; NULL: none)

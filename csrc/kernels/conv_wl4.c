@@ -143,9 +143,9 @@ WL4_INLINE __m512d grow(int i, __m512d x0, __m512d x1, __m512d x2) {
  * channel ci the 16 filters' 9 taps are loaded as 16 rows and transposed in
  * registers (g[ab] a vector over co), then G g G^T in double (two vectors
  * of 8), rounded once. */
-WL4_AVX512 void eenet_wl4_weights(float *u, const float *w, int cout, int cin, int flip) {
-    (void)cout, (void)cin;
-    for (int ci = 0; ci < 16; ci++) {
+static WL4_AVX512 void wl4_weights_range(float *u, const float *w, int flip, int ci0,
+                                         int ci1) {
+    for (int ci = ci0; ci < ci1; ci++) {
         __m512 r[16];
         for (int l = 0; l < 16; l++) {
             const float *src = flip ? w + ((size_t)ci * 16 + l) * 9 : w + ((size_t)l * 16 + ci) * 9;
@@ -175,6 +175,11 @@ WL4_AVX512 void eenet_wl4_weights(float *u, const float *w, int cout, int cin, i
             }
         }
     }
+}
+
+WL4_AVX512 void eenet_wl4_weights(float *u, const float *w, int cout, int cin, int flip) {
+    (void)cout, (void)cin;
+    wl4_weights_range(u, w, flip, 0, 16);
 }
 
 /* bt6 (x B) and at6 (A^T x), shared with conv_wino4.c */
@@ -310,8 +315,8 @@ WL4_INLINE void touch_pages_for_write(float *out, size_t len) {
 }
 
 WL4_AVX512 void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u,
-                               const float *bias, float *slots, size_t slot_stride, int N, int H,
-                               int W, int nt) {
+                               float *u_make, const float *w, int flip, const float *bias,
+                               float *slots, size_t slot_stride, int N, int H, int W, int nt) {
     nt = eenet_threads_for(nt, N);
     const size_t img = (size_t)16 * H * W;
 #ifdef _OPENMP
@@ -320,6 +325,17 @@ WL4_AVX512 void eenet_wl4_conv(float *out, int accumulate, const float *inp, con
     {
         int tid = eenet_thread_num();
         float *slot = slots + (size_t)tid * slot_stride;
+        if (!u) {
+            /* U made by the team, an equal share of the input channels each
+             * (made before the region: 4 us serial, then every line the
+             * other core read in the last call fetched back one by one) */
+            int nth = eenet_team_size();
+            wl4_weights_range(u_make, w, flip, 16 * tid / nth, 16 * (tid + 1) / nth);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
+        const float *uu = u ? u : u_make;
         memset(slot + WL4_XP, 0, sizeof(float) * WL4_PW * WL4_PW * 16);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -328,8 +344,8 @@ WL4_AVX512 void eenet_wl4_conv(float *out, int accumulate, const float *inp, con
             if (accumulate) {
                 touch_pages_for_write(out + (size_t)n * img, img);
             }
-            wl4_sample(out + (size_t)n * img, accumulate, inp + (size_t)n * img, u, bias, slot, H,
-                       W);
+            wl4_sample(out + (size_t)n * img, accumulate, inp + (size_t)n * img, uu, bias, slot,
+                       H, W);
         }
     }
 }
@@ -532,10 +548,10 @@ void eenet_wl4_weights(float *u, const float *w, int cout, int cin, int flip) {
 }
 
 void eenet_wl4_conv(float *out, int accumulate, const float *inp, const float *u,
-                    const float *bias, float *slots, size_t slot_stride, int N, int H, int W,
-                    int nt) {
-    (void)out, (void)accumulate, (void)inp, (void)u, (void)bias, (void)slots;
-    (void)slot_stride, (void)N, (void)H, (void)W, (void)nt;
+                    float *u_make, const float *w, int flip, const float *bias, float *slots,
+                    size_t slot_stride, int N, int H, int W, int nt) {
+    (void)out, (void)accumulate, (void)inp, (void)u, (void)u_make, (void)w, (void)flip;
+    (void)bias, (void)slots, (void)slot_stride, (void)N, (void)H, (void)W, (void)nt;
 }
 
 void eenet_wl4_dw(float *dw, float *dbias, const float *dout, const float *inp, float *slots,
