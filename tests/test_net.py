@@ -870,6 +870,52 @@ def test_eval_fusion_matches_unfolded(monkeypatch, model, shape, exit_type):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(scale, 1.0))
 
 
+@pytest.mark.parametrize("model,shape,exit_type,fuse", [
+    ("eenet20", (3, 32, 32), "bnpool", "1"), ("eenet20", (3, 16, 16), "plain", "0"),
+    ("eenet8", (1, 28, 28), "plain", "1"), ("eenet18", (3, 48, 48), "pool", "1"),
+    ("eenet50", (3, 48, 48), "bnpool", "0")])
+def test_eval_arena_changes_no_bit(monkeypatch, model, shape, exit_type, fuse):
+    """Eval mode lets a tensor take the rows of a dead one of the same size
+    (plan_eval_arena; EENET_EVAL_ARENA=0 when a network is built gives every
+    tensor its own rows) and takes a thread's rows through the ops in chunks
+    (EENET_EVAL_CHUNK rows, 0: all at once).  forward, predict_all and predict
+    give the same bits with or without either, at 1 and 3 threads on an odd
+    batch (rows split unevenly between threads, chunks of 2 leaving a tail),
+    with and without the eval fusion (in-place ReLUs, unfused batch norms and
+    adds), for basic and bottleneck blocks, projection shortcuts, max pool and
+    every exit type; and a training step after eval calls (the eval rows lie in
+    the training arena) still gives the same bits."""
+    eenet.set_num_threads(3)
+    monkeypatch.setenv("EENET_EVAL_FUSE", fuse)
+    x, y = batch(shape, 7, 10, seed=5)
+    nets = {}
+    for arena, chunk in (("0", "0"), ("1", "16"), ("1", "2")):
+        monkeypatch.setenv("EENET_EVAL_ARENA", arena)
+        monkeypatch.setenv("EENET_EVAL_CHUNK", chunk)
+        nets[arena + chunk] = make_net(model, shape, 10, exit_type, seed=2)
+        _random_bn_state(nets[arena + chunk], 4)
+        spread_confidences(nets[arena + chunk], x)
+    results = {}
+    for key, net in nets.items():
+        out = []
+        for threads in (1, 3):
+            eenet.set_num_threads(threads)
+            pred = net.predict(x)
+            out += [*net.predict_all(x), *net.forward(x), pred.probs, pred.conf, pred.exit]
+        results[key] = out
+    assert len(np.unique(results["00"][-1])) > 1  # the batch really split between exits
+    for key in ("116", "12"):
+        for a, b in zip(results[key], results["00"]):
+            np.testing.assert_array_equal(a, b, err_msg=key)
+    losses = {}
+    for key, net in nets.items():
+        net.train()
+        losses[key] = net.train_step(x, y, optim.SGD(net, lr=0.1, momentum=0.9))["loss"]
+    for key in ("116", "12"):
+        assert losses[key] == losses["00"]
+        assert_same_state(snapshot(nets[key]), snapshot(nets["00"]))
+
+
 def test_eval_fusion_leaves_no_batch_norm_or_add():
     """In an EENet-20 with pool exits every batch norm follows a conv and every add
     the second conv of a block, so in eval none of them runs on its own: the
