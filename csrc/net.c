@@ -1266,10 +1266,12 @@ static eenet_status run_ops_rows(eenet_net *net, int begin, int end, int r0, int
  * 4 and 8 rows were not told apart from 16 under that load. */
 static eenet_status run_rows_chunked(eenet_net *net, int begin, int end, int r0, int N,
                                      float *ws, int timed) {
+    /* ceil(N / eval_chunk) chunks of near-equal size (25 rows: 13 + 12, not 16 + 9) */
     const int R = net->eval_chunk > 0 ? net->eval_chunk : N;
-    for (int a = 0; a < N; a += R) {
-        eenet_status st =
-            run_ops_rows(net, begin, end, r0 + a, N - a < R ? N - a : R, 0, ws, 1, timed);
+    const int nc = (N + R - 1) / R;
+    for (int c = 0; c < nc; c++) {
+        const int a = (int)((long)N * c / nc), b = (int)((long)N * (c + 1) / nc);
+        eenet_status st = run_ops_rows(net, begin, end, r0 + a, b - a, 0, ws, 1, timed);
         if (st != EENET_OK) {
             return st;
         }
