@@ -158,6 +158,8 @@ struct eenet_net {
 
     float *probs_all, *conf_all, *dprobs_all, *dconf_all; /* (E1,max_batch,K), (E1,max_batch) */
     int *active;          /* (max_batch) original index of each active row in predict */
+    int *moves;           /* (2 * max_batch) predict's compaction: rows left free below the
+                           * kept count, then the kept rows above it moved into them */
 
     float *fold;          /* eval: folded conv weights and biases (conv_layer.fold) */
     size_t fold_floats;
@@ -280,6 +282,7 @@ void eenet_net_free(eenet_net *net) {
     free(net->dprobs_all);
     free(net->dconf_all);
     free(net->active);
+    free(net->moves);
     free(net);
 }
 
@@ -1026,6 +1029,7 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     ALLOC(net->conf_all, (size_t)num_exits * max_batch);
     ALLOC(net->dconf_all, (size_t)num_exits * max_batch);
     ALLOC(net->active, max_batch);
+    ALLOC(net->moves, 2 * (size_t)max_batch);
     *out = net;
     return EENET_OK;
 fail:
@@ -1716,14 +1720,51 @@ eenet_status eenet_net_predict(eenet_net *net, int64_t *labels, float *probs, in
                 labels[o] = argmax_row(p + (size_t)j * K, K);
                 exit[o] = s;
                 conf[o] = cj;
+                net->active[j] = -1; /* left */
             } else {
-                if (kept != j) {
-                    memmove(boundary + (size_t)kept * row, boundary + (size_t)j * row,
-                            sizeof(float) * row);
-                    net->active[kept] = net->active[j];
-                }
                 kept++;
             }
+        }
+        /* The rows that go on fill [0, kept): each one above it moves into a
+         * row below it that left (as many of each), so no copy reads a row
+         * another writes, and the copies run in parallel, each thread moving
+         * the rows it will run next (run_ops' split of [0, kept)).  A row's
+         * results do not depend on its position.  Measured against moving
+         * every row down in order on one thread (EENet-20 batch 128, 2
+         * threads, exits [77, 26, 25], medians of 40 calls, two runs each):
+         * exits' share 0.46-2.8 -> 0.17-0.26 ms, predict 15.0-16.7 -> 13.5-14.2
+         * ms; batch 32 unchanged. */
+        int *holes = net->moves, *from = net->moves + B, nmove = 0, nholes = 0;
+        for (int j = 0; j < kept; j++) {
+            if (net->active[j] < 0) {
+                holes[nholes++] = j; /* as many as the rows to move (kept counts both) */
+            }
+        }
+        for (int j = kept; j < n_active; j++) {
+            if (net->active[j] >= 0) {
+                from[nmove++] = j;
+            }
+        }
+        int nt = eenet_get_num_threads();
+        if ((double)nmove * row < 65536.0) {
+            nt = 1; /* under 256 KB: not worth a fork */
+        }
+        (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+        {
+            int t = eenet_thread_num(), team = eenet_team_size();
+            const int lo = (int)((long)kept * t / team), hi = (int)((long)kept * (t + 1) / team);
+            for (int i = 0; i < nmove; i++) {
+                if (holes[i] >= lo && holes[i] < hi) {
+                    memcpy(boundary + (size_t)holes[i] * row, boundary + (size_t)from[i] * row,
+                           sizeof(float) * row);
+                }
+            }
+        }
+        for (int i = 0; i < nmove; i++) {
+            net->active[holes[i]] = net->active[from[i]];
         }
         n_active = kept;
         prof_mark(net, EENET_PROF_EXIT);
