@@ -323,10 +323,13 @@ def _p(a):
 
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[10], SHAPES[11],
                                    (3, 16, 7, 7, 16, 3, 1, 1), SHAPES[18], SHAPES[19],
-                                   SHAPES[20]])
+                                   SHAPES[20], (34, 8, 14, 14, 8, 3, 1, 1),
+                                   (17, 8, 14, 14, 16, 3, 2, 1)])
 def test_c_backward_accumulates(rng, shape, impl):
     """eenet_conv2d_backward(_ex) and the naive twin ADD into dinp/dw/dbias
-    (the binding passes zeros; the engine relies on accumulation)."""
+    (the engine relies on accumulation); eenet_conv2d_backward_set (what the
+    binding calls) SETS dinp, whose NaN contents on entry it never reads (the
+    F(4x4) paths store, the others zero first), and still ADDS into dw/dbias."""
     lib = _lib()
     N, C, H, W, K, _, s, p = shape
     kh, kw = _k(shape)
@@ -335,46 +338,25 @@ def test_c_backward_accumulates(rng, shape, impl):
     nt = eenet.get_num_threads()
     ws = np.empty(lib.eenet_conv2d_workspace_floats(N, C, H, W, K, kh, kw, s, p, nt) + 1,
                   np.float32)
-    for naive in (False, True):
-        dx0 = rng.standard_normal(x.shape).astype(np.float32)
+    for mode in ("ex", "naive", "set"):
+        dx0 = (np.full(x.shape, np.nan, np.float32) if mode == "set"
+               else rng.standard_normal(x.shape).astype(np.float32))
         dw0 = rng.standard_normal(w.shape).astype(np.float32)
         db0 = rng.standard_normal(K).astype(np.float32)
         dx, dw, db = dx0.copy(), dw0.copy(), db0.copy()
-        if naive:
+        if mode == "naive":
             st = lib.eenet_conv2d_backward_naive(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
                                                  N, C, H, W, K, kh, kw, s, p)
-        else:
+        elif mode == "ex":
             st = lib.eenet_conv2d_backward_ex(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
                                               _p(ws), N, C, H, W, K, kh, kw, s, p, nt)
+        else:
+            st = lib.eenet_conv2d_backward_set(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w),
+                                               _p(ws), N, C, H, W, K, kh, kw, s, p)
         assert st == 0
-        _close(dx, dx0 + rdx)
+        _close(dx, rdx if mode == "set" else dx0 + rdx)
         _close(dw, dw0 + rdw)
         _close(db, db0 + rdb)
-
-
-@pytest.mark.parametrize("shape", [SHAPES[1], (5, 16, 7, 7, 16, 3, 1, 1),
-                                   (34, 8, 14, 14, 8, 3, 1, 1), (17, 8, 14, 14, 16, 3, 2, 1)])
-def test_c_backward_set(rng, shape, impl):
-    """eenet_conv2d_backward_set SETS dinp (its NaN contents on entry are never
-    read: the F(4x4) paths store, the others zero first) and still ADDS into
-    dw/dbias."""
-    lib = _lib()
-    N, C, H, W, K, _, s, p = shape
-    kh, kw = _k(shape)
-    x, w, _, dy = _arrays(rng, shape)
-    rdx, rdw, rdb = ref_backward(dy, x, w, s, p)
-    nt = eenet.get_num_threads()
-    ws = np.empty(lib.eenet_conv2d_workspace_floats(N, C, H, W, K, kh, kw, s, p, nt), np.float32)
-    dw0 = rng.standard_normal(w.shape).astype(np.float32)
-    db0 = rng.standard_normal(K).astype(np.float32)
-    dx = np.full(x.shape, np.nan, np.float32)
-    dw, db = dw0.copy(), db0.copy()
-    st = lib.eenet_conv2d_backward_set(_p(dx), _p(dw), _p(db), _p(dy), _p(x), _p(w), _p(ws),
-                                       N, C, H, W, K, kh, kw, s, p)
-    assert st == 0
-    _close(dx, rdx)
-    _close(dw, dw0 + rdw)
-    _close(db, db0 + rdb)
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 16, 16, 16, 3, 1, 1), (34, 8, 14, 14, 8, 3, 1, 1)])
