@@ -1566,35 +1566,13 @@ static void pd_tap(int a, int r, int *ki, int *shift) {
 }
 
 /* Tap offsets of phase q into the padded dout (K, Ho+2, Wo+2), taps
- * t = (k*nr + r)*nc + e, and its weights w[k][c][i_r][j_e] packed for
- * eenet_conv_kvec_fwd (blocks of 16*kv channels c, laid out [t][cc]). */
-static void pd_prepare(int *off, float *wk, const float *w, const conv_plan *pl, int q) {
-    int a = q / 2, b = q % 2, nr = a + 1, nc = b + 1;
-    int C = pl->C, K = pl->K, kb = 16 * pl->pd_kv;
-    int hpp = pl->Ho + 2, wpp = pl->Wo + 2, ntaps = K * nr * nc;
-    for (int k = 0; k < K; k++) {
-        for (int r = 0; r < nr; r++) {
-            for (int e = 0; e < nc; e++) {
-                int i, j, dyr, dxc;
-                pd_tap(a, r, &i, &dyr);
-                pd_tap(b, e, &j, &dxc);
-                int t = (k * nr + r) * nc + e;
-                off[t] = (int)(((size_t)k * hpp + dyr + 1) * wpp + dxc + 1);
-                for (int c0 = 0; c0 < C; c0 += kb) {
-                    float *blk = wk + (size_t)c0 * ntaps + (size_t)t * kb;
-                    for (int cc = 0; cc < kb; cc++) {
-                        blk[cc] = w[(((size_t)k * C + c0 + cc) * 3 + i) * 3 + j];
-                    }
-                }
-            }
-        }
-    }
-}
-
-/* As pd_prepare for the batch-lane path: offsets 16 x those into the padded
- * dout lanes (K, Ho+2, Wo+2, 16), weights packed like direct_pack (blocks of
- * eenet_conv_fwd_kblock channels). */
-static void pd_prepare_lanes(int *off16, float *wpk, const float *w, const conv_plan *pl, int q) {
+ * t = (k*nr + r)*nc + e, times `scale` (1: planes for eenet_conv_kvec_fwd;
+ * 16: the batch-lane layout (K, Ho+2, Wo+2, 16)), and its weights
+ * w[k][c][i_r][j_e] packed in blocks of channels c laid out [t][cc], as
+ * direct_pack: fixed_kb channels each (16*kv for the K-vectorised kernel),
+ * or 0: eenet_conv_fwd_kblock's (the batch-lane kernel). */
+static void pd_prepare(int *off, float *wk, const float *w, const conv_plan *pl, int q,
+                       int scale, int fixed_kb) {
     int a = q / 2, b = q % 2, nr = a + 1, nc = b + 1;
     int C = pl->C, K = pl->K;
     int hpp = pl->Ho + 2, wpp = pl->Wo + 2, ntaps = K * nr * nc;
@@ -1605,10 +1583,10 @@ static void pd_prepare_lanes(int *off16, float *wpk, const float *w, const conv_
                 pd_tap(a, r, &i, &dyr);
                 pd_tap(b, e, &j, &dxc);
                 int t = (k * nr + r) * nc + e;
-                off16[t] = 16 * (int)(((size_t)k * hpp + dyr + 1) * wpp + dxc + 1);
+                off[t] = scale * (int)(((size_t)k * hpp + dyr + 1) * wpp + dxc + 1);
                 for (int c0 = 0; c0 < C;) {
-                    int kb = eenet_conv_fwd_kblock(C - c0);
-                    float *blk = wpk + (size_t)c0 * ntaps + (size_t)t * kb;
+                    int kb = fixed_kb ? fixed_kb : eenet_conv_fwd_kblock(C - c0);
+                    float *blk = wk + (size_t)c0 * ntaps + (size_t)t * kb;
                     for (int cc = 0; cc < kb; cc++) {
                         blk[cc] = w[(((size_t)k * C + c0 + cc) * 3 + i) * 3 + j];
                     }
@@ -1738,12 +1716,8 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     int use_pd = dinp && pl->use_pd;
     if (use_pd || lane_pd) {
         for (int q = 0; q < 4; q++) {
-            if (use_pd) {
-                pd_prepare((int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q], w, pl, q);
-            } else {
-                pd_prepare_lanes((int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q], w,
-                                 pl, q);
-            }
+            pd_prepare((int *)(shared + pl->o_pdoff[q]), shared + pl->o_pdw[q], w, pl, q,
+                       use_pd ? 1 : 16, use_pd ? 16 * pl->pd_kv : 0);
         }
     }
     if (use_kd) {
