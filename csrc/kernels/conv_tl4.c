@@ -76,6 +76,9 @@ void eenet_tl4_sizes(int C, int K, int H, int W, size_t *shared, size_t *slot) {
     *slot = eenet_round16(fwd > dw ? fwd : dw);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
 /* G (6x3) of the points 0, 1, -1, 1/2, -2, inf (conv_wino4.c). */
 static const double tl4_G[6][3] = {{1, 0, 0},
                                    {1.0 / 3, 1.0 / 3, 1.0 / 3},
@@ -83,9 +86,6 @@ static const double tl4_G[6][3] = {{1, 0, 0},
                                    {-16.0 / 15, -8.0 / 15, -4.0 / 15},
                                    {1.0 / 15, -2.0 / 15, 4.0 / 15},
                                    {0, 0, 1}};
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
 
 #define TL4_AVX512 __attribute__((target("avx512f")))
 #define TL4_INLINE static TL4_AVX512 inline __attribute__((always_inline))
@@ -630,31 +630,11 @@ TL4_AVX512 void eenet_tl4_dw(float *dw, float *dbias, const float *dout, const f
 
 #else /* not x86-64 GCC/Clang: conv.c never chooses this path */
 
-/* The plain statement of the weight transform (never chosen there). */
+/* The plain statement of the weight transform (never chosen there): the
+ * same U as conv_wl4.c's, whose plain statement takes any cin, cout. */
 void eenet_tl4_weights(float *u, const float *w, int cout, int cin, int flip) {
-    const size_t P = (size_t)cin * cout;
-    for (int ci = 0; ci < cin; ci++) {
-        for (int co = 0; co < cout; co++) {
-            double g[9], t[6][3];
-            for (int ab = 0; ab < 9; ab++) {
-                g[ab] = flip ? w[((size_t)ci * cout + co) * 9 + 8 - ab]
-                             : w[((size_t)co * cin + ci) * 9 + ab];
-            }
-            for (int i = 0; i < 6; i++) {
-                for (int b = 0; b < 3; b++) {
-                    t[i][b] = tl4_G[i][0] * g[b] + tl4_G[i][1] * g[3 + b] + tl4_G[i][2] * g[6 + b];
-                }
-            }
-            for (int i = 0; i < 6; i++) {
-                for (int j = 0; j < 6; j++) {
-                    double s = tl4_G[j][0] * t[i][0] + tl4_G[j][1] * t[i][1] + tl4_G[j][2] * t[i][2];
-                    u[(size_t)(6 * i + j) * P + (size_t)ci * cout + co] = (float)s;
-                }
-            }
-        }
-    }
+    eenet_wl4_weights(u, w, cout, cin, flip);
 }
-
 
 void eenet_tl4_conv(float *out, int accumulate, const float *inp, const float *u,
                     float *u_make, const float *w, int flip, const float *bias, float *slots,
