@@ -1131,6 +1131,22 @@ WINO4_BD_CASES = [(0, (1, 16, 32, 32, 16)), (0, (3, 16, 32, 32, 16)), (0, (17, 1
                   (8, (2, 16, 8, 8, 16))]
 
 
+def _check_dx_and_full_backward(dy, x, w, s, copies):
+    """dx of conv2d_backward(need_dw=False) against the float64 reference, then
+    the full backward (with bias) giving the same dx bits and the right dw, db;
+    the inputs not modified.  Returns (dx, rdx)."""
+    rdx, rdw, rdb = ref_backward(dy, x, w, s, 1)
+    dx = _core.conv2d_backward(dy, x, w, s, 1, False, need_dw=False)[0]
+    _close(dx, rdx)
+    dx2, dw2, db2 = _core.conv2d_backward(dy, x, w, s, 1, True)
+    np.testing.assert_array_equal(dx2, dx)
+    _close(dw2, rdw)
+    _close(db2, rdb)
+    for a, c in zip((x, w, dy), copies):
+        np.testing.assert_array_equal(a, c)
+    return dx, rdx
+
+
 @pytest.mark.parametrize("sw_s5", WINO4_BD_CASES)
 def test_wino4_backward_data_matches_numpy(rng, sw_s5):
     """Backward-data through the F(4x4) forward against the float64 reference
@@ -1141,18 +1157,10 @@ def test_wino4_backward_data_matches_numpy(rng, sw_s5):
     with _switch(sw):
         x, w, b, dy = _arrays(rng, _wshape(s5))
         copies = [a.copy() for a in (x, w, dy)]
-        rdx, rdw, rdb = ref_backward(dy, x, w, 1, 1)
-        dx = _core.conv2d_backward(dy, x, w, 1, 1, False, need_dw=False)[0]
-        _close(dx, rdx)
+        dx, rdx = _check_dx_and_full_backward(dy, x, w, 1, copies)
         err = _wl4_err(dx, rdx)
         print(f"F(4x4) backward-data {s5}: error / tolerance {err:.3f}")
         assert 0.0 < err < 0.5
-        dx2, dw2, db2 = _core.conv2d_backward(dy, x, w, 1, 1, True)
-        np.testing.assert_array_equal(dx2, dx)
-        _close(dw2, rdw)
-        _close(db2, rdb)
-        for a, c in zip((x, w, dy), copies):
-            np.testing.assert_array_equal(a, c)
     if _avx512():
         with _switch(4):
             assert not np.array_equal(
@@ -1656,15 +1664,7 @@ def test_polyphase_bd_matches_numpy(rng, s5):
     with _switch(0):
         x, w, b, dy = _arrays(rng, _pd_shape(s5))
         copies = [a.copy() for a in (x, w, dy)]
-        rdx, rdw, rdb = ref_backward(dy, x, w, 2, 1)
-        dx = _core.conv2d_backward(dy, x, w, 2, 1, False, need_dw=False)[0]
-        _close(dx, rdx)
-        dx2, dw2, db2 = _core.conv2d_backward(dy, x, w, 2, 1, True)
-        np.testing.assert_array_equal(dx2, dx)
-        _close(dw2, rdw)
-        _close(db2, rdb)
-        for a, c in zip((x, w, dy), copies):
-            np.testing.assert_array_equal(a, c)
+        dx, _ = _check_dx_and_full_backward(dy, x, w, 2, copies)
     if _avx512():
         with _switch(1):
             gemm = _core.conv2d_backward(dy, x, w, 2, 1, False, need_dw=False)[0]
