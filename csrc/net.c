@@ -172,6 +172,15 @@ struct eenet_net {
                            * a time (run_rows_chunked; 0: all) */
     float *split_ws;      /* split_threads conv scratches of split_ws_floats (1 thread) */
     size_t split_ws_floats;
+    long *eval_lrow;      /* (2T) eval: a tensor used within one predict run only (see
+                           * plan_eval_local) has its rows in the chunk scratch of the
+                           * thread running it, eval_lrow[t] * chunk rows floats in; -1:
+                           * its rows are eact's.  Then the same for a forward
+                           * (eval_lrow + T), where only the input and outputs stay */
+    size_t eval_lrow_floats; /* floats per chunk row of the local tensors' buffers (the
+                              * larger of the two plans) */
+    float *chunk_rows;    /* split_threads (at least 1) scratches of chunk_floats */
+    size_t chunk_floats;
 
     int profiling;                   /* eenet_net_set_profiling */
     double prof[EENET_PROF_SLOTS];   /* seconds per slot */
@@ -251,6 +260,8 @@ void eenet_net_free(eenet_net *net) {
     free(net->act);
     free(net->eact);
     free(net->eval_own);
+    free(net->eval_lrow);
+    free(net->chunk_rows);
     free(net->grad);
     free(net->last_consumer);
     free(net->fused_relu);
@@ -631,6 +642,118 @@ static int eval_io(const eenet_net *net, int i, int rd[2], int *wr) {
     return n;
 }
 
+/* Eval: the tensors that live within one chunk of rows (run_rows_chunked).
+ * predict runs ops [seg_begin[2s], seg_begin[2s + 2]) (stage s and its exit)
+ * on the rows still running, then reads that exit's outputs and input row by
+ * row; a forward runs every op and reads the exits' outputs.  A tensor
+ * written and read by the ops of one such run only (not the input, not an
+ * exit's probabilities or confidence, nor in predict an exit's input) is
+ * needed by a chunk only while that chunk goes through the run, so every
+ * chunk of a thread can use the same rows: net->chunk_rows, one scratch of
+ * eval_lrow_floats per chunk row per thread, where these tensors share
+ * buffers of their per-sample size by liveness as in plan_eval_arena.  One
+ * plan for predict's runs (whole = 0, eval_lrow), one for a forward (whole =
+ * 1, eval_lrow + T).  With
+ * rows indexed by sample instead, each chunk writes rows last touched a whole
+ * call ago (EENet-20 batch 128: 128 rows of a 16x32x32 tensor are 8 MB, 3
+ * such tensors per stage-1 block), which cache misses and write-allocates
+ * make slower.  eact keeps rows for every tensor: runs not taken in chunks
+ * (training, per-op threading, EENET_EVAL_CHUNK=0) use those.
+ * EENET_EVAL_LOCAL=0 in the environment when the network is built turns this
+ * off.  last, buf_of, cap and freed_at are plan_eval_arena's arrays (T + 1),
+ * reused here: last[r] is the last eval op reading root r. */
+static eenet_status plan_eval_local(eenet_net *net, const int *alias, const int *last,
+                                    int *buf_of, size_t *cap, long *freed_at, int whole) {
+    const int T = net->num_tensors;
+    long *lrow = net->eval_lrow + (whole ? T : 0);
+    int *run_of = malloc(sizeof(int) * (size_t)T); /* root: its run, -2: several/none */
+    if (!run_of) {
+        return eenet_set_error(EENET_ERR_NOMEM, "out of memory: eval chunk plan");
+    }
+    for (int t = 0; t < T; t++) {
+        lrow[t] = -1;
+        run_of[t] = -1;
+        buf_of[t] = -1;
+    }
+    for (int s = 0; s < net->num_exits; s++) {
+        for (int i = net->seg_begin[2 * s]; i < net->seg_begin[2 * s + 2]; i++) {
+            int rd[2], wr;
+            if (!eval_runs(net, i)) {
+                continue;
+            }
+            const int n = eval_io(net, i, rd, &wr);
+            int io[3] = {rd[0], n > 1 ? rd[1] : rd[0], wr};
+            for (int j = 0; j < 3; j++) {
+                const int r = alias[io[j]];
+                const int run = whole ? 0 : s;
+                run_of[r] = run_of[r] == -1 || run_of[r] == run ? run : -2;
+            }
+        }
+    }
+    run_of[alias[0]] = -2;
+    for (int e = 0; e < net->num_exits; e++) {
+        run_of[alias[net->exit_prob[e]]] = -2;
+        if (!whole) {
+            run_of[alias[net->exit_input[e]]] = -2;
+        }
+        if (net->exit_conf[e] >= 0) {
+            run_of[alias[net->exit_conf[e]]] = -2;
+        }
+    }
+    /* buffers of the local roots, taken and freed in op order as plan_eval_arena's */
+    int nbuf = 0;
+    for (int i = 0; i < net->num_ops; i++) {
+        int rd[2], wr;
+        if (!eval_runs(net, i)) {
+            continue;
+        }
+        const int n = eval_io(net, i, rd, &wr);
+        int io[3] = {rd[0], n > 1 ? rd[1] : rd[0], wr};
+        for (int j = 0; j < 3; j++) {
+            const int r = alias[io[j]];
+            if (run_of[r] < 0 || buf_of[r] >= 0) {
+                continue;
+            }
+            const size_t need = net->tsize[r];
+            int best = -1;
+            for (int b = 0; b < nbuf; b++) {
+                if (freed_at[b] >= 0 && cap[b] == need &&
+                    (best < 0 || freed_at[b] > freed_at[best])) {
+                    best = b;
+                }
+            }
+            if (best < 0) {
+                best = nbuf++;
+                cap[best] = need;
+            }
+            freed_at[best] = -1;
+            buf_of[r] = best;
+        }
+        for (int j = 0; j < 3; j++) {
+            const int r = alias[io[j]];
+            if (run_of[r] >= 0 && last[r] <= i && freed_at[buf_of[r]] < 0) {
+                freed_at[buf_of[r]] = i;
+            }
+        }
+    }
+    /* buffer b: cap[b] floats per row, at a 64-byte multiple per row */
+    size_t total = 0;
+    for (int b = 0; b < nbuf; b++) {
+        const size_t at = total;
+        total += (cap[b] + 15) / 16 * 16;
+        cap[b] = at;
+    }
+    for (int t = 0; t < T; t++) {
+        const int r = alias[t];
+        if (run_of[r] >= 0) {
+            lrow[t] = (long)cap[buf_of[r]];
+        }
+    }
+    net->eval_lrow_floats = total > net->eval_lrow_floats ? total : net->eval_lrow_floats;
+    free(run_of);
+    return EENET_OK;
+}
+
 /* Eval-mode activation rows (net->eact).  The training arena gives every
  * tensor its own rows, since backward reads them all; an eval forward needs a
  * tensor only from the op that writes it to the last op that reads it.  Walking
@@ -761,8 +884,18 @@ static eenet_status plan_eval_arena(eenet_net *net, const int *alias) {
             net->eact[t] = base + boff[b];
         }
     }
+    eenet_status st = EENET_OK;
+    env = getenv("EENET_EVAL_LOCAL");
+    if (!(env && env[0] == '0')) {
+        net->eval_lrow = malloc(sizeof(long) * 2 * (size_t)T);
+        st = net->eval_lrow ? EENET_OK
+                            : eenet_set_error(EENET_ERR_NOMEM, "out of memory: eval chunk plan");
+        for (int whole = 0; whole < 2 && st == EENET_OK; whole++) {
+            st = plan_eval_local(net, alias, last, buf_of, cap, freed_at, whole);
+        }
+    }
     free(last), free(buf_of), free(cap), free(boff), free(freed_at);
-    return EENET_OK;
+    return st;
 }
 
 #define ALLOC(ptr, count)                                                              \
@@ -1021,6 +1154,12 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
     if (net->split_threads >= 2) {
         ALLOC(net->split_ws, (size_t)net->split_threads * net->split_ws_floats);
     }
+    if (net->eval_lrow && net->eval_chunk > 0) {
+        /* chunks of at most eval_chunk rows (run_rows_chunked), one scratch per thread */
+        net->chunk_floats = net->eval_lrow_floats * (size_t)net->eval_chunk;
+        ALLOC(net->chunk_rows, (size_t)(net->split_threads > 1 ? net->split_threads : 1) *
+                                   net->chunk_floats);
+    }
     ALLOC(net->prep, net->prep_floats);
     ALLOC(net->prep_w, net->prep_w_floats);
     ALLOC(net->fold, net->fold_floats);
@@ -1043,15 +1182,32 @@ fail:
 
 /* ---- running ops ----------------------------------------------------------- */
 
-/* Forward of op i on rows [r0, r0 + N).  training: BN batch statistics +
- * running update (only with r0 = 0 and the whole batch).  The conv kernels run
- * with scratch ws sized for nth threads. */
-static eenet_status op_forward_rows(eenet_net *net, int i, int r0, int N, int training,
-                                    float *ws, int nth) {
+/* Rows [r0, r0 + N) of tensor t: in act (net->act in training, net->eact in
+ * eval), or for a chunk-local tensor (plan_eval_local) the first N rows of the
+ * thread's chunk scratch `chunk` (NULL: not a chunk, every tensor in act). */
+typedef struct {
+    float *const *act;
+    float *chunk;
+    const long *lrow; /* net->eval_lrow's plan for this run (with chunk) */
+    int r0;
+} row_map;
+
+static float *rows_of(const eenet_net *net, const row_map *m, int t) {
+    if (m->chunk && m->lrow[t] >= 0) {
+        return m->chunk + (size_t)m->lrow[t] * (size_t)net->eval_chunk;
+    }
+    return m->act[t] + (size_t)m->r0 * net->tsize[t];
+}
+
+/* Forward of op i on rows [r0, r0 + N) (r0 = m->r0).  training: BN batch
+ * statistics + running update (only with r0 = 0 and the whole batch).  The
+ * conv kernels run with scratch ws sized for nth threads. */
+static eenet_status op_forward_rows(eenet_net *net, int i, const row_map *m, int N,
+                                    int training, float *ws, int nth) {
     net_op *op = &net->ops[i];
-    float *const *act = training ? net->act : net->eact; /* eval: plan_eval_arena's rows */
-    const float *in = act[op->in0] + (size_t)r0 * net->tsize[op->in0];
-    float *out = act[op->out] + (size_t)r0 * net->tsize[op->out];
+    const int r0 = m->r0;
+    const float *in = rows_of(net, m, op->in0);
+    float *out = rows_of(net, m, op->out);
     switch (op->kind) {
     case EENET_OP_CONV2D: {
         conv_layer *L = &op->u.conv;
@@ -1064,9 +1220,9 @@ static eenet_status op_forward_rows(eenet_net *net, int i, int r0, int N, int tr
             /* the folded batch norm's (or its add's) output, see plan_eval_fusion */
             w = net->fold + L->fold;
             bias = w + (size_t)L->K * L->C * L->k * L->k;
-            out = act[L->fuse_out] + (size_t)r0 * net->tsize[L->fuse_out];
+            out = rows_of(net, m, L->fuse_out);
             if (L->fuse_res >= 0) {
-                residual = act[L->fuse_res] + (size_t)r0 * net->tsize[L->fuse_res];
+                residual = rows_of(net, m, L->fuse_res);
             }
         }
         return eenet_conv2d_forward_fused(out, in, w, tag ? net->prep + L->prep : NULL, tag,
@@ -1096,7 +1252,7 @@ static eenet_status op_forward_rows(eenet_net *net, int i, int r0, int N, int tr
         return eenet_sigmoid_forward(out, in, (size_t)N * op->u.elt.n);
     case EENET_OP_ADD:
         return (net->fused_relu[i] >= 0 ? eenet_add_relu_forward : eenet_add_forward)(
-            out, in, act[op->in1] + (size_t)r0 * net->tsize[op->in1],
+            out, in, rows_of(net, m, op->in1),
             (size_t)N * op->u.elt.n);
     case EENET_OP_MAXPOOL2D: {
         maxpool_layer *L = &op->u.pool;
@@ -1240,14 +1396,19 @@ static int set_capable(const eenet_net *net, int i, int j) {
     }
 }
 
-/* Ops [begin, end) forward on rows [r0, r0 + N); timed when `timed`. */
+/* Ops [begin, end) forward on rows [r0, r0 + N) (chunk: the thread's chunk
+ * scratch for an eval chunk, else NULL); timed when `timed`. */
 static eenet_status run_ops_rows(eenet_net *net, int begin, int end, int r0, int N,
-                                 int training, float *ws, int nth, int timed) {
+                                 int training, float *ws, int nth, int timed, float *chunk) {
+    /* a run of every op is a forward's (gather_outputs reads the exits' outputs
+     * only); any other is one of predict's */
+    const long *lrow = net->eval_lrow + (begin == 0 && end == net->num_ops ? net->num_tensors : 0);
+    const row_map m = {training ? net->act : net->eact, chunk, chunk ? lrow : NULL, r0};
     for (int i = begin; i < end; i++) {
         if (net->fused_relu[i] == -2 || (!training && net->eval_skip[i])) {
             continue; /* done inside its producer's forward */
         }
-        eenet_status st = op_forward_rows(net, i, r0, N, training, ws, nth);
+        eenet_status st = op_forward_rows(net, i, &m, N, training, ws, nth);
         if (timed) {
             prof_mark(net, EENET_PROF_FWD + net->ops[i].kind);
         }
@@ -1269,13 +1430,14 @@ static eenet_status run_ops_rows(eenet_net *net, int begin, int end, int r0, int
  * ms; at batch 32 within the noise (EENet-110 85-92 vs 85-97 ms).  Chunks of
  * 4 and 8 rows were not told apart from 16 under that load. */
 static eenet_status run_rows_chunked(eenet_net *net, int begin, int end, int r0, int N,
-                                     float *ws, int timed) {
+                                     float *ws, int timed, int thread) {
     /* ceil(N / eval_chunk) chunks of near-equal size (25 rows: 13 + 12, not 16 + 9) */
     const int R = net->eval_chunk > 0 ? net->eval_chunk : N;
     const int nc = (N + R - 1) / R;
+    float *chunk = net->chunk_rows ? net->chunk_rows + (size_t)thread * net->chunk_floats : NULL;
     for (int c = 0; c < nc; c++) {
         const int a = (int)((long)N * c / nc), b = (int)((long)N * (c + 1) / nc);
-        eenet_status st = run_ops_rows(net, begin, end, r0 + a, b - a, 0, ws, 1, timed);
+        eenet_status st = run_ops_rows(net, begin, end, r0 + a, b - a, 0, ws, 1, timed, chunk);
         if (st != EENET_OK) {
             return st;
         }
@@ -1414,15 +1576,16 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
          * 1.08 ms, early-exit predict 1.03 -> 0.72 ms.  Large inputs
          * (ImageNet-sized layers) keep per-op threads. */
         int previous = eenet_limit_threads(1);
-        eenet_status st = run_rows_chunked(net, begin, end, 0, N, net->workspace, 1);
+        eenet_status st = run_rows_chunked(net, begin, end, 0, N, net->workspace, 1, 0);
         eenet_limit_threads(previous);
         return st;
     }
     if (T < 2 && !training && eenet_get_num_threads() < 2) {
-        return run_rows_chunked(net, begin, end, 0, N, net->workspace, 1); /* one thread */
+        return run_rows_chunked(net, begin, end, 0, N, net->workspace, 1, 0); /* one thread */
     }
     if (T < 2) {
-        return run_ops_rows(net, begin, end, 0, N, training, net->workspace, net->nthreads, 1);
+        return run_ops_rows(net, begin, end, 0, N, training, net->workspace, net->nthreads, 1,
+                            NULL);
     }
     eenet_status err = EENET_OK;
     char msg[512];
@@ -1444,7 +1607,8 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
             eenet_status st = EENET_OK;
             if (hi > lo) {
                 st = run_rows_chunked(net, begin, end, lo, hi - lo,
-                                      net->split_ws + (size_t)t * net->split_ws_floats, t == 0);
+                                      net->split_ws + (size_t)t * net->split_ws_floats, t == 0,
+                                      t);
             }
             if (st != EENET_OK) {
 #ifdef _OPENMP

@@ -878,8 +878,10 @@ def test_eval_arena_changes_no_bit(monkeypatch, model, shape, exit_type, fuse):
     """Eval mode lets a tensor take the rows of a dead one of the same size
     (plan_eval_arena; EENET_EVAL_ARENA=0 when a network is built gives every
     tensor its own rows) and takes a thread's rows through the ops in chunks
-    (EENET_EVAL_CHUNK rows, 0: all at once).  forward, predict_all and predict
-    give the same bits with or without either, at 1 and 3 threads on an odd
+    (EENET_EVAL_CHUNK rows, 0: all at once) where the tensors a chunk alone
+    uses take the same rows for every chunk of a thread (plan_eval_local;
+    EENET_EVAL_LOCAL=0 turns it off).  forward, predict_all and predict
+    give the same bits with or without any of them, at 1 and 3 threads on an odd
     batch (rows split unevenly between threads, chunks of 2 leaving a tail),
     with and without the eval fusion (in-place ReLUs, unfused batch norms and
     adds), for basic and bottleneck blocks, projection shortcuts, max pool and
@@ -889,12 +891,15 @@ def test_eval_arena_changes_no_bit(monkeypatch, model, shape, exit_type, fuse):
     monkeypatch.setenv("EENET_EVAL_FUSE", fuse)
     x, y = batch(shape, 7, 10, seed=5)
     nets = {}
-    for arena, chunk in (("0", "0"), ("1", "16"), ("1", "2")):
+    for arena, chunk, local in (("0", "0", "1"), ("1", "16", "1"), ("1", "2", "1"),
+                                ("1", "16", "0")):
         monkeypatch.setenv("EENET_EVAL_ARENA", arena)
         monkeypatch.setenv("EENET_EVAL_CHUNK", chunk)
-        nets[arena + chunk] = make_net(model, shape, 10, exit_type, seed=2)
-        _random_bn_state(nets[arena + chunk], 4)
-        spread_confidences(nets[arena + chunk], x)
+        monkeypatch.setenv("EENET_EVAL_LOCAL", local)
+        key = arena + chunk + local
+        nets[key] = make_net(model, shape, 10, exit_type, seed=2)
+        _random_bn_state(nets[key], 4)
+        spread_confidences(nets[key], x)
     results = {}
     for key, net in nets.items():
         out = []
@@ -903,17 +908,18 @@ def test_eval_arena_changes_no_bit(monkeypatch, model, shape, exit_type, fuse):
             pred = net.predict(x)
             out += [*net.predict_all(x), *net.forward(x), pred.probs, pred.conf, pred.exit]
         results[key] = out
-    assert len(np.unique(results["00"][-1])) > 1  # the batch really split between exits
-    for key in ("116", "12"):
-        for a, b in zip(results[key], results["00"]):
+    assert len(np.unique(results["001"][-1])) > 1  # the batch really split between exits
+    others = ("1161", "121", "1160")
+    for key in others:
+        for a, b in zip(results[key], results["001"]):
             np.testing.assert_array_equal(a, b, err_msg=key)
     losses = {}
     for key, net in nets.items():
         net.train()
         losses[key] = net.train_step(x, y, optim.SGD(net, lr=0.1, momentum=0.9))["loss"]
-    for key in ("116", "12"):
-        assert losses[key] == losses["00"]
-        assert_same_state(snapshot(nets[key]), snapshot(nets["00"]))
+    for key in others:
+        assert losses[key] == losses["001"]
+        assert_same_state(snapshot(nets[key]), snapshot(nets["001"]))
 
 
 def test_eval_fusion_leaves_no_batch_norm_or_add():
