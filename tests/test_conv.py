@@ -788,6 +788,63 @@ def test_lanes_nonfinite_weights_multiply_padding(rng, switch):
             np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0], y[i])
 
 
+# ---- 3x3 stride-2 pad-1 forward of 14-wide planes, 16 output channels in the
+# lanes (conv_avx512.c eenet_conv_s2w7_fwd, chosen by conv.c s2w7_pick; with
+# inf / NaN weights the batch lanes run instead, see the test above): tiles of
+# two output rows, the taps that read padding skipped, so the sums are those of
+# the batch-lane path with its tap classes, bit for bit.
+# (N, C, H, W, K, k, stride, pad) with every tile kind: the top tile (rows 0-1,
+# or row 0 alone) and inner tiles of two rows or one.
+S2W7_SHAPES = [
+    (5, 8, 14, 14, 16, 3, 2, 1),    # EENet-8 f=4 b3: rows 0-1, 2-3, 4-5, 6
+    (3, 1, 2, 14, 16, 3, 2, 1),     # one output row: a one-row top tile
+    (4, 3, 4, 14, 16, 3, 2, 1),     # one two-row top tile
+    (2, 16, 6, 14, 16, 3, 2, 1),    # a top tile and a one-row inner tile
+    (3, 5, 16, 14, 16, 3, 2, 1),    # four two-row tiles
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", S2W7_SHAPES)
+def test_s2w7_matches_reference_and_lanes(rng, shape, threads):
+    """With and without bias: close to the float64 reference; the same bits as
+    the batch-lane path (set_impl 6) and as each sample alone (at 2 threads a
+    small batch's tiles split inside samples); inputs not modified."""
+    s, p = shape[6], shape[7]
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(threads)
+        for bias in (True, False):
+            x, w, b, _ = _arrays(rng, shape, bias)
+            x[1, :, :2] = 0.0   # zero rows: sums of +-0 products at the top
+            args = (x, w) + ((b,) if bias else ())
+            copies = [a.copy() for a in args]
+            y = _core.conv2d_forward(x, w, b, s, p)
+            _close(y, ref_forward(x, w, b, s, p))
+            with _switch(6):
+                np.testing.assert_array_equal(_core.conv2d_forward(x, w, b, s, p), y)
+            for i in range(x.shape[0]):
+                np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0],
+                                              y[i])
+            for a, c in zip(args, copies):
+                np.testing.assert_array_equal(a, c)
+    finally:
+        eenet.set_num_threads(old)
+
+
+@requires_torch
+@pytest.mark.parametrize("shape", S2W7_SHAPES)
+def test_s2w7_matches_torch(rng, shape):
+    import torch
+    import torch.nn.functional as F
+
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    with torch.no_grad():
+        yt = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride=s, padding=p)
+    _close(_core.conv2d_forward(x, w, b, s, p), yt.numpy())
+
+
 def test_winograd_forced_beyond_128_channels_falls_back(rng, wino_impl):
     """Above 128 channels no Winograd buffers are reserved: the forced switch
     leaves such layers to the other paths, with the same results."""

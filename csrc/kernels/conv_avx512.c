@@ -705,6 +705,108 @@ static EENET_AVX512 inline __attribute__((always_inline)) void tr16(__m512 *c, c
     }
 }
 
+/* ---- 3x3 stride-2 pad-1 forward, planes 14 wide, output channels in lanes
+ *
+ *   out[k][oy][ox] = bias[k] + sum_{c,i,j} w[k][c][i][j] x[c][2oy+i-1][2ox+j-1]
+ *
+ * for x (C, H, 14), H even, out (K, H/2, 7), K a multiple of 16.  One
+ * register tile is two output rows (14 positions, one zmm each holding 16
+ * output channels); per tap (c, i, j) one weight vector wk[t][0..16) and up
+ * to 14 FMAs with the input pixel broadcast from the NCHW plane itself
+ * (no transposed or padded copy of the input).  The taps that would read
+ * the zero padding (row iy = -1 for oy = 0 and i = 0; column ix = -1 for
+ * ox = 0 and j = 0) are skipped, the others summed in tap order t =
+ * (c*3+i)*3+j from zero, and the bias added at the end: the sums of the
+ * batch-lane forward with its tap classes, bit for bit.  The tile is
+ * transposed in registers (16x16) and stored as 14 contiguous floats per
+ * channel (rows oy, oy+1 of a 7-wide plane). */
+#define S2W7_W 14 /* input plane width */
+#define S2W7_WO 7 /* output plane width */
+
+static EENET_AVX512 inline __attribute__((always_inline)) void s2w7_tile(
+    float *o, size_t hw, const float *x, int C, size_t plane, const float *wkb,
+    const float *b16, const int nrows, const int top) {
+    /* o = out + k0*hw + oy*7; x = the sample's input + 2*oy*14 (row 2*oy) */
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; p++) {
+        acc[p] = _mm512_setzero_ps();
+    }
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (size_t)c * plane;
+        const float *wc = wkb + (size_t)c * 9 * 16;
+#pragma GCC unroll 16
+        for (int i = 0; i < 3; i++) {
+#pragma GCC unroll 16
+            for (int j = 0; j < 3; j++) {
+                __m512 wv = _mm512_loadu_ps(wc + (i * 3 + j) * 16);
+#pragma GCC unroll 16
+                for (int r = 0; r < nrows; r++) {
+                    if (top && r == 0 && i == 0) {
+                        continue; /* input row -1: padding */
+                    }
+                    /* input row 2(oy+r)+i-1, column 2q+j-1 */
+                    const float *xr = xc + (2 * r + i - 1) * S2W7_W + j;
+                    /* opaque to the optimiser: taps that share pixels must not share
+                     * broadcast registers (that spills the accumulators); each
+                     * product stays one FMA with a broadcast memory operand */
+                    __asm__ volatile("" : "+r"(xr));
+#pragma GCC unroll 16
+                    for (int q = j == 0 ? 1 : 0; q < S2W7_WO; q++) {
+                        acc[r * S2W7_WO + q] = _mm512_fmadd_ps(
+                            _mm512_set1_ps(xr[2 * q - 1]), wv, acc[r * S2W7_WO + q]);
+                    }
+                }
+            }
+        }
+    }
+    __m512 ch[16];
+    tr16(ch, acc); /* ch[k] lane p = acc[p] lane k */
+    __mmask16 m = (__mmask16)((1u << (nrows * S2W7_WO)) - 1u);
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) {
+        __m512 v = b16 ? _mm512_add_ps(ch[k], _mm512_set1_ps(b16[k])) : ch[k];
+        _mm512_mask_storeu_ps(o + (size_t)k * hw, m, v);
+    }
+}
+
+/* The four tile kinds, each compiled with its loops unrolled. */
+static EENET_AVX512 void s2w7_top2(float *o, size_t hw, const float *x, int C, size_t plane,
+                                   const float *wkb, const float *b16) {
+    s2w7_tile(o, hw, x, C, plane, wkb, b16, 2, 1);
+}
+static EENET_AVX512 void s2w7_mid2(float *o, size_t hw, const float *x, int C, size_t plane,
+                                   const float *wkb, const float *b16) {
+    s2w7_tile(o, hw, x, C, plane, wkb, b16, 2, 0);
+}
+static EENET_AVX512 void s2w7_top1(float *o, size_t hw, const float *x, int C, size_t plane,
+                                   const float *wkb, const float *b16) {
+    s2w7_tile(o, hw, x, C, plane, wkb, b16, 1, 1);
+}
+static EENET_AVX512 void s2w7_mid1(float *o, size_t hw, const float *x, int C, size_t plane,
+                                   const float *wkb, const float *b16) {
+    s2w7_tile(o, hw, x, C, plane, wkb, b16, 1, 0);
+}
+
+EENET_AVX512 void eenet_conv_s2w7_fwd(float *out, const float *bias, const float *x, int C,
+                                      int H, const float *wk, int K, int t0, int t1) {
+    int ho = H / 2;
+    size_t hw = (size_t)ho * S2W7_WO, plane = (size_t)H * S2W7_W;
+    int ntile = (ho + 1) / 2;
+    for (int u = t0; u < t1; u++) {
+        int k0 = 16 * (u / ntile), oy = 2 * (u % ntile);
+        float *o = out + (size_t)k0 * hw + (size_t)oy * S2W7_WO;
+        const float *xr = x + (size_t)2 * oy * S2W7_W;
+        const float *wkb = wk + (size_t)k0 * C * 9;
+        const float *b16 = bias ? bias + k0 : NULL;
+        if (oy + 1 < ho) {
+            (oy == 0 ? s2w7_top2 : s2w7_mid2)(o, hw, xr, C, plane, wkb, b16);
+        } else {
+            (oy == 0 ? s2w7_top1 : s2w7_mid1)(o, hw, xr, C, plane, wkb, b16);
+        }
+    }
+}
+
 EENET_AVX512 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride,
                                       int cin, int h, int w, int ph, int pw, int ystep) {
     eenet_conv_lanes_in_pad(xl, x, nimg, img_stride, cin, h, w, h + 2 * ph, w + 2 * pw, ph, pw,
@@ -1174,6 +1276,11 @@ void eenet_conv_lanes_bias(float *db, const float *dy, size_t dplane, int ldr, i
 
 int eenet_conv_direct_available(void) {
     return 0;
+}
+
+void eenet_conv_s2w7_fwd(float *out, const float *bias, const float *x, int C, int H,
+                         const float *wk, int K, int t0, int t1) {
+    (void)out, (void)bias, (void)x, (void)C, (void)H, (void)wk, (void)K, (void)t0, (void)t1;
 }
 
 void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src, const int *off,

@@ -48,6 +48,16 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
                          int wo, int r0, int r1, int kv, int P, float *tile);
 
+/* 3x3 stride-2 pad-1 forward of one sample x (C, H, 14), H even, into out
+ * (K, H/2, 7) = result + bias (NULL: none), output channels in the vector
+ * lanes, K a multiple of 16; wk packed per block of 16 channels like
+ * eenet_conv_kvec_fwd's (kv = 1).  Computes the tiles [t0, t1) of the
+ * (K/16) x ceil(H/4) tiles of two output rows, channel block major.  Skips
+ * the products with the padding (the weights must be finite for the result
+ * to equal the full sum). */
+void eenet_conv_s2w7_fwd(float *out, const float *bias, const float *x, int C, int H,
+                         const float *wk, int K, int t0, int t1);
+
 /* Polyphase data gradient of a 3x3 stride-2 pad-1 layer with W even (conv.c
  * pd_sample): dx (cout, H, W) rows of parity a,
  *   dx[c][2m+a][2x+b] += sum_t wk_b[t] * dp[off_b[t] + m*wpp + x],
