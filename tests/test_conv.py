@@ -788,6 +788,88 @@ def test_lanes_nonfinite_weights_multiply_padding(rng, switch):
             np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0], y[i])
 
 
+# ---- 3x3 stride-2 pad-1 forward with the output channels in the lanes
+# (conv_avx512.c eenet_conv_s2_fwd, chosen by conv.c s2_pick: H even, W 14, 16
+# or 32, K a multiple of 16, C, K <= 64; with inf / NaN weights the other
+# paths run, see the test above): tiles of up to 16 output positions, the taps
+# that read padding skipped, so on C, K <= 16 the sums are those of the
+# batch-lane path with its tap classes, bit for bit.
+# (N, C, H, W, K, k, stride, pad) with every tile kind: the top tile and inner
+# ones, two rows (W 14: 7 + 7 positions, W 16: 8 + 8) or one (the last of an
+# odd H/2; W 32: rows of 16), one and several blocks of 16 output channels.
+S2_SHAPES = [
+    (5, 8, 14, 14, 16, 3, 2, 1),    # EENet-8 f=4 b3: rows 0-1, 2-3, 4-5, 6
+    (3, 1, 2, 14, 16, 3, 2, 1),     # one output row: a one-row top tile
+    (4, 3, 4, 14, 16, 3, 2, 1),     # one two-row top tile
+    (2, 16, 6, 14, 16, 3, 2, 1),    # a top tile and a one-row inner tile
+    (3, 5, 16, 14, 16, 3, 2, 1),    # four two-row tiles
+    (3, 32, 16, 16, 64, 3, 2, 1),   # ResNet-20 stage 3: 4 blocks of 16 channels
+    (2, 7, 10, 16, 32, 3, 2, 1),    # W 16, odd H/2: a one-row last tile
+    (3, 16, 32, 32, 32, 3, 2, 1),   # ResNet-20 stage 2: one-row tiles of 16
+    (2, 2, 4, 32, 48, 3, 2, 1),     # W 32, 3 blocks, 2 output rows
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", S2_SHAPES)
+def test_s2_matches_reference_and_lanes(rng, shape, threads):
+    """With and without bias: close to the float64 reference; the same bits as
+    each sample alone (at 2 threads a small batch's tiles split inside
+    samples) and, with 16 channels or fewer, as the batch-lane path (set_impl
+    6); inputs not modified."""
+    s, p = shape[6], shape[7]
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(threads)
+        for bias in (True, False):
+            x, w, b, _ = _arrays(rng, shape, bias)
+            x[1, :, :2] = 0.0   # zero rows: sums of +-0 products at the top
+            args = (x, w) + ((b,) if bias else ())
+            copies = [a.copy() for a in args]
+            y = _core.conv2d_forward(x, w, b, s, p)
+            _close(y, ref_forward(x, w, b, s, p))
+            if shape[1] <= 16 and shape[4] <= 16:
+                with _switch(6):
+                    np.testing.assert_array_equal(_core.conv2d_forward(x, w, b, s, p), y)
+            for i in range(x.shape[0]):
+                np.testing.assert_array_equal(_core.conv2d_forward(x[i:i + 1], w, b, s, p)[0],
+                                              y[i])
+            for a, c in zip(args, copies):
+                np.testing.assert_array_equal(a, c)
+    finally:
+        eenet.set_num_threads(old)
+
+
+@requires_torch
+@pytest.mark.parametrize("shape", S2_SHAPES)
+def test_s2_matches_torch(rng, shape):
+    import torch
+    import torch.nn.functional as F
+
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    with torch.no_grad():
+        yt = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride=s, padding=p)
+    _close(_core.conv2d_forward(x, w, b, s, p), yt.numpy())
+
+
+def test_s2_nonfinite_weights_multiply_padding(rng):
+    """With an inf weight on a 32-channel layer (not the batch lanes) the
+    padding is multiplied too: inf * 0 = NaN in the first output row, as in
+    the float64 reference."""
+    shape = (3, 16, 16, 16, 32, 3, 2, 1)
+    s, p = shape[6], shape[7]
+    x, w, b, _ = _arrays(rng, shape)
+    w[20, 2, 0, 1] = np.inf     # kernel row 0 reads the top padding in output row 0
+    ref = ref_forward(x, w, b, s, p)
+    with np.errstate(invalid="ignore"):
+        y = _core.conv2d_forward(x, w, b, s, p)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert np.isnan(y[:, 20, 0, :]).all()
+    fin = np.isfinite(ref)
+    _close(y[fin], ref[fin])
+
+
 def test_winograd_forced_beyond_128_channels_falls_back(rng, wino_impl):
     """Above 128 channels no Winograd buffers are reserved: the forced switch
     leaves such layers to the other paths, with the same results."""

@@ -191,6 +191,8 @@ typedef struct {
     int use_kwq;                 /* K-vectorised backward-weight on q-space planes */
     int lanes_ok;                /* C, K <= 16: batch-lane regions reserved */
     int use_lf, use_lw, use_ld;  /* batch-lane forward, weight gradient, data gradient */
+    int use_sf;                  /* 3x3 s2 p1 forward, channel lanes, input in place
+                                  * (s2_pick; not where w is not finite) */
     int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
     int use_wf, use_wd, wino_avx; /* Winograd forward / backward-data; its AVX-512 path */
     int use_ww;                  /* Winograd weight gradient */
@@ -628,6 +630,33 @@ static int lanes_pick(const conv_plan *pl, int op) {
     return !(pl->C == 3 && pl->s == 1 && pl->W >= 32 && pl->W % 8 == 0);
 }
 
+/* Whether the forward of a 3x3 stride-2 pad-1 layer runs eenet_conv_s2_fwd:
+ * one sample at a time, the output channels in the lanes, the input read in
+ * place, tiles of up to 16 output positions transposed in registers.
+ * Measured (Zen 4; the same bits as the paths it replaces on these shapes):
+ *   EENet-8 f=4 8->16 14x14 (batch-lane forward with its tap classes
+ *     before): 1 thread, CPU time, batch 128, best of 100 x 20 calls:
+ *     156.7 -> 129.9 us (92 -> 111 GFLOP/s; the batch-lane kernel spent
+ *     ~18% of its time transposing 16 samples into and out of the lanes);
+ *     2 threads, wall clock, other processes paused, the two builds' calls
+ *     alternated in one process, median of 300 x 5: batch 128 84.3 -> 70.0
+ *     us (207 GFLOP/s), 32 30.8 -> 23.4, 5 9.0 -> 7.3, 1 3.6 -> 3.4 (batches
+ *     below 16 took the per-sample q-space path before);
+ *   ResNet-20 16->32 32x32 and 32->64 16x16 (K-vectorised kernel on a
+ *     padded copy before): 1 thread, CPU time, batch 128, best of 60:
+ *     80.5 -> 104.5 and 98.8 -> 119.8 GFLOP/s; 2 threads, wall clock, quiet,
+ *     alternated, median of 60: batch 128 2033 -> 1767 and 1547 -> 1312 us,
+ *     batch 32 498 -> 365 and 475 -> 367 us.
+ * Not measured beyond 64 channels: larger layers keep the other paths.
+ * Each thread takes a fixed run of tiles: a dynamic schedule (chunks of 1, 2
+ * or 4 samples) measured 106, 86 and 79 us against 70.5 us static on
+ * 8->16 14x14 at batch 128, 2 threads (a sample's input and output then move
+ * between the cores' caches from call to call). */
+static int s2_pick(const conv_plan *pl) {
+    return pl->kh == 3 && pl->kw == 3 && pl->s == 2 && pl->p == 1 && pl->K % 16 == 0 &&
+           pl->C <= 64 && pl->K <= 64 && eenet_conv_s2_ok(pl->H, pl->W);
+}
+
 /* Zero the border (ph rows, pw columns on each side) of a lane-layout
  * buffer (cin, hp, wp, 16); lanes_in overwrites the interior of every group
  * (the rows it skips are never read), so this is all the zeroing needed. */
@@ -1059,6 +1088,7 @@ static void plan_choose(conv_plan *pl) {
     /* batch-lane path: 16 samples per vector, for the few-channel layers */
     int lanes = avail && pl->lanes_ok && (impl == 6 || impl == 0);
     pl->use_lf = lanes && (impl == 6 || lanes_pick(pl, 0)) && !pl->use_wf;
+    pl->use_sf = avail && impl == 0 && s2_pick(pl);
     pl->use_lw = lanes && (impl == 6 || lanes_pick(pl, 1));
     pl->use_ld = lanes && pl->bd_ok && (impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
     /* batch-lane Winograd: forward and backward-data (wlanes_pick) */
@@ -1385,8 +1415,42 @@ static void prefetch_floats(const float *p, size_t n, int write) {
 
 /* ---- forward ------------------------------------------------------------ */
 
+/* The forward by eenet_conv_s2_fwd: the N * (K/16) * eenet_conv_s2_tiles
+ * tiles split evenly over the threads in order (a thread's run of tiles
+ * covers whole samples when the batch is a multiple of nt); each thread
+ * first packs its own copy of the weights (16 channels per block) into its
+ * slot's s_pdw (the weight gradient's region, unused by the forward). */
+static void conv_forward_s2(float *out, const float *inp, const float *w, const float *bias,
+                            float *workspace, int nt, const conv_plan *pl) {
+    int ntile = (pl->K / 16) * eenet_conv_s2_tiles(pl->H, pl->W);
+    size_t in_img = (size_t)pl->C * pl->H * pl->W, out_img = (size_t)pl->K * pl->Ho * pl->Wo;
+    long long total = (long long)pl->N * ntile;
+    float *slots = workspace + pl->shared;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        int tid = eenet_thread_num();
+        float *wk = slots + (size_t)tid * pl->slot + pl->s_pdw;
+        direct_pack(wk, w, pl->K, pl->ckk, 16);
+        long long u0 = total * tid / nt, u1 = total * (tid + 1) / nt;
+        while (u0 < u1) {
+            long long n = u0 / ntile;
+            int t0 = (int)(u0 - n * ntile);
+            int t1 = u1 - n * ntile < ntile ? (int)(u1 - n * ntile) : ntile;
+            eenet_conv_s2_fwd(out + (size_t)n * out_img, bias, inp + (size_t)n * in_img, pl->C,
+                              pl->H, pl->W, wk, pl->K, t0, t1);
+            u0 += t1 - t0;
+        }
+    }
+}
+
 static void conv_forward_run(float *out, const float *inp, const float *w, const float *bias,
                              float *workspace, int nt, const conv_plan *pl) {
+    if (pl->use_sf && all_finite(w, (size_t)pl->K * pl->ckk)) {
+        conv_forward_s2(out, inp, w, bias, workspace, nt, pl);
+        return;
+    }
     int N = pl->N, C = pl->C, H = pl->H, W = pl->W, K = pl->K;
     int howo = pl->Ho * pl->Wo, ckk = pl->ckk;
     int pointwise = is_pointwise(pl->kh, pl->kw, pl->s, pl->p);

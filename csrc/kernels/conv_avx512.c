@@ -705,6 +705,132 @@ static EENET_AVX512 inline __attribute__((always_inline)) void tr16(__m512 *c, c
     }
 }
 
+/* ---- 3x3 stride-2 pad-1 forward, output channels in the lanes ------------
+ *
+ *   out[k][oy][ox] = bias[k] + sum_{c,i,j} w[k][c][i][j] x[c][2oy+i-1][2ox+j-1]
+ *
+ * for x (C, H, W), H even, W 14, 16 or 32, out (K, H/2, W/2), K a multiple
+ * of 16.  A register tile holds 16 output positions at most, one zmm each
+ * with 16 output channels: two output rows of 7 or 8 (W 14, 16) or one row
+ * of 16 (W 32).  Per tap (c, i, j) one weight vector wk[t][0..16) and one
+ * FMA per position with the input pixel broadcast from the NCHW plane itself
+ * (no transposed or padded copy of the input).  The taps that would read the
+ * zero padding (row iy = -1 for oy = 0 and i = 0; column ix = -1 for ox = 0
+ * and j = 0) are skipped, the others summed in tap order t = (c*3+i)*3+j
+ * from zero, and the bias added at the end: the sums of the batch-lane
+ * forward with its tap classes, bit for bit.  The tile is transposed in
+ * registers (16x16) and stored as up to 16 contiguous floats per channel (a
+ * tile's rows are contiguous in the output plane). */
+
+/* Output rows per tile for input planes w wide. */
+static inline int s2_rows(int w) {
+    return w / 2 <= 8 ? 2 : 1;
+}
+
+static EENET_AVX512 inline __attribute__((always_inline)) void s2_tile(
+    float *o, size_t hw, const float *x, int C, size_t plane, const float *wkb,
+    const float *b16, const int W, const int nrows, const int top) {
+    /* o = out + k0*hw + oy*W/2; x = the sample's input + 2*oy*W (row 2*oy) */
+    const int WO = W / 2;
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; p++) {
+        acc[p] = _mm512_setzero_ps();
+    }
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (size_t)c * plane;
+        const float *wc = wkb + (size_t)c * 9 * 16;
+#pragma GCC unroll 16
+        for (int i = 0; i < 3; i++) {
+#pragma GCC unroll 16
+            for (int j = 0; j < 3; j++) {
+                __m512 wv = _mm512_loadu_ps(wc + (i * 3 + j) * 16);
+#pragma GCC unroll 16
+                for (int r = 0; r < nrows; r++) {
+                    if (top && r == 0 && i == 0) {
+                        continue; /* input row -1: padding */
+                    }
+                    /* input row 2(oy+r)+i-1, column 2q+j-1 */
+                    const float *xr = xc + (2 * r + i - 1) * W + j;
+                    /* opaque to the optimiser: taps that share pixels must not share
+                     * broadcast registers (that spills the accumulators); each
+                     * product stays one FMA with a broadcast memory operand */
+                    __asm__ volatile("" : "+r"(xr));
+#pragma GCC unroll 16
+                    for (int q = j == 0 ? 1 : 0; q < WO; q++) {
+                        acc[r * WO + q] =
+                            _mm512_fmadd_ps(_mm512_set1_ps(xr[2 * q - 1]), wv, acc[r * WO + q]);
+                    }
+                }
+            }
+        }
+    }
+    __m512 ch[16];
+    tr16(ch, acc); /* ch[k] lane p = acc[p] lane k */
+    __mmask16 m = (__mmask16)((1u << (nrows * WO)) - 1u);
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) {
+        __m512 v = b16 ? _mm512_add_ps(ch[k], _mm512_set1_ps(b16[k])) : ch[k];
+        _mm512_mask_storeu_ps(o + (size_t)k * hw, m, v);
+    }
+}
+
+typedef void (*s2_fn)(float *, size_t, const float *, int, size_t, const float *, const float *);
+
+/* Per plane width, the tile kinds, each compiled with its loops unrolled:
+ * top (oy = 0) or not, full or one row (the last tile of an odd H/2). */
+#define DEFINE_S2(W)                                                                       \
+    static EENET_AVX512 void s2_##W##_top(float *o, size_t hw, const float *x, int C,      \
+                                          size_t plane, const float *wkb, const float *b) { \
+        s2_tile(o, hw, x, C, plane, wkb, b, W, W / 2 <= 8 ? 2 : 1, 1);                     \
+    }                                                                                      \
+    static EENET_AVX512 void s2_##W##_mid(float *o, size_t hw, const float *x, int C,      \
+                                          size_t plane, const float *wkb, const float *b) { \
+        s2_tile(o, hw, x, C, plane, wkb, b, W, W / 2 <= 8 ? 2 : 1, 0);                     \
+    }                                                                                      \
+    static EENET_AVX512 void s2_##W##_top1(float *o, size_t hw, const float *x, int C,     \
+                                           size_t plane, const float *wkb, const float *b) { \
+        s2_tile(o, hw, x, C, plane, wkb, b, W, 1, 1);                                      \
+    }                                                                                      \
+    static EENET_AVX512 void s2_##W##_mid1(float *o, size_t hw, const float *x, int C,     \
+                                           size_t plane, const float *wkb, const float *b) { \
+        s2_tile(o, hw, x, C, plane, wkb, b, W, 1, 0);                                      \
+    }
+
+DEFINE_S2(14)
+DEFINE_S2(16)
+DEFINE_S2(32)
+
+int eenet_conv_s2_ok(int H, int W) {
+    return H >= 2 && H % 2 == 0 && (W == 14 || W == 16 || W == 32);
+}
+
+int eenet_conv_s2_tiles(int H, int W) {
+    int R = s2_rows(W);
+    return (H / 2 + R - 1) / R;
+}
+
+EENET_AVX512 void eenet_conv_s2_fwd(float *out, const float *bias, const float *x, int C,
+                                    int H, int W, const float *wk, int K, int t0, int t1) {
+    /* [top, mid, top one row, mid one row] */
+    static const s2_fn k14[4] = {s2_14_top, s2_14_mid, s2_14_top1, s2_14_mid1};
+    static const s2_fn k16[4] = {s2_16_top, s2_16_mid, s2_16_top1, s2_16_mid1};
+    static const s2_fn k32[4] = {s2_32_top, s2_32_mid, s2_32_top1, s2_32_mid1};
+    const s2_fn *kind = W == 14 ? k14 : W == 16 ? k16 : k32;
+    int ho = H / 2, wo = W / 2, R = s2_rows(W);
+    size_t hw = (size_t)ho * wo, plane = (size_t)H * W;
+    int ntile = eenet_conv_s2_tiles(H, W);
+    for (int u = t0; u < t1; u++) {
+        int k0 = 16 * (u / ntile), oy = R * (u % ntile);
+        float *o = out + (size_t)k0 * hw + (size_t)oy * wo;
+        const float *xr = x + (size_t)2 * oy * W;
+        const float *wkb = wk + (size_t)k0 * C * 9;
+        const float *b16 = bias ? bias + k0 : NULL;
+        int one = R == 2 && oy + 1 == ho; /* the last tile has one row */
+        kind[(oy == 0 ? 0 : 1) + (one ? 2 : 0)](o, hw, xr, C, plane, wkb, b16);
+    }
+}
+
 EENET_AVX512 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride,
                                       int cin, int h, int w, int ph, int pw, int ystep) {
     eenet_conv_lanes_in_pad(xl, x, nimg, img_stride, cin, h, w, h + 2 * ph, w + 2 * pw, ph, pw,
@@ -1176,6 +1302,21 @@ int eenet_conv_direct_available(void) {
     return 0;
 }
 
+int eenet_conv_s2_ok(int H, int W) {
+    (void)H, (void)W;
+    return 0;
+}
+
+int eenet_conv_s2_tiles(int H, int W) {
+    (void)H, (void)W;
+    return 0;
+}
+
+void eenet_conv_s2_fwd(float *out, const float *bias, const float *x, int C, int H, int W,
+                       const float *wk, int K, int t0, int t1) {
+    (void)out, (void)bias, (void)x, (void)C, (void)H, (void)W, (void)wk, (void)K, (void)t0;
+    (void)t1;
+}
 void eenet_conv_direct_fwd(float *yq, size_t ldy, const float *src, const int *off,
                            const float *wp, int cout, int ntaps, int nq) {
     (void)yq, (void)ldy, (void)src, (void)off, (void)wp, (void)cout, (void)ntaps, (void)nq;

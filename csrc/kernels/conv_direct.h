@@ -48,6 +48,19 @@ void eenet_conv_kvec_fwd(float *out, int accumulate, const float *bias, const fl
                          int s, const int *off, const float *wk, int cout, int ntaps, int ho,
                          int wo, int r0, int r1, int kv, int P, float *tile);
 
+/* 3x3 stride-2 pad-1 forward of one sample x (C, H, W) into out (K, H/2,
+ * W/2) = result + bias (NULL: none), the output channels in the vector lanes
+ * (conv_avx512.c explains the tiles); where eenet_conv_s2_ok(H, W) (H even,
+ * W 14, 16 or 32), K a multiple of 16, wk packed per block of 16 channels
+ * like eenet_conv_kvec_fwd's (kv = 1).  Computes the tiles [t0, t1) of the
+ * (K/16) * eenet_conv_s2_tiles(H, W) tiles of output rows, channel block
+ * major.  Skips the products with the padding (the weights must be finite
+ * for the result to equal the full sum). */
+int eenet_conv_s2_ok(int H, int W);
+int eenet_conv_s2_tiles(int H, int W);
+void eenet_conv_s2_fwd(float *out, const float *bias, const float *x, int C, int H, int W,
+                       const float *wk, int K, int t0, int t1);
+
 /* Polyphase data gradient of a 3x3 stride-2 pad-1 layer with W even (conv.c
  * pd_sample): dx (cout, H, W) rows of parity a,
  *   dx[c][2m+a][2x+b] += sum_t wk_b[t] * dp[off_b[t] + m*wpp + x],
