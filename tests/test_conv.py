@@ -731,19 +731,6 @@ def test_lanes_skip_padding_matches_reference(rng, shape, switch):
                 np.testing.assert_array_equal(a, c)
 
 
-@requires_torch
-@pytest.mark.parametrize("shape", SKIP_SHAPES[:2])
-def test_lanes_skip_padding_matches_torch(rng, shape):
-    import torch
-    import torch.nn.functional as F
-
-    s, p = shape[6], shape[7]
-    x, w, b, _ = _arrays(rng, shape)
-    with torch.no_grad():
-        yt = F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride=s, padding=p)
-    _close(_core.conv2d_forward(x, w, b, s, p), yt.numpy())
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", SKIP_SHAPES)
 def test_lanes_skip_padding_batch_invariant(rng, shape, threads):
@@ -841,8 +828,10 @@ def test_s2_matches_reference_and_lanes(rng, shape, threads):
 
 
 @requires_torch
-@pytest.mark.parametrize("shape", S2_SHAPES)
-def test_s2_matches_torch(rng, shape):
+@pytest.mark.parametrize("shape", SKIP_SHAPES[:2] + S2_SHAPES)
+def test_skip_padding_forward_matches_torch(rng, shape):
+    """The forwards that skip the products with padding (batch lanes with tap
+    classes, the channel-lane stride-2 kernel) against PyTorch."""
     import torch
     import torch.nn.functional as F
 
