@@ -884,6 +884,27 @@ def test_s2_weight_gradient_matches_torch(rng, shape):
     _close(db, bt.grad.numpy())
 
 
+@pytest.mark.parametrize("shape", [S2_SHAPES[0], S2_SHAPES[7]])
+def test_s2_weight_gradient_nonfinite_dout_multiplies_padding(rng, shape):
+    """An inf in dout's top row and a NaN in its left column: the channel-lane
+    weight gradient skips the products with padding, yet gives NaN where the
+    full sum has dy * 0 = NaN (taps of kernel row 0 / column 0 of those
+    output channels), as the float64 reference."""
+    s, p = shape[6], shape[7]
+    x, w, _, dy = _arrays(rng, shape)
+    dy[0, 3, 0, 2] = np.inf     # top row: kernel row 0 reads padding there
+    dy[1, 9, 2, 0] = np.nan     # left column: kernel column 0 reads padding
+    with np.errstate(invalid="ignore"):
+        _, rdw, _ = ref_backward(dy, x, w, s, p)
+        _, dw, _ = _core.conv2d_backward(dy, x, w, s, p, True, need_dx=False)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(rdw))
+    np.testing.assert_array_equal(np.isinf(dw), np.isinf(rdw))
+    assert np.isnan(dw[3, :, 0, :]).all() and np.isnan(dw[9, :, :, 0]).all()
+    fin = np.isfinite(rdw)
+    assert fin.any()
+    _close(dw[fin], rdw[fin])
+
+
 def test_s2_nonfinite_weights_multiply_padding(rng):
     """With an inf weight on a 32-channel layer (not the batch lanes) the
     padding is multiplied too: inf * 0 = NaN in the first output row, as in

@@ -1904,7 +1904,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
             }
             if (lane_w) {
                 /* into this thread's partial, in the layout the reduction reads */
-                int tr = do_kw || do_kwq || do_cw;
+                int tr = do_kw || do_kwq;
                 eenet_conv_lanes_reduce(pdw, tr ? 1 : (size_t)ckk, tr ? (size_t)K : 1, dwl, K,
                                         ckk);
             }

@@ -842,7 +842,15 @@ EENET_AVX512 void eenet_conv_s2_fwd(float *out, const float *bias, const float *
  * output channels the 18 sums stay in registers over the sample's
  * positions: per position one dy vector and one FMA per tap with the input
  * pixel broadcast from the NCHW plane itself (no padded copy); taps that
- * read padding (row -1 at oy = 0, column -1 at ox = 0) are skipped. */
+ * read padding (row -1 at oy = 0, column -1 at ox = 0) are skipped.  Their
+ * products are dy * 0, which is NaN for an inf or NaN dy: a channel k with
+ * such a dy in the top row (left column) gets NaN in its taps i = 0 (j = 0),
+ * as the full sum would. */
+
+/* Lanes of v that are inf or NaN. */
+static EENET_AVX512 inline __attribute__((always_inline)) __mmask16 nonfinite16(__m512 v) {
+    return _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+}
 
 /* acc[b*9 + i*3 + j] += x[b][2oy+i-1][2ox+j-1] * dyv for the block's nch
  * channels at one position; q = x + 2oy*W + 2ox of the first channel (the
@@ -865,7 +873,10 @@ static EENET_AVX512 inline __attribute__((always_inline)) void s2bw_pos(
 }
 
 static EENET_AVX512 inline __attribute__((always_inline)) void s2bw_block(
-    float *dwt, int K, const float *dyt, const float *x, int H, int W, const int nch) {
+    float *dwt, int K, const float *dyt, const float *x, int H, int W, __mmask16 bad_top,
+    __mmask16 bad_left, const int nch) {
+    /* bad_top / bad_left: the lanes whose dy is inf or NaN somewhere in the
+     * top row / left column */
     /* dwt = the block's first tap row + k0; dyt = positions' vectors + k0 */
     int ho = H / 2, wo = W / 2;
     size_t plane = (size_t)H * W;
@@ -893,32 +904,62 @@ static EENET_AVX512 inline __attribute__((always_inline)) void s2bw_block(
             }
         }
     }
+    if (bad_top | bad_left) { /* the skipped dy * 0 products: NaN */
+        const __m512 nan = _mm512_set1_ps(__builtin_nanf(""));
+#pragma GCC unroll 18
+        for (int t = 0; t < 9 * nch; t++) {
+            int i = t % 9 / 3, j = t % 3;
+            __mmask16 m = (i == 0 ? bad_top : 0) | (j == 0 ? bad_left : 0);
+            acc[t] = _mm512_mask_add_ps(acc[t], m, acc[t], nan);
+        }
+    }
 #pragma GCC unroll 18
     for (int t = 0; t < 9 * nch; t++) {
         _mm512_storeu_ps(dwt + (size_t)t * K, acc[t]);
     }
 }
 
-static EENET_AVX512 void s2bw_block2(float *dwt, int K, const float *dyt, const float *x,
-                                     int H, int W) {
-    s2bw_block(dwt, K, dyt, x, H, W, 2);
-}
-
-static EENET_AVX512 void s2bw_block1(float *dwt, int K, const float *dyt, const float *x,
-                                     int H, int W) {
-    s2bw_block(dwt, K, dyt, x, H, W, 1);
-}
+/* Blocks of 2 and 1 channels, for any even W and compiled for the plane
+ * widths of EENet-8 and the CIFAR ResNets (14, 16, 32: every tap a constant
+ * displacement from one pointer per channel). */
+typedef void (*s2bw_fn)(float *, int, const float *, const float *, int, int, __mmask16,
+                        __mmask16);
+#define DEFINE_S2BW(NAME, WCONST, NCH)                                                        \
+    static EENET_AVX512 void NAME(float *dwt, int K, const float *dyt, const float *x, int H, \
+                                  int W, __mmask16 bad_top, __mmask16 bad_left) {            \
+        s2bw_block(dwt, K, dyt, x, H, WCONST, bad_top, bad_left, NCH);                       \
+    }
+DEFINE_S2BW(s2bw_any_2, W, 2)
+DEFINE_S2BW(s2bw_any_1, W, 1)
+DEFINE_S2BW(s2bw_14_2, 14, 2)
+DEFINE_S2BW(s2bw_14_1, 14, 1)
+DEFINE_S2BW(s2bw_16_2, 16, 2)
+DEFINE_S2BW(s2bw_16_1, 16, 1)
+DEFINE_S2BW(s2bw_32_2, 32, 2)
+DEFINE_S2BW(s2bw_32_1, 32, 1)
 
 EENET_AVX512 void eenet_conv_cl_bw(float *dwt, const float *dyt, const float *x, int C, int H,
                                    int W, int K) {
     size_t plane = (size_t)H * W;
+    int ho = H / 2, wo = W / 2;
     for (int k0 = 0; k0 < K; k0 += 16) {
+        __mmask16 bad_top = 0, bad_left = 0;
+        for (int ox = 0; ox < wo; ox++) {
+            bad_top |= nonfinite16(_mm512_loadu_ps(dyt + (size_t)ox * K + k0));
+        }
+        for (int oy = 0; oy < ho; oy++) {
+            bad_left |= nonfinite16(_mm512_loadu_ps(dyt + (size_t)oy * wo * K + k0));
+        }
+        s2bw_fn two = W == 14 ? s2bw_14_2 : W == 16 ? s2bw_16_2 : W == 32 ? s2bw_32_2 : s2bw_any_2;
+        s2bw_fn one = W == 14 ? s2bw_14_1 : W == 16 ? s2bw_16_1 : W == 32 ? s2bw_32_1 : s2bw_any_1;
         int c0 = 0;
         for (; c0 + 2 <= C; c0 += 2) {
-            s2bw_block2(dwt + (size_t)c0 * 9 * K + k0, K, dyt + k0, x + (size_t)c0 * plane, H, W);
+            two(dwt + (size_t)c0 * 9 * K + k0, K, dyt + k0, x + (size_t)c0 * plane, H, W, bad_top,
+                bad_left);
         }
         if (c0 < C) {
-            s2bw_block1(dwt + (size_t)c0 * 9 * K + k0, K, dyt + k0, x + (size_t)c0 * plane, H, W);
+            one(dwt + (size_t)c0 * 9 * K + k0, K, dyt + k0, x + (size_t)c0 * plane, H, W, bad_top,
+                bad_left);
         }
     }
 }
