@@ -15,6 +15,7 @@
 #include "net.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1480,6 +1481,21 @@ static int split_threads(const eenet_net *net, int begin, int end, int N) {
     return (double)(N / T) * run_macs(net, begin, end) >= SPLIT_MIN_MACS ? T : 1;
 }
 
+/* Where run_ops splits a row's ops [begin, end) in two of near-equal
+ * multiply-adds: ops [begin, mid) and [mid, end). */
+static int split_mid(const eenet_net *net, int begin, int end) {
+    const double half = 0.5 * run_macs(net, begin, end);
+    double acc = 0.0;
+    for (int i = begin; i < end; i++) {
+        const double next = acc + op_macs(net, i);
+        if (next >= half) {
+            return next - half < half - acc ? i + 1 : i;
+        }
+        acc = next;
+    }
+    return end;
+}
+
 /* Eval mode: make the prepared weights of the convolutions among ops
  * [begin, end) match their weights.  A conv's weights are transformed again
  * when they differ bit for bit from the copy they were prepared from (a
@@ -1590,6 +1606,9 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
     eenet_status err = EENET_OK;
     char msg[512];
     msg[0] = '\0';
+    const int mid = split_mid(net, begin, end);
+    atomic_int half_done; /* the leftover row's first half: 0 running, 1 done, 2 failed */
+    atomic_init(&half_done, 0);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(T)
 #endif
@@ -1603,12 +1622,34 @@ static eenet_status run_ops(eenet_net *net, int begin, int end, int N, int train
 #endif
         if (t < T) {
             const int parts = team < T ? team : T;
-            const int lo = (int)((long)N * t / parts), hi = (int)((long)N * (t + 1) / parts);
+            /* N = parts * k + 1 rows (k >= 1): the last row's ops are split at
+             * mid, the first part run by thread 0 before its own rows, the
+             * second by the last thread after its own, so that no thread has a
+             * whole row more than another (EENet-20 batch 32: 7 rows reach the
+             * last exit, 3 on one thread and 4 on the other).  That row takes
+             * its rows in eact (no chunk scratch): the two parts run on
+             * different threads, one after the other. */
+            const int leftover = parts >= 2 && N > parts && N % parts == 1 && mid > begin &&
+                                 mid < end;
+            const int M = N - leftover;
+            const int lo = (int)((long)M * t / parts), hi = (int)((long)M * (t + 1) / parts);
+            float *ws = net->split_ws + (size_t)t * net->split_ws_floats;
             eenet_status st = EENET_OK;
-            if (hi > lo) {
-                st = run_rows_chunked(net, begin, end, lo, hi - lo,
-                                      net->split_ws + (size_t)t * net->split_ws_floats, t == 0,
-                                      t);
+            if (leftover && t == 0) {
+                st = run_ops_rows(net, begin, mid, M, 1, 0, ws, 1, 1, NULL);
+                atomic_store_explicit(&half_done, st == EENET_OK ? 1 : 2, memory_order_release);
+            }
+            if (hi > lo && st == EENET_OK) {
+                st = run_rows_chunked(net, begin, end, lo, hi - lo, ws, t == 0, t);
+            }
+            if (leftover && t == parts - 1 && st == EENET_OK) {
+                int h;
+                while ((h = atomic_load_explicit(&half_done, memory_order_acquire)) == 0) {
+                    /* thread 0 started with it: normally done long before */
+                }
+                if (h == 1) {
+                    st = run_ops_rows(net, mid, end, M, 1, 0, ws, 1, 0, NULL);
+                }
             }
             if (st != EENET_OK) {
 #ifdef _OPENMP
