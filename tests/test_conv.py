@@ -853,6 +853,48 @@ def test_s2_matches_torch(rng, shape):
     _close(_core.conv2d_forward(x, w, b, s, p), yt.numpy())
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", S2_SHAPES + [(3, 3, 6, 10, 16, 3, 2, 1)])
+def test_s2_backward_matches_reference(rng, shape, threads):
+    """The gradients of the stride-2 layers, K <= 32 taking the channel-lane
+    weight gradient (conv.c cw_pick; odd C: a last block of one channel; H = 2:
+    one output row), with and without dx: close to the float64 reference;
+    inputs not modified."""
+    s, p = shape[6], shape[7]
+    x, w, _, dy = _arrays(rng, shape)
+    copies = [a.copy() for a in (x, w, dy)]
+    rdx, rdw, rdb = ref_backward(dy, x, w, s, p)
+    old = eenet.get_num_threads()
+    try:
+        eenet.set_num_threads(threads)
+        dx, dw, db = _core.conv2d_backward(dy, x, w, s, p, True)
+        _close(dx, rdx)
+        _close(dw, rdw)
+        _close(db, rdb)
+        _, dw1, db1 = _core.conv2d_backward(dy, x, w, s, p, True, need_dx=False)
+        _close(dw1, rdw)
+        _close(db1, rdb)
+    finally:
+        eenet.set_num_threads(old)
+    for a, c in zip((x, w, dy), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@requires_torch
+@pytest.mark.parametrize("shape", S2_SHAPES[:1] + S2_SHAPES[6:8])
+def test_s2_weight_gradient_matches_torch(rng, shape):
+    import torch
+    import torch.nn.functional as F
+
+    s, p = shape[6], shape[7]
+    x, w, b, dy = _arrays(rng, shape)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    F.conv2d(xt, wt, bt, stride=s, padding=p).backward(torch.tensor(dy))
+    _, dw, db = _core.conv2d_backward(dy, x, w, s, p, True, need_dx=False)
+    _close(dw, wt.grad.numpy())
+    _close(db, bt.grad.numpy())
+
+
 def test_s2_nonfinite_weights_multiply_padding(rng):
     """With an inf weight on a 32-channel layer (not the batch lanes) the
     padding is multiplied too: inf * 0 = NaN in the first output row, as in

@@ -191,6 +191,7 @@ typedef struct {
     int use_kwq;                 /* K-vectorised backward-weight on q-space planes */
     int lanes_ok;                /* C, K <= 16: batch-lane regions reserved */
     int use_lf, use_lw, use_ld;  /* batch-lane forward, weight gradient, data gradient */
+    int use_cw;                  /* 3x3 s2 p1 weight gradient, channel lanes (cw_pick) */
     int use_sf;                  /* 3x3 s2 p1 forward, channel lanes, input in place
                                   * (s2_pick; not where w is not finite) */
     int wino_ok;                 /* 3x3, stride 1, pad 1: Winograd regions reserved */
@@ -657,6 +658,24 @@ static int s2_pick(const conv_plan *pl) {
            pl->C <= 64 && pl->K <= 64 && eenet_conv_s2_ok(pl->H, pl->W);
 }
 
+/* Whether the weight gradient of a 3x3 stride-2 pad-1 layer runs
+ * eenet_conv_cl_bw: per sample, dout transposed to (positions, K), the sums
+ * of 2 input channels' 18 taps x 16 output channels in registers over the
+ * positions, the input read in place and the taps that read padding
+ * skipped.  Measured (Zen 4, 1 thread, CPU time, batch 128, best of 60
+ * alternated calls, GFLOP/s, path before -> this): 8->16 14x14 (batch
+ * lanes) 77.3 -> 104.1, batch 32 58.2 -> 94.1; 16->32 32x32 (K-vectorised
+ * on a padded copy) 80.5 -> 91.7; but 32->64 16x16 89.7 -> 86.8 (that
+ * kernel shares each broadcast pixel between 64 channels): K <= 32 only.
+ * 2 threads, wall clock, others paused, best of 60: 8->16 14x14 batch 128
+ * 126.5 -> 86.5 us, batch 32 31.8 -> 21.7 us; 16->32 32x32 batch 128 2012
+ * -> 1668 us, batch 32 402 -> 348 us.  The sums run in another order than
+ * before (dw moves by rounding, ~3e-6 of its largest entry). */
+static int cw_pick(const conv_plan *pl) {
+    return pl->kh == 3 && pl->kw == 3 && pl->s == 2 && pl->p == 1 && pl->K % 16 == 0 &&
+           pl->K <= 32 && pl->C <= 64 && pl->H % 2 == 0 && pl->W % 2 == 0;
+}
+
 /* Zero the border (ph rows, pw columns on each side) of a lane-layout
  * buffer (cin, hp, wp, 16); lanes_in overwrites the interior of every group
  * (the rows it skips are never read), so this is all the zeroing needed. */
@@ -1089,6 +1108,7 @@ static void plan_choose(conv_plan *pl) {
     int lanes = avail && pl->lanes_ok && (impl == 6 || impl == 0);
     pl->use_lf = lanes && (impl == 6 || lanes_pick(pl, 0)) && !pl->use_wf;
     pl->use_sf = avail && impl == 0 && s2_pick(pl);
+    pl->use_cw = avail && impl == 0 && cw_pick(pl);
     pl->use_lw = lanes && (impl == 6 || lanes_pick(pl, 1));
     pl->use_ld = lanes && pl->bd_ok && (impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
     /* batch-lane Winograd: forward and backward-data (wlanes_pick) */
@@ -1742,13 +1762,14 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     const dgeom *g = &pl->g, *gd = &pl->gd;
     int use_bd = dinp && pl->use_bd;
     int use_kd = dinp && pl->use_kd;
-    int do_bw = dw && pl->use_bw; /* dw through q-space, K-vectorised or GEMM */
-    int do_kw = dw && pl->use_kw;
-    int do_kwq = dw && pl->use_kwq;
-    int do_gw = dw && !pl->use_bw && !pl->use_kw && !pl->use_kwq;
+    int do_cw = dw && pl->use_cw; /* channel-lane, input in place (eenet_conv_cl_bw) */
+    int do_bw = dw && !do_cw && pl->use_bw; /* dw through q-space, K-vectorised or GEMM */
+    int do_kw = dw && !do_cw && pl->use_kw;
+    int do_kwq = dw && !do_cw && pl->use_kwq;
+    int do_gw = dw && !do_cw && !pl->use_bw && !pl->use_kw && !pl->use_kwq;
     /* batch-lane path for the samples [0, nlane): weight (and bias) gradient
      * and/or data gradient; the per-sample paths do the rest */
-    int lane_w = dw && pl->use_lw;
+    int lane_w = dw && !do_cw && pl->use_lw;
     int lane_d = dinp && pl->use_ld;
     int lane_pd = dinp && pl->use_lpd; /* polyphase data gradient (pd_lanes) */
     int nlane = (lane_w || lane_d || lane_pd) ? lanes_count(pl, nt) : 0;
@@ -1883,7 +1904,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
             }
             if (lane_w) {
                 /* into this thread's partial, in the layout the reduction reads */
-                int tr = do_kw || do_kwq;
+                int tr = do_kw || do_kwq || do_cw;
                 eenet_conv_lanes_reduce(pdw, tr ? 1 : (size_t)ckk, tr ? (size_t)K : 1, dwl, K,
                                         ckk);
             }
@@ -1920,6 +1941,15 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                                        (const int *)(shared + (do_kw ? pl->o_offk : pl->o_off)), K,
                                        ckk, pl->Ho, pl->Wo, nb, dyt_stride, xs_stride);
                 }
+                if (sw && do_cw) {
+                    /* dw^T (CKK, K) += per sample x(tap, pos) dy^T (pos, K), in place */
+                    float *dyt = slot + pl->s_dyt;
+                    for (int n = g0; n < g0 + nb; n++) {
+                        eenet_conv_transpose_dy(dyt, dbias ? pdb : NULL,
+                                                dout + (size_t)n * K * howo, K, howo);
+                        eenet_conv_cl_bw(pdw, dyt, inp + (size_t)n * C * H * W, C, H, W, K);
+                    }
+                }
                 if (sw && do_bw) {
                     /* dw (K, CKK) += sum over the group of dq (K, q) . planes (taps, q) */
                     for (int b = 0; b < nb; b++) {
@@ -1937,7 +1967,7 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
                     const float *x = inp + (size_t)n * C * H * W;
                     const float *dy = dout + (size_t)n * K * howo;
                     const float *b = x;
-                    if (!sw || do_kw || do_kwq) {
+                    if (!sw || do_kw || do_kwq || do_cw) {
                         /* done for the whole group above, or by the lane pass */
                     } else if (do_gw) {
                         if (!pointwise) {
@@ -1996,7 +2026,8 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
 #endif
         for (int e = 0; e < (dw ? K * ckk : 0); e++) {
             /* the K-vectorised partials are stored transposed, (CKK, K) */
-            size_t src_e = (do_kw || do_kwq) ? (size_t)(e % ckk) * K + (size_t)(e / ckk) : (size_t)e;
+            size_t src_e = (do_kw || do_kwq || do_cw) ? (size_t)(e % ckk) * K + (size_t)(e / ckk)
+                                                      : (size_t)e;
             float acc = 0.0f;
             for (int t = 0; t < nt; t++) {
                 acc += slots[(size_t)t * pl->slot + pl->s_pdw + src_e];

@@ -831,6 +831,98 @@ EENET_AVX512 void eenet_conv_s2_fwd(float *out, const float *bias, const float *
     }
 }
 
+/* ---- 3x3 stride-2 pad-1 weight gradient, output channels in the lanes ----
+ *
+ *   dw[k][c][i][j] += sum_{oy,ox} dy[k][oy][ox] x[c][2oy+i-1][2ox+j-1]
+ *
+ * for one sample x (C, H, W), H and W even (no tap reads past the bottom or
+ * right edge), dy given transposed: dyt (Ho*Wo, K), one vector of 16
+ * channels per position.  dwt (C*9, K) holds the sums transposed (as
+ * eenet_conv_kvec_bw's).  Per block of 2 input channels (18 taps) and 16
+ * output channels the 18 sums stay in registers over the sample's
+ * positions: per position one dy vector and one FMA per tap with the input
+ * pixel broadcast from the NCHW plane itself (no padded copy); taps that
+ * read padding (row -1 at oy = 0, column -1 at ox = 0) are skipped. */
+
+/* acc[b*9 + i*3 + j] += x[b][2oy+i-1][2ox+j-1] * dyv for the block's nch
+ * channels at one position; q = x + 2oy*W + 2ox of the first channel (the
+ * taps skipped at the top / left never form a pointer before x). */
+static EENET_AVX512 inline __attribute__((always_inline)) void s2bw_pos(
+    __m512 *acc, const float *q, size_t plane, int W, __m512 dyv, const int nch, const int top,
+    const int left) {
+#pragma GCC unroll 4
+    for (int b = 0; b < nch; b++) {
+#pragma GCC unroll 4
+        for (int i = top ? 1 : 0; i < 3; i++) {
+#pragma GCC unroll 4
+            for (int j = left ? 1 : 0; j < 3; j++) {
+                const float *pix = q + (size_t)b * plane + (ptrdiff_t)(i - 1) * W + (j - 1);
+                acc[b * 9 + i * 3 + j] =
+                    _mm512_fmadd_ps(_mm512_set1_ps(*pix), dyv, acc[b * 9 + i * 3 + j]);
+            }
+        }
+    }
+}
+
+static EENET_AVX512 inline __attribute__((always_inline)) void s2bw_block(
+    float *dwt, int K, const float *dyt, const float *x, int H, int W, const int nch) {
+    /* dwt = the block's first tap row + k0; dyt = positions' vectors + k0 */
+    int ho = H / 2, wo = W / 2;
+    size_t plane = (size_t)H * W;
+    __m512 acc[18];
+#pragma GCC unroll 18
+    for (int t = 0; t < 9 * nch; t++) {
+        acc[t] = _mm512_loadu_ps(dwt + (size_t)t * K);
+    }
+    for (int oy = 0; oy < ho; oy++) {
+        const float *dr = dyt + (size_t)oy * wo * K;
+        const float *xr = x + (size_t)(2 * oy) * W; /* input row 2oy */
+        if (oy == 0) {
+            s2bw_pos(acc, xr, plane, W, _mm512_loadu_ps(dr), nch, 1, 1);
+#pragma GCC unroll 1
+            for (int ox = 1; ox < wo; ox++) {
+                s2bw_pos(acc, xr + 2 * ox, plane, W, _mm512_loadu_ps(dr + (size_t)ox * K), nch,
+                         1, 0);
+            }
+        } else {
+            s2bw_pos(acc, xr, plane, W, _mm512_loadu_ps(dr), nch, 0, 1);
+#pragma GCC unroll 1
+            for (int ox = 1; ox < wo; ox++) {
+                s2bw_pos(acc, xr + 2 * ox, plane, W, _mm512_loadu_ps(dr + (size_t)ox * K), nch,
+                         0, 0);
+            }
+        }
+    }
+#pragma GCC unroll 18
+    for (int t = 0; t < 9 * nch; t++) {
+        _mm512_storeu_ps(dwt + (size_t)t * K, acc[t]);
+    }
+}
+
+static EENET_AVX512 void s2bw_block2(float *dwt, int K, const float *dyt, const float *x,
+                                     int H, int W) {
+    s2bw_block(dwt, K, dyt, x, H, W, 2);
+}
+
+static EENET_AVX512 void s2bw_block1(float *dwt, int K, const float *dyt, const float *x,
+                                     int H, int W) {
+    s2bw_block(dwt, K, dyt, x, H, W, 1);
+}
+
+EENET_AVX512 void eenet_conv_cl_bw(float *dwt, const float *dyt, const float *x, int C, int H,
+                                   int W, int K) {
+    size_t plane = (size_t)H * W;
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        int c0 = 0;
+        for (; c0 + 2 <= C; c0 += 2) {
+            s2bw_block2(dwt + (size_t)c0 * 9 * K + k0, K, dyt + k0, x + (size_t)c0 * plane, H, W);
+        }
+        if (c0 < C) {
+            s2bw_block1(dwt + (size_t)c0 * 9 * K + k0, K, dyt + k0, x + (size_t)c0 * plane, H, W);
+        }
+    }
+}
+
 EENET_AVX512 void eenet_conv_lanes_in(float *xl, const float *x, int nimg, size_t img_stride,
                                       int cin, int h, int w, int ph, int pw, int ystep) {
     eenet_conv_lanes_in_pad(xl, x, nimg, img_stride, cin, h, w, h + 2 * ph, w + 2 * pw, ph, pw,
@@ -1300,6 +1392,11 @@ void eenet_conv_lanes_bias(float *db, const float *dy, size_t dplane, int ldr, i
 
 int eenet_conv_direct_available(void) {
     return 0;
+}
+
+void eenet_conv_cl_bw(float *dwt, const float *dyt, const float *x, int C, int H, int W,
+                      int K) {
+    (void)dwt, (void)dyt, (void)x, (void)C, (void)H, (void)W, (void)K;
 }
 
 int eenet_conv_s2_ok(int H, int W) {

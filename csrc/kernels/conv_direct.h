@@ -61,6 +61,12 @@ int eenet_conv_s2_tiles(int H, int W);
 void eenet_conv_s2_fwd(float *out, const float *bias, const float *x, int C, int H, int W,
                        const float *wk, int K, int t0, int t1);
 
+/* 3x3 stride-2 pad-1 weight gradient of one sample x (C, H, W), H and W
+ * even: dwt (C*9, K) += sum over the output positions of x(tap) * dyt (Ho*Wo,
+ * K) (dy transposed, eenet_conv_transpose_dy), K a multiple of 16, the
+ * input read in place and the taps that read padding skipped. */
+void eenet_conv_cl_bw(float *dwt, const float *dyt, const float *x, int C, int H, int W, int K);
+
 /* Polyphase data gradient of a 3x3 stride-2 pad-1 layer with W even (conv.c
  * pd_sample): dx (cout, H, W) rows of parity a,
  *   dx[c][2m+a][2x+b] += sum_t wk_b[t] * dp[off_b[t] + m*wpp + x],
