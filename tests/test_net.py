@@ -880,7 +880,8 @@ def test_eval_arena_changes_no_bit(monkeypatch, model, shape, exit_type, fuse):
     tensor its own rows) and takes a thread's rows through the ops in chunks
     (EENET_EVAL_CHUNK rows, 0: all at once) where the tensors a chunk alone
     uses take the same rows for every chunk of a thread (plan_eval_local;
-    EENET_EVAL_LOCAL=0 turns it off).  forward, predict_all and predict
+    EENET_EVAL_LOCAL=0 turns it off); activation rows and scratch on huge
+    pages or not (EENET_HUGE_PAGES=0).  forward, predict_all and predict
     give the same bits with or without any of them, at 1 and 3 threads on an odd
     batch (rows split unevenly between threads, chunks of 2 leaving a tail),
     with and without the eval fusion (in-place ReLUs, unfused batch norms and
@@ -891,11 +892,12 @@ def test_eval_arena_changes_no_bit(monkeypatch, model, shape, exit_type, fuse):
     monkeypatch.setenv("EENET_EVAL_FUSE", fuse)
     x, y = batch(shape, 7, 10, seed=5)
     nets = {}
-    for arena, chunk, local in (("0", "0", "1"), ("1", "16", "1"), ("1", "2", "1"),
-                                ("1", "16", "0")):
+    for arena, chunk, local, huge in (("0", "0", "1", "0"), ("1", "16", "1", "1"),
+                                      ("1", "2", "1", "1"), ("1", "16", "0", "1")):
         monkeypatch.setenv("EENET_EVAL_ARENA", arena)
         monkeypatch.setenv("EENET_EVAL_CHUNK", chunk)
         monkeypatch.setenv("EENET_EVAL_LOCAL", local)
+        monkeypatch.setenv("EENET_HUGE_PAGES", huge)
         key = arena + chunk + local
         nets[key] = make_net(model, shape, 10, exit_type, seed=2)
         _random_bn_state(nets[key], 4)
