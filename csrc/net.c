@@ -51,8 +51,10 @@ static double now_seconds(void) {
 #define SPLIT_MAX_THREADS 64
 
 /* Eval runs take a thread's rows through a segment's ops at most
- * EVAL_CHUNK_ROWS rows at a time (see run_rows_chunked). */
+ * EVAL_CHUNK_ROWS rows at a time (see run_rows_chunked); EVAL_CHUNK_WIDE_ROWS
+ * for a predict run whose convolutions all write 16K floats or more per row. */
 #define EVAL_CHUNK_ROWS 16
+#define EVAL_CHUNK_WIDE_ROWS 4
 
 /* ---- per-kind layer structs ---------------------------------------------- */
 
@@ -174,6 +176,8 @@ struct eenet_net {
     float *prep_w;        /* eval: the weights they were prepared from (conv_layer.wcopy) */
     size_t prep_floats, prep_w_floats;
     int split_threads;    /* eval runs split rows between up to this many threads */
+    int eval_chunk_wide;  /* rows per chunk (at most eval_chunk) of the predict runs
+                           * whose convolutions all write 16K floats or more per row */
     int eval_chunk;       /* eval runs take at most this many rows through the ops at
                            * a time (run_rows_chunked; 0: all) */
     float *split_ws;      /* split_threads conv scratches of split_ws_floats (1 thread) */
@@ -1228,6 +1232,14 @@ eenet_status eenet_net_create(eenet_net **out, const int32_t *tensors, int num_t
         }
     }
     net->eval_chunk = EVAL_CHUNK_ROWS;
+    net->eval_chunk_wide = EVAL_CHUNK_WIDE_ROWS;
+    {
+        /* EENET_EVAL_CHUNK_WIDE=<rows>, read when a network is built */
+        const char *env = getenv("EENET_EVAL_CHUNK_WIDE");
+        if (env && env[0] >= '1' && env[0] <= '9') {
+            net->eval_chunk_wide = atoi(env);
+        }
+    }
     {
         /* EENET_EVAL_CHUNK=<rows> (0: no chunks), read when a network is built */
         const char *env = getenv("EENET_EVAL_CHUNK");
@@ -1503,6 +1515,29 @@ static eenet_status run_ops_rows(eenet_net *net, int begin, int end, int r0, int
     return EENET_OK;
 }
 
+/* Whether ops [begin, end) are one of predict's runs (not a whole forward)
+ * whose convolutions all write at least 16K floats per row (64 KB: EENet-20's
+ * and -110's first stage, 16x32x32, where their early exits leave).  Such runs
+ * take EVAL_CHUNK_WIDE_ROWS rows at a time: measured (2 threads, quiet, one
+ * build, nets with EENET_EVAL_CHUNK=4 and 16 alternating in one process, time
+ * 4 / 16 rows, medians) predict 0.94-0.96 (EENet-20 batch 32 and 128,
+ * EENet-110 batch 32) and 0.89 (EENet-110 batch 128), but predict_all
+ * 1.02-1.09: a whole forward, and runs reaching the 16x16 and 8x8 stages,
+ * whose kernels take 4 samples per block, keep EVAL_CHUNK_ROWS. */
+static int wide_run(const eenet_net *net, int begin, int end) {
+    if (begin == 0 && end == net->num_ops) {
+        return 0;
+    }
+    for (int i = begin; i < end; i++) {
+        const net_op *op = &net->ops[i];
+        if (op->kind == EENET_OP_CONV2D &&
+            (long)op->u.conv.K * op->u.conv.Ho * op->u.conv.Wo < 16384) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Eval: ops [begin, end) on rows [r0, r0 + N) single-threaded, at most
  * net->eval_chunk rows at a time: each chunk goes through every op before the
  * next starts, so a layer's input, output and residual rows stay in cache
@@ -1515,8 +1550,11 @@ static eenet_status run_ops_rows(eenet_net *net, int begin, int end, int r0, int
  * 4 and 8 rows were not told apart from 16 under that load. */
 static eenet_status run_rows_chunked(eenet_net *net, int begin, int end, int r0, int N,
                                      float *ws, int timed, int thread) {
-    /* ceil(N / eval_chunk) chunks of near-equal size (25 rows: 13 + 12, not 16 + 9) */
-    const int R = net->eval_chunk > 0 ? net->eval_chunk : N;
+    /* ceil(N / R) chunks of near-equal size (25 rows: 13 + 12, not 16 + 9) */
+    int R = net->eval_chunk > 0 ? net->eval_chunk : N;
+    if (R > net->eval_chunk_wide && wide_run(net, begin, end)) {
+        R = net->eval_chunk_wide;
+    }
     const int nc = (N + R - 1) / R;
     float *chunk = net->chunk_rows ? net->chunk_rows + (size_t)thread * net->chunk_floats : NULL;
     for (int c = 0; c < nc; c++) {
