@@ -71,6 +71,15 @@
  *     ResNet-20 32->64 16x16 at batch 32, one thread: 65 -> 82 GFLOP/s;
  *     with C, K <= 16 on the batch-lane path (lanes_pd_pick), EENet-8
  *     8->16 14x14 35 -> 64-69, 4->8 28x28 24 -> 48-50;
+ *   - channel-lane stride 2 (conv_avx512.c eenet_conv_s2_fwd, eenet_conv_cl_bw):
+ *     forward (s2_pick: 16-64 output channels, planes 14, 16 or 32 wide) and
+ *     weight gradient (cw_pick: 16-32 output channels) of 3x3 stride-2 pad-1
+ *     layers, one sample at a time, 16 output channels in the zmm lanes, the
+ *     NCHW input read in place (no padded, phase-split or transposed copy),
+ *     the products with padding skipped; EENet-8 8->16 14x14 at batch 128,
+ *     one thread: forward 92 -> 111 GFLOP/s (same bits as the batch lanes),
+ *     weight gradient 77 -> 104; ResNet-20 16->32 32x32 forward 80 -> 104,
+ *     weight gradient 80 -> 92;
  *   - im2col + OpenBLAS sgemm: 1x1 convolutions (the GEMM is the whole work),
  *     backward-data of other strided layers (dcol = w^T dout, col2im), and every
  *     layer on CPUs without AVX-512 or other architectures (the portable
