@@ -727,6 +727,39 @@ static int eval_io(const eenet_net *net, int i, int rd[2], int *wr) {
     return n;
 }
 
+/* The roots (alias) of what op i touches in eval mode: roots[0], roots[1] its
+ * reads (roots[1] = roots[0] for one read), roots[2] the tensor it writes.
+ * Returns the number of reads (1 or 2), or 0 if op i does not run in eval. */
+static int eval_roots(const eenet_net *net, const int *alias, int i, int roots[3]) {
+    int rd[2], wr;
+    if (!eval_runs(net, i)) {
+        return 0;
+    }
+    const int n = eval_io(net, i, rd, &wr);
+    roots[0] = alias[rd[0]];
+    roots[1] = alias[n > 1 ? rd[1] : rd[0]];
+    roots[2] = alias[wr];
+    return n;
+}
+
+/* Of the nbuf row buffers, the free one (freed_at >= 0) of exactly `need`
+ * floats per row freed last, else a new one (cap[] set, *nbuf grown); taken
+ * (freed_at = -1).  Returns its index. */
+static int eval_take_buffer(size_t need, size_t *cap, long *freed_at, int *nbuf) {
+    int best = -1;
+    for (int b = 0; b < *nbuf; b++) {
+        if (freed_at[b] >= 0 && cap[b] == need && (best < 0 || freed_at[b] > freed_at[best])) {
+            best = b;
+        }
+    }
+    if (best < 0) {
+        best = (*nbuf)++;
+        cap[best] = need;
+    }
+    freed_at[best] = -1;
+    return best;
+}
+
 /* Eval: the tensors that live within one chunk of rows (run_rows_chunked).
  * predict runs ops [seg_begin[2s], seg_begin[2s + 2]) (stage s and its exit)
  * on the rows still running, then reads that exit's outputs and input row by
@@ -762,14 +795,12 @@ static eenet_status plan_eval_local(eenet_net *net, const int *alias, const int 
     }
     for (int s = 0; s < net->num_exits; s++) {
         for (int i = net->seg_begin[2 * s]; i < net->seg_begin[2 * s + 2]; i++) {
-            int rd[2], wr;
-            if (!eval_runs(net, i)) {
+            int roots[3];
+            if (!eval_roots(net, alias, i, roots)) {
                 continue;
             }
-            const int n = eval_io(net, i, rd, &wr);
-            int io[3] = {rd[0], n > 1 ? rd[1] : rd[0], wr};
             for (int j = 0; j < 3; j++) {
-                const int r = alias[io[j]];
+                const int r = roots[j];
                 const int run = whole ? 0 : s;
                 run_of[r] = run_of[r] == -1 || run_of[r] == run ? run : -2;
             }
@@ -788,34 +819,18 @@ static eenet_status plan_eval_local(eenet_net *net, const int *alias, const int 
     /* buffers of the local roots, taken and freed in op order as plan_eval_arena's */
     int nbuf = 0;
     for (int i = 0; i < net->num_ops; i++) {
-        int rd[2], wr;
-        if (!eval_runs(net, i)) {
+        int roots[3];
+        if (!eval_roots(net, alias, i, roots)) {
             continue;
         }
-        const int n = eval_io(net, i, rd, &wr);
-        int io[3] = {rd[0], n > 1 ? rd[1] : rd[0], wr};
         for (int j = 0; j < 3; j++) {
-            const int r = alias[io[j]];
-            if (run_of[r] < 0 || buf_of[r] >= 0) {
-                continue;
+            const int r = roots[j];
+            if (run_of[r] >= 0 && buf_of[r] < 0) {
+                buf_of[r] = eval_take_buffer(net->tsize[r], cap, freed_at, &nbuf);
             }
-            const size_t need = net->tsize[r];
-            int best = -1;
-            for (int b = 0; b < nbuf; b++) {
-                if (freed_at[b] >= 0 && cap[b] == need &&
-                    (best < 0 || freed_at[b] > freed_at[best])) {
-                    best = b;
-                }
-            }
-            if (best < 0) {
-                best = nbuf++;
-                cap[best] = need;
-            }
-            freed_at[best] = -1;
-            buf_of[r] = best;
         }
         for (int j = 0; j < 3; j++) {
-            const int r = alias[io[j]];
+            const int r = roots[j];
             if (run_of[r] >= 0 && last[r] <= i && freed_at[buf_of[r]] < 0) {
                 freed_at[buf_of[r]] = i;
             }
@@ -885,16 +900,13 @@ static eenet_status plan_eval_arena(eenet_net *net, const int *alias) {
     }
     last[alias[0]] = 0;
     for (int i = 0; i < net->num_ops; i++) {
-        int rd[2], wr;
-        if (!eval_runs(net, i)) {
-            continue;
-        }
-        const int n = eval_io(net, i, rd, &wr);
+        int roots[3];
+        const int n = eval_roots(net, alias, i, roots);
         for (int j = 0; j < n; j++) {
-            last[alias[rd[j]]] = i;
+            last[roots[j]] = i;
         }
-        if (last[alias[wr]] < i) {
-            last[alias[wr]] = i; /* written, maybe never read: live through its op */
+        if (n > 0 && last[roots[2]] < i) {
+            last[roots[2]] = i; /* written, maybe never read: live through its op */
         }
     }
     for (int e = 0; e < net->num_exits; e++) {
@@ -904,49 +916,30 @@ static eenet_status plan_eval_arena(eenet_net *net, const int *alias) {
         }
     }
     int nbuf = 0;
-    /* the rows of root r: a free buffer (freed_at >= 0) that fits, else a new one */
-#define EVAL_TAKE(r)                                                                   \
-    do {                                                                               \
-        const size_t need_ = net->tsize[(r)];                                          \
-        int best_ = -1;                                                                \
-        for (int b_ = 0; b_ < nbuf; b_++) {                                            \
-            if (freed_at[b_] >= 0 && cap[b_] == need_ &&                               \
-                (best_ < 0 || freed_at[b_] > freed_at[best_])) {                       \
-                best_ = b_;                                                            \
-            }                                                                          \
-        }                                                                              \
-        if (best_ < 0) {                                                               \
-            best_ = nbuf++;                                                            \
-            cap[best_] = need_;                                                        \
-        }                                                                              \
-        freed_at[best_] = -1;                                                          \
-        buf_of[(r)] = best_;                                                           \
-    } while (0)
-    EVAL_TAKE(alias[0]);
+    /* the rows of a root: a free buffer of its size, else a new one */
+    buf_of[alias[0]] = eval_take_buffer(net->tsize[alias[0]], cap, freed_at, &nbuf);
     for (int i = 0; i < net->num_ops; i++) {
-        int rd[2], wr;
-        if (!eval_runs(net, i)) {
+        int roots[3];
+        const int n = eval_roots(net, alias, i, roots);
+        if (n == 0) {
             continue;
         }
-        const int n = eval_io(net, i, rd, &wr);
         for (int j = 0; j < n; j++) {
-            if (buf_of[alias[rd[j]]] < 0) {
-                EVAL_TAKE(alias[rd[j]]); /* read before any eval op writes it */
+            if (buf_of[roots[j]] < 0) { /* read before any eval op writes it */
+                buf_of[roots[j]] = eval_take_buffer(net->tsize[roots[j]], cap, freed_at, &nbuf);
             }
         }
-        if (buf_of[alias[wr]] < 0) {
-            EVAL_TAKE(alias[wr]);
+        if (buf_of[roots[2]] < 0) {
+            buf_of[roots[2]] = eval_take_buffer(net->tsize[roots[2]], cap, freed_at, &nbuf);
         }
         /* then free what dies here (inputs and a dead output alike) */
-        int dying[3] = {rd[0], n > 1 ? rd[1] : rd[0], wr};
         for (int j = 0; j < 3; j++) {
-            const int r = alias[dying[j]];
+            const int r = roots[j];
             if (last[r] == i && freed_at[buf_of[r]] < 0) {
                 freed_at[buf_of[r]] = i;
             }
         }
     }
-#undef EVAL_TAKE
     size_t total = 0;
     for (int b = 0; b < nbuf; b++) {
         boff[b] = total;
