@@ -64,7 +64,9 @@ void eenet_conv_s2_fwd(float *out, const float *bias, const float *x, int C, int
 /* 3x3 stride-2 pad-1 weight gradient of one sample x (C, H, W), H and W
  * even: dwt (C*9, K) += sum over the output positions of x(tap) * dyt (Ho*Wo,
  * K) (dy transposed, eenet_conv_transpose_dy), K a multiple of 16, the
- * input read in place and the taps that read padding skipped. */
+ * input read in place and the taps that read padding skipped (NaN there for
+ * the channels whose dy is inf or NaN in the top row or left column, as the
+ * full sum would give). */
 void eenet_conv_cl_bw(float *dwt, const float *dyt, const float *x, int C, int H, int W, int K);
 
 /* Polyphase data gradient of a 3x3 stride-2 pad-1 layer with W even (conv.c
