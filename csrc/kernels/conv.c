@@ -1084,16 +1084,19 @@ static void plan_choose(conv_plan *pl) {
      * (16->16 32x32: 81 vs 72) and lose on 7/14-wide ones (16->16 7x7: 86 vs
      * 69 forward, 85 vs 58 backward-data). */
     pl->use_kf = kvec && pl->K % 16 == 0 && pl->pf > 0 && (pl->K % 32 == 0 || pl->Wo % 8 != 0);
-    pl->use_kw = kvec && pl->K % 32 == 0;
+    /* the channel-lane stride-2 weight gradient (cw_pick) takes the place
+     * of every other weight-gradient path where chosen */
+    pl->use_cw = avail && impl == 0 && cw_pick(pl);
+    pl->use_kw = kvec && pl->K % 32 == 0 && !pl->use_cw;
     pl->use_kd = kvec && pl->bd_ok && pl->C % 16 == 0 && pl->pd > 0 &&
                  (pl->C % 32 == 0 || pl->W % 8 != 0);
     /* 16 channels: the q-space forward wins, but the weight gradient is
      * faster K-vectorised on the q-space planes once there are >= 64 taps
      * (measured: 16->16 7x7 71 vs 55, 8->16 14x14 s2 42 vs 37 GFLOP/s). */
-    pl->use_kwq = avail && !one && !pl->use_kw && pl->K % 16 == 0 &&
+    pl->use_kwq = avail && !one && !pl->use_kw && !pl->use_cw && pl->K % 16 == 0 &&
                   (impl == 3 || (impl == 0 && pl->ckk >= 64));
     pl->use_fwd = prefer && !pl->use_kf;
-    pl->use_bw = prefer && !pl->use_kw && !pl->use_kwq;
+    pl->use_bw = prefer && !pl->use_kw && !pl->use_kwq && !pl->use_cw;
     pl->use_bd = prefer && pl->bd_ok && !pl->use_kd;
     /* Winograd F(2x2,3x3) for forward and backward-data, and where
      * wino_auto_dw says for the weight gradient */
@@ -1117,8 +1120,7 @@ static void plan_choose(conv_plan *pl) {
     int lanes = avail && pl->lanes_ok && (impl == 6 || impl == 0);
     pl->use_lf = lanes && (impl == 6 || lanes_pick(pl, 0)) && !pl->use_wf;
     pl->use_sf = avail && impl == 0 && s2_pick(pl);
-    pl->use_cw = avail && impl == 0 && cw_pick(pl);
-    pl->use_lw = lanes && (impl == 6 || lanes_pick(pl, 1));
+    pl->use_lw = lanes && (impl == 6 || lanes_pick(pl, 1)) && !pl->use_cw;
     pl->use_ld = lanes && pl->bd_ok && (impl == 6 || lanes_pick(pl, 2)) && !pl->use_wd;
     /* batch-lane Winograd: forward and backward-data (wlanes_pick) */
     int wl = pl->wl_ok && eenet_conv_direct_available() && (conv_impl == 7 || conv_impl == 0);
@@ -1772,13 +1774,13 @@ static void conv_backward_run(float *dinp, float *dw, float *dbias, const float 
     int use_bd = dinp && pl->use_bd;
     int use_kd = dinp && pl->use_kd;
     int do_cw = dw && pl->use_cw; /* channel-lane, input in place (eenet_conv_cl_bw) */
-    int do_bw = dw && !do_cw && pl->use_bw; /* dw through q-space, K-vectorised or GEMM */
-    int do_kw = dw && !do_cw && pl->use_kw;
-    int do_kwq = dw && !do_cw && pl->use_kwq;
-    int do_gw = dw && !do_cw && !pl->use_bw && !pl->use_kw && !pl->use_kwq;
+    int do_bw = dw && pl->use_bw; /* dw through q-space, K-vectorised or GEMM */
+    int do_kw = dw && pl->use_kw;
+    int do_kwq = dw && pl->use_kwq;
+    int do_gw = dw && !pl->use_cw && !pl->use_bw && !pl->use_kw && !pl->use_kwq;
     /* batch-lane path for the samples [0, nlane): weight (and bias) gradient
      * and/or data gradient; the per-sample paths do the rest */
-    int lane_w = dw && !do_cw && pl->use_lw;
+    int lane_w = dw && pl->use_lw;
     int lane_d = dinp && pl->use_ld;
     int lane_pd = dinp && pl->use_lpd; /* polyphase data gradient (pd_lanes) */
     int nlane = (lane_w || lane_d || lane_pd) ? lanes_count(pl, nt) : 0;
